@@ -1,0 +1,1266 @@
+/* SPDX-License-Identifier: MIT */
+/* The channel: a peer id claimed through a bus name, sends, broadcasts, listeners, reconnect. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <glib.h>
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "channel.h"
+#include "glib-source.h"
+#include "macro.h"
+#include "names.h"
+#include "payload.h"
+
+/*
+ * Connection states and their invariants:
+ *
+ *   IDLE ──connect()──▶ DISCOVERING ──▶ CLAIMING ──▶ CONNECTED
+ *                            ▲              │  ▲          │
+ *                            │              ▼  │          │ bus lost
+ *                            │           WAITING          ▼
+ *                            └────── reconnect timer ── LOST
+ *
+ * - DISCOVERING: the NameOwnerChanged match for the app's names is installed first, then the
+ *   current owners are read (ListNames, GetNameOwner). Replies and signals are applied in the
+ *   order they arrive, which is the order the broker produced them, so the map of peer id ⇄
+ *   unique name is exact once the last reply is in. Only then are the broadcast matches added
+ *   and a name claimed, so nothing addressed to us can arrive before we can name its sender.
+ * - CLAIMING: RequestName for one id. Auto ids start at the lowest id nobody holds and step up
+ *   on EXISTS; concurrent starters therefore end up with 1..N without gaps. An explicit id
+ *   (set_peer_id, IPCHANNEL_PEER_ID, or the id held before the bus was lost) is never swapped
+ *   for another: if it is taken we say so ("error", -EADDRINUSE) and wait in the bus's queue
+ *   for it (WAITING).
+ * - CONNECTED: peer_id != 0. Sends go out at once; before that they wait in ch->queue, in
+ *   order, up to queue_max.
+ * - LOST: the bus connection dropped. "disconnect" has fired; peer_id is 0 again and the id
+ *   held is remembered for the reconnect, which retries with exponential backoff.
+ */
+
+#define IPCHANNEL_EVENT_PATH_MAX 256
+
+#define RECONNECT_USEC_MIN (50 * 1000ULL)
+#define RECONNECT_USEC_MAX (5 * 1000 * 1000ULL)
+
+#define DBUS_NAME_FLAG_DO_NOT_QUEUE 4u
+#define DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER 1u
+#define DBUS_REQUEST_NAME_REPLY_IN_QUEUE 2u
+#define DBUS_REQUEST_NAME_REPLY_EXISTS 3u
+#define DBUS_REQUEST_NAME_REPLY_ALREADY_OWNER 4u
+
+typedef enum {
+        STATE_IDLE,
+        STATE_DISCOVERING,
+        STATE_CLAIMING,
+        STATE_WAITING,
+        STATE_CONNECTED,
+        STATE_LOST,
+} channel_state;
+
+typedef struct pending_send pending_send;
+struct pending_send {
+        pending_send *next;
+        uint32_t to;
+        char *event;
+        GVariant *data;         /* owned, may be NULL */
+};
+
+struct ipchannel {
+        unsigned n_ref;
+        pid_t pid;
+
+        char *app;
+        char *prefix;
+        char *path;             /* /org/ipchannel/<app> */
+        char *ns;               /* org.ipchannel.<app> */
+
+        /* The loop: an sd-event loop, or a GLib main context, never both. */
+        sd_event *event;
+        int64_t priority;
+        GMainContext *glib;
+        GMainLoop *glib_loop;
+        GSource *bus_source;
+        int glib_exit_code;
+
+        sd_bus *user_bus;       /* given by ipchannel_set_bus(); used for the first connect */
+        sd_bus *bus;            /* the connection in use */
+        char *address;          /* where to reconnect */
+        sd_bus_slot *vtable_slot, *filter_slot, *noc_slot, *catchall_slot;
+        sd_bus_slot *discover_slot, *claim_slot;
+        GPtrArray *query_slots;         /* GetNameOwner calls in flight (sd_bus_slot *) */
+        GHashTable *owner_queries;      /* their cookies (uint64_t *) → GUINT_TO_POINTER(id) */
+
+        channel_state state;
+        uint32_t want_id;       /* explicit id asked for, 0 = lowest free */
+        uint32_t claim_id;      /* the id being claimed or held */
+        uint32_t reclaim_id;    /* the id held before the bus was lost, 0 if none */
+        uint32_t peer_id;       /* 0 until connected */
+        char *unique_name;
+
+        GHashTable *owner_by_id;        /* GUINT_TO_POINTER(id) → unique name */
+        GHashTable *id_by_owner;        /* unique name → GUINT_TO_POINTER(id) */
+
+        listeners listeners;
+        size_t n_catchall;              /* listened events that no match rule can name */
+
+        pending_send *queue, *queue_tail;
+        size_t n_queued, queue_max;
+
+        sd_event_source *reconnect_event_source;
+        GSource *reconnect_glib_source;
+        uint64_t reconnect_usec;
+};
+
+static void channel_teardown_bus(ipchannel *ch);
+static int channel_open(ipchannel *ch);
+static int channel_claim(ipchannel *ch);
+static void channel_lost(ipchannel *ch);
+
+/* ---- small helpers ---------------------------------------------------------------------- */
+
+static void emit_local(ipchannel *ch, uint32_t sender, const char *event, GVariant *data) {
+        g_autoptr(GVariant) sunk = data ? g_variant_ref_sink(data) : NULL;
+
+        ipchannel_ref(ch);
+        listeners_dispatch(&ch->listeners, ch, sender, event, sunk);
+        ipchannel_unref(ch);
+}
+
+void channel_emit_error(ipchannel *ch, int error, const char *fmt, ...) {
+        g_autofree char *msg = NULL;
+        va_list ap;
+
+        va_start(ap, fmt);
+        msg = g_strdup_vprintf(fmt, ap);
+        va_end(ap);
+        emit_local(ch, 0, IPCHANNEL_EVENT_ERROR, g_variant_new("(is)", error < 0 ? error : -error, msg));
+}
+
+static void pending_send_free(pending_send *p) {
+        if (!p)
+                return;
+        free(p->event);
+        if (p->data)
+                g_variant_unref(p->data);
+        free(p);
+}
+
+static void channel_queue_clear(ipchannel *ch) {
+        while (ch->queue) {
+                pending_send *p = ch->queue;
+                ch->queue = p->next;
+                pending_send_free(p);
+        }
+        ch->queue_tail = NULL;
+        ch->n_queued = 0;
+}
+
+static void channel_map_clear(ipchannel *ch) {
+        g_hash_table_remove_all(ch->owner_by_id);
+        g_hash_table_remove_all(ch->id_by_owner);
+}
+
+static void channel_map_set(ipchannel *ch, uint32_t id, const char *owner) {
+        const char *old = g_hash_table_lookup(ch->owner_by_id, GUINT_TO_POINTER(id));
+
+        if (old) {
+                gpointer v = g_hash_table_lookup(ch->id_by_owner, old);
+                if (GPOINTER_TO_UINT(v) == id)
+                        g_hash_table_remove(ch->id_by_owner, old);
+                g_hash_table_remove(ch->owner_by_id, GUINT_TO_POINTER(id));
+        }
+        if (!owner || owner[0] == '\0')
+                return;
+
+        g_hash_table_insert(ch->owner_by_id, GUINT_TO_POINTER(id), g_strdup(owner));
+        /* A connection owning several peer names is known by the lowest of them. */
+        gpointer cur = g_hash_table_lookup(ch->id_by_owner, owner);
+        if (!cur || GPOINTER_TO_UINT(cur) > id)
+                g_hash_table_insert(ch->id_by_owner, g_strdup(owner), GUINT_TO_POINTER(id));
+}
+
+uint32_t channel_sender_id(ipchannel *ch, const char *unique_name) {
+        if (!unique_name)
+                return 0;
+        return GPOINTER_TO_UINT(g_hash_table_lookup(ch->id_by_owner, unique_name));
+}
+
+static bool channel_peer_present(ipchannel *ch, uint32_t id) {
+        return g_hash_table_contains(ch->owner_by_id, GUINT_TO_POINTER(id));
+}
+
+static void slot_unref_notify(void *slot) {
+        sd_bus_slot_unref(slot);
+}
+
+static bool channel_usable(ipchannel *ch) {
+        return ch && ch->n_ref > 0;
+}
+
+/* ---- timers on either loop -------------------------------------------------------------- */
+
+static void channel_reconnect_cancel(ipchannel *ch) {
+        ch->reconnect_event_source = sd_event_source_disable_unref(ch->reconnect_event_source);
+        if (ch->reconnect_glib_source) {
+                g_source_destroy(ch->reconnect_glib_source);
+                g_source_unref(ch->reconnect_glib_source);
+                ch->reconnect_glib_source = NULL;
+        }
+}
+
+static void channel_reconnect_now(ipchannel *ch) {
+        int r;
+
+        channel_reconnect_cancel(ch);
+        if (ch->state != STATE_LOST)
+                return;
+
+        r = channel_open(ch);
+        if (r < 0) {
+                /* Still no bus: try again later, a little later each time. */
+                channel_lost(ch);
+                return;
+        }
+}
+
+static int on_reconnect_event(sd_event_source *s, uint64_t usec, void *userdata) {
+        channel_reconnect_now(userdata);
+        return 0;
+}
+
+static gboolean on_reconnect_glib(gpointer userdata) {
+        channel_reconnect_now(userdata);
+        return G_SOURCE_REMOVE;
+}
+
+static int channel_reconnect_schedule(ipchannel *ch) {
+        uint64_t usec = ch->reconnect_usec;
+
+        ch->reconnect_usec = MIN(MAX(usec * 2, RECONNECT_USEC_MIN), RECONNECT_USEC_MAX);
+        /* Spread the peers out so they do not all knock at once after a broker restart. */
+        usec += (uint64_t) g_random_int_range(0, (gint32) (usec / 4 + 1));
+
+        channel_reconnect_cancel(ch);
+        if (ch->glib) {
+                ch->reconnect_glib_source = g_timeout_source_new((guint) (usec / 1000));
+                g_source_set_callback(ch->reconnect_glib_source, on_reconnect_glib, ch, NULL);
+                g_source_attach(ch->reconnect_glib_source, ch->glib);
+                return 0;
+        }
+        return sd_event_add_time_relative(ch->event, &ch->reconnect_event_source, CLOCK_MONOTONIC,
+                                          usec, 0, on_reconnect_event, ch);
+}
+
+/* ---- incoming messages ------------------------------------------------------------------ */
+
+/* Reads (s event, [v data]) and checks the event; the sender is already known to be a peer. */
+static int read_event_and_data(sd_bus_message *m, bool has_data, const char **ret_event,
+                               GVariant **ret_data, sd_bus_error *error) {
+        g_autoptr(GVariant) data = NULL;
+        const char *event, *reason;
+        int r;
+
+        r = sd_bus_message_read_basic(m, 's', &event);
+        if (r < 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "Cannot read the event name.");
+        if (names_check_event(event, &reason) < 0)
+                return sd_bus_error_setf(error, IPCHANNEL_ERROR_INVALID_EVENT, "Invalid event name: %s.",
+                                         reason);
+        if (names_event_is_local(event))
+                return sd_bus_error_setf(error, IPCHANNEL_ERROR_RESERVED_EVENT,
+                                         "The event \"%s\" is local to each process and cannot be sent.",
+                                         event);
+        if (has_data) {
+                r = payload_read_variant(m, &data);
+                if (r < 0)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                 "Cannot read the payload: %s.", g_strerror(-r));
+        }
+        *ret_event = event;
+        *ret_data = TAKE_PTR(data);
+        return 0;
+}
+
+static int handle_deliver(sd_bus_message *m, ipchannel *ch, bool has_data, sd_bus_error *error) {
+        g_autoptr(GVariant) data = NULL;
+        const char *event;
+        uint32_t sender;
+        int r;
+
+        sender = channel_sender_id(ch, sd_bus_message_get_sender(m));
+        if (sender == 0)
+                return sd_bus_error_setf(error, IPCHANNEL_ERROR_NOT_A_PEER,
+                                         "The sender does not own a peer name of the app \"%s\".",
+                                         ch->app);
+
+        r = read_event_and_data(m, has_data, &event, &data, error);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_reply_method_return(m, NULL);
+        if (r < 0)
+                return r;
+
+        emit_local(ch, sender, event, data ? g_variant_ref(data) : NULL);
+        return 1;
+}
+
+static int method_deliver(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return handle_deliver(m, userdata, true, error);
+}
+
+static int method_deliver_null(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return handle_deliver(m, userdata, false, error);
+}
+
+static int property_get_peer_id(sd_bus *bus, const char *path, const char *interface,
+                                const char *property, sd_bus_message *reply, void *userdata,
+                                sd_bus_error *error) {
+        ipchannel *ch = userdata;
+        return sd_bus_message_append(reply, "u", ch->peer_id);
+}
+
+static int property_get_app(sd_bus *bus, const char *path, const char *interface,
+                            const char *property, sd_bus_message *reply, void *userdata,
+                            sd_bus_error *error) {
+        ipchannel *ch = userdata;
+        return sd_bus_message_append(reply, "s", ch->app);
+}
+
+static const sd_bus_vtable peer_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        SD_BUS_METHOD_WITH_ARGS("Deliver", SD_BUS_ARGS("s", event, "v", data), SD_BUS_NO_RESULT,
+                                method_deliver, 0),
+        SD_BUS_METHOD_WITH_ARGS("DeliverNull", SD_BUS_ARGS("s", event), SD_BUS_NO_RESULT,
+                                method_deliver_null, 0),
+        SD_BUS_SIGNAL_WITH_ARGS("Broadcast", SD_BUS_ARGS("s", event, "v", data), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("BroadcastNull", SD_BUS_ARGS("s", event), 0),
+        SD_BUS_PROPERTY("PeerId", "u", property_get_peer_id, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("App", "s", property_get_app, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+        SD_BUS_VTABLE_END,
+};
+
+static int handle_broadcast(sd_bus_message *m, ipchannel *ch, bool catchall) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        g_autoptr(GVariant) data = NULL;
+        const char *event, *member;
+        bool has_data;
+        uint32_t sender;
+        int r;
+
+        if (!sd_bus_message_has_signature(m, "sv") && !sd_bus_message_has_signature(m, "s"))
+                return 0;
+        member = sd_bus_message_get_member(m);
+        if (g_strcmp0(member, "Broadcast") == 0)
+                has_data = true;
+        else if (g_strcmp0(member, "BroadcastNull") == 0)
+                has_data = false;
+        else
+                return 0;
+        if (has_data != sd_bus_message_has_signature(m, "sv"))
+                return 0;
+
+        /* Signals from connections that are not peers of the app are not ours to see. */
+        sender = channel_sender_id(ch, sd_bus_message_get_sender(m));
+        if (sender == 0)
+                return 0;
+
+        r = read_event_and_data(m, has_data, &event, &data, &error);
+        if (r < 0) {
+                channel_emit_error(ch, -EBADMSG, "Dropped a broadcast from peer %" PRIu32 ": %s",
+                                   sender, error.message);
+                return 0;
+        }
+        /* The catch-all rule serves only events that have no rule of their own. */
+        if (catchall) {
+                g_autofree char *rule = names_broadcast_match(ch->path, event);
+                if (rule || !listeners_find(&ch->listeners, event))
+                        return 0;
+        }
+
+        emit_local(ch, sender, event, data ? g_variant_ref(data) : NULL);
+        return 0;
+}
+
+static int on_broadcast(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        return handle_broadcast(m, userdata, false);
+}
+
+static int on_broadcast_catchall(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        return handle_broadcast(m, userdata, true);
+}
+
+static void channel_become_connected(ipchannel *ch) {
+        if (ch->state == STATE_CONNECTED)
+                return;
+        ch->state = STATE_CONNECTED;
+        ch->peer_id = ch->claim_id;
+        ch->reconnect_usec = 0;
+        ch->claim_slot = sd_bus_slot_unref(ch->claim_slot);
+        if (ch->unique_name)
+                channel_map_set(ch, ch->peer_id, ch->unique_name);
+
+        /* Flush what was sent while not connected, in order, before anything new. */
+        while (ch->queue && ch->state == STATE_CONNECTED) {
+                pending_send *p = ch->queue;
+                int r;
+
+                ch->queue = p->next;
+                if (!ch->queue)
+                        ch->queue_tail = NULL;
+                ch->n_queued--;
+
+                r = channel_send_now(ch, p->to, p->event, p->data);
+                if (r == -ENXIO)
+                        channel_emit_error(ch, r, "A message queued for peer %" PRIu32
+                                           " (event \"%s\") was not delivered: no such peer",
+                                           p->to, p->event);
+                else if (r < 0)
+                        channel_emit_error(ch, r, "A queued message (event \"%s\") was not sent: %s",
+                                           p->event, g_strerror(-r));
+                pending_send_free(p);
+        }
+
+        if (ch->state != STATE_CONNECTED)
+                return;
+        (void) sd_bus_emit_properties_changed(ch->bus, ch->path, IPCHANNEL_PEER_INTERFACE, "PeerId",
+                                              NULL);
+        emit_local(ch, 0, IPCHANNEL_EVENT_CONNECT, NULL);
+}
+
+static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        ipchannel *ch = userdata;
+        const char *name, *old_owner, *new_owner;
+        uint32_t id;
+        int r;
+
+        r = sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner);
+        if (r < 0)
+                return 0;
+        id = names_parse_peer(ch->prefix, ch->app, name);
+        if (id == 0)
+                return 0;
+
+        channel_map_set(ch, id, new_owner);
+
+        if (id == ch->claim_id && ch->unique_name) {
+                if (g_strcmp0(new_owner, ch->unique_name) == 0 &&
+                    (ch->state == STATE_CLAIMING || ch->state == STATE_WAITING)) {
+                        channel_become_connected(ch);
+                        return 0;
+                }
+                if (g_strcmp0(old_owner, ch->unique_name) == 0 && ch->state == STATE_CONNECTED) {
+                        /* Nobody may take our name (we never allow replacement); if the bus
+                         * took it anyway, wait in its queue to get it back. */
+                        ch->state = STATE_CLAIMING;
+                        ch->peer_id = 0;
+                        channel_emit_error(ch, -EADDRINUSE, "The bus took the name of peer %" PRIu32
+                                           " away; claiming it again", id);
+                        (void) channel_claim(ch);
+                        return 0;
+                }
+        }
+
+        if (ch->state == STATE_CONNECTED && id != ch->peer_id) {
+                if (old_owner[0] != '\0')
+                        emit_local(ch, id, IPCHANNEL_EVENT_PEER_LEAVE, NULL);
+                if (new_owner[0] != '\0')
+                        emit_local(ch, id, IPCHANNEL_EVENT_PEER_JOIN, NULL);
+        }
+        return 0;
+}
+
+static int on_filter(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        ipchannel *ch = userdata;
+
+        if (sd_bus_message_is_signal(m, "org.freedesktop.DBus.Local", "Disconnected"))
+                channel_lost(ch);
+        return 0;
+}
+
+static void on_glib_bus_error(int error, void *userdata) {
+        channel_lost(userdata);
+}
+
+/* ---- claiming a peer id ----------------------------------------------------------------- */
+
+static uint32_t channel_lowest_free_id(ipchannel *ch, uint32_t from) {
+        uint32_t id = from;
+
+        while (id < IPCHANNEL_ALL - 1 && channel_peer_present(ch, id))
+                id++;
+        return id;
+}
+
+static int on_request_name_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        ipchannel *ch = userdata;
+        const sd_bus_error *e;
+        uint32_t ret;
+        int r;
+
+        ch->claim_slot = sd_bus_slot_unref(ch->claim_slot);
+        if (ch->state != STATE_CLAIMING)
+                return 0;
+
+        e = sd_bus_message_get_error(reply);
+        if (e) {
+                r = -sd_bus_message_get_errno(reply);
+                channel_emit_error(ch, r ?: -EIO, "Cannot claim peer id %" PRIu32 ": %s",
+                                   ch->claim_id, e->message ?: e->name);
+                return 0;
+        }
+        r = sd_bus_message_read(reply, "u", &ret);
+        if (r < 0) {
+                channel_emit_error(ch, r, "Cannot read the reply to RequestName");
+                return 0;
+        }
+
+        switch (ret) {
+        case DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER:
+        case DBUS_REQUEST_NAME_REPLY_ALREADY_OWNER:
+                channel_become_connected(ch);
+                break;
+        case DBUS_REQUEST_NAME_REPLY_IN_QUEUE:
+                ch->state = STATE_WAITING;
+                channel_emit_error(ch, -EADDRINUSE,
+                                   "Peer id %" PRIu32 " is held by another process; waiting for it",
+                                   ch->claim_id);
+                break;
+        case DBUS_REQUEST_NAME_REPLY_EXISTS:
+                /* Someone was quicker: take the next id nobody holds. */
+                ch->claim_id = channel_lowest_free_id(ch, ch->claim_id + 1);
+                r = channel_claim(ch);
+                if (r < 0)
+                        channel_emit_error(ch, r, "Cannot claim a peer id: %s", g_strerror(-r));
+                break;
+        default:
+                channel_emit_error(ch, -EPROTO, "Unexpected reply %" PRIu32 " to RequestName", ret);
+        }
+        return 0;
+}
+
+static int channel_claim(ipchannel *ch) {
+        g_autofree char *name = names_peer(ch->prefix, ch->app, ch->claim_id);
+        bool exact = ch->want_id != 0 || ch->reclaim_id != 0;
+
+        if (!name)
+                return -ENOMEM;
+        ch->state = STATE_CLAIMING;
+        ch->claim_slot = sd_bus_slot_unref(ch->claim_slot);
+        return sd_bus_call_method_async(ch->bus, &ch->claim_slot, "org.freedesktop.DBus",
+                                        "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                        "RequestName", on_request_name_reply, ch, "su", name,
+                                        exact ? 0u : DBUS_NAME_FLAG_DO_NOT_QUEUE);
+}
+
+/* ---- discovery -------------------------------------------------------------------------- */
+
+static int channel_add_event_match(ipchannel *ch, listener_event *ev) {
+        g_autofree char *rule = names_broadcast_match(ch->path, ev->name);
+        sd_bus_slot *slot = NULL;
+        int r;
+
+        if (!rule) {
+                /* No rule can name this event: fall back to the catch-all rule. */
+                if (ch->n_catchall++ == 0 && !ch->catchall_slot) {
+                        g_autofree char *all = names_broadcast_match_all(ch->path);
+                        if (!all)
+                                return -ENOMEM;
+                        return sd_bus_add_match_async(ch->bus, &ch->catchall_slot, all,
+                                                      on_broadcast_catchall, NULL, ch);
+                }
+                return 0;
+        }
+        r = sd_bus_add_match_async(ch->bus, &slot, rule, on_broadcast, NULL, ch);
+        if (r < 0)
+                return r;
+        ev->match = slot;
+        return 0;
+}
+
+static void channel_drop_event_match(ipchannel *ch, listener_event *ev) {
+        g_autofree char *rule = names_broadcast_match(ch->path, ev->name);
+
+        if (!rule) {
+                if (ch->n_catchall > 0 && --ch->n_catchall == 0)
+                        ch->catchall_slot = sd_bus_slot_unref(ch->catchall_slot);
+                return;
+        }
+        ev->match = sd_bus_slot_unref(ev->match);
+}
+
+/* Keeps the bus's match rules in step with the events someone listens to (a peer with no
+ * listener for an event is not even woken by its broadcasts). */
+static void on_listeners_change(listener_event *ev, bool added, void *userdata) {
+        ipchannel *ch = userdata;
+        int r;
+
+        if (names_event_is_local(ev->name))
+                return;
+        if (!ch->bus || ch->state == STATE_LOST || ch->state == STATE_DISCOVERING)
+                return; /* the matches are added when discovery completes */
+        if (added) {
+                r = channel_add_event_match(ch, ev);
+                if (r < 0)
+                        channel_emit_error(ch, r, "Cannot listen to broadcasts of \"%s\": %s",
+                                           ev->name, g_strerror(-r));
+        } else
+                channel_drop_event_match(ch, ev);
+}
+
+static void channel_discovery_done(ipchannel *ch) {
+        const char *u = NULL;
+        int r;
+
+        ch->discover_slot = sd_bus_slot_unref(ch->discover_slot);
+        g_ptr_array_set_size(ch->query_slots, 0);
+        if (sd_bus_get_unique_name(ch->bus, &u) >= 0) {
+                free(ch->unique_name);
+                ch->unique_name = strdup(u);
+        }
+
+        ch->n_catchall = 0;
+        for (listener_event *ev = ch->listeners.events; ev; ev = ev->next)
+                if (ev->n_slots > 0 && !names_event_is_local(ev->name)) {
+                        r = channel_add_event_match(ch, ev);
+                        if (r < 0)
+                                channel_emit_error(ch, r, "Cannot listen to broadcasts of \"%s\": %s",
+                                                   ev->name, g_strerror(-r));
+                }
+
+        if (ch->reclaim_id != 0)
+                ch->claim_id = ch->reclaim_id;  /* reconnecting: take our id back */
+        else if (ch->want_id != 0)
+                ch->claim_id = ch->want_id;
+        else
+                ch->claim_id = channel_lowest_free_id(ch, 1);
+
+        r = channel_claim(ch);
+        if (r < 0)
+                channel_emit_error(ch, r, "Cannot claim a peer id: %s", g_strerror(-r));
+}
+
+static int on_owner_query_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        ipchannel *ch = userdata;
+        const char *owner = NULL;
+        uint64_t cookie = 0;
+        gpointer id;
+
+        if (ch->state != STATE_DISCOVERING || sd_bus_message_get_reply_cookie(reply, &cookie) < 0 ||
+            !g_hash_table_steal_extended(ch->owner_queries, &cookie, NULL, &id))
+                return 0;
+
+        /* An error means the name went away meanwhile; its NameOwnerChanged came first. */
+        if (!sd_bus_message_is_method_error(reply, NULL) && sd_bus_message_read(reply, "s", &owner) >= 0)
+                channel_map_set(ch, GPOINTER_TO_UINT(id), owner);
+        if (g_hash_table_size(ch->owner_queries) == 0)
+                channel_discovery_done(ch);
+        return 0;
+}
+
+static int channel_query_owner(ipchannel *ch, const char *name, uint32_t id) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        sd_bus_slot *slot = NULL;
+        uint64_t cookie;
+        int r;
+
+        r = sd_bus_message_new_method_call(ch->bus, &m, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                           "org.freedesktop.DBus", "GetNameOwner");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "s", name);
+        if (r < 0)
+                return r;
+        r = sd_bus_call_async(ch->bus, &slot, m, on_owner_query_reply, ch, 0);
+        if (r < 0)
+                return r;
+        g_ptr_array_add(ch->query_slots, slot);
+        r = sd_bus_message_get_cookie(m, &cookie);
+        if (r < 0)
+                return r;
+        g_hash_table_insert(ch->owner_queries, g_memdup2(&cookie, sizeof(cookie)), GUINT_TO_POINTER(id));
+        return 0;
+}
+
+static int on_list_names_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        ipchannel *ch = userdata;
+        const char *name;
+        int r;
+
+        if (ch->state != STATE_DISCOVERING)
+                return 0;
+        if (sd_bus_message_is_method_error(reply, NULL)) {
+                channel_emit_error(ch, -sd_bus_message_get_errno(reply) ?: -EIO,
+                                   "Cannot list the bus's names: %s",
+                                   sd_bus_message_get_error(reply)->message);
+                return 0;
+        }
+
+        r = sd_bus_message_enter_container(reply, 'a', "s");
+        if (r < 0)
+                goto fail;
+        while ((r = sd_bus_message_read_basic(reply, 's', &name)) > 0) {
+                uint32_t id = names_parse_peer(ch->prefix, ch->app, name);
+
+                if (id == 0)
+                        continue;
+                r = channel_query_owner(ch, name, id);
+                if (r < 0)
+                        goto fail;
+        }
+        if (r < 0)
+                goto fail;
+        if (g_hash_table_size(ch->owner_queries) == 0)
+                channel_discovery_done(ch);
+        return 0;
+
+fail:
+        channel_emit_error(ch, r, "Cannot read the bus's names: %s", g_strerror(-r));
+        return 0;
+}
+
+/* ---- the bus connection ----------------------------------------------------------------- */
+
+static int channel_open_bus(ipchannel *ch, sd_bus **ret) {
+        _cleanup_(sd_bus_unrefp) sd_bus *bus = NULL;
+        int r;
+
+        if (ch->user_bus && !ch->address) {
+                /* The caller's connection, the first time; its address serves reconnects. */
+                const char *a = NULL;
+
+                if (sd_bus_get_address(ch->user_bus, &a) >= 0 && a)
+                        ch->address = strdup(a);
+                *ret = sd_bus_ref(ch->user_bus);
+                return 0;
+        }
+
+        if (!ch->address) {
+                const char *a = getenv("DBUS_SESSION_BUS_ADDRESS");
+
+                if (!a || a[0] == '\0') {
+                        a = getenv("DBUS_SYSTEM_BUS_ADDRESS");
+                        if (!a || a[0] == '\0')
+                                a = "unix:path=/run/dbus/system_bus_socket";
+                }
+                ch->address = strdup(a);
+                if (!ch->address)
+                        return -ENOMEM;
+        }
+
+        r = sd_bus_new(&bus);
+        if (r < 0)
+                return r;
+        r = sd_bus_set_address(bus, ch->address);
+        if (r < 0)
+                return r;
+        r = sd_bus_set_bus_client(bus, true);
+        if (r < 0)
+                return r;
+        r = sd_bus_negotiate_fds(bus, true);
+        if (r < 0)
+                return r;
+        (void) sd_bus_set_description(bus, "ipchannel");
+        r = sd_bus_start(bus);
+        if (r < 0)
+                return r;
+        *ret = TAKE_PTR(bus);
+        return 0;
+}
+
+static void channel_teardown_bus(ipchannel *ch) {
+        g_autoptr(GPtrArray) queries = NULL;
+
+        if (!ch->bus)
+                return;
+
+        for (listener_event *ev = ch->listeners.events; ev; ev = ev->next)
+                ev->match = sd_bus_slot_unref(ev->match);
+        ch->catchall_slot = sd_bus_slot_unref(ch->catchall_slot);
+        ch->n_catchall = 0;
+        ch->vtable_slot = sd_bus_slot_unref(ch->vtable_slot);
+        ch->filter_slot = sd_bus_slot_unref(ch->filter_slot);
+        ch->noc_slot = sd_bus_slot_unref(ch->noc_slot);
+        ch->discover_slot = sd_bus_slot_unref(ch->discover_slot);
+        ch->claim_slot = sd_bus_slot_unref(ch->claim_slot);
+        g_ptr_array_set_size(ch->query_slots, 0);
+        g_hash_table_remove_all(ch->owner_queries);
+
+        if (ch->bus_source) {
+                g_source_destroy(ch->bus_source);
+                ch->bus_source = (g_source_unref(ch->bus_source), NULL);
+        }
+
+        if (ch->bus == ch->user_bus) {
+                /* Not ours to close: give the name back and leave the connection be. */
+                if (ch->state == STATE_CONNECTED || ch->state == STATE_WAITING ||
+                    ch->state == STATE_CLAIMING) {
+                        g_autofree char *name = names_peer(ch->prefix, ch->app, ch->claim_id);
+                        if (name && sd_bus_is_open(ch->bus) > 0)
+                                (void) sd_bus_call_method_async(ch->bus, NULL, "org.freedesktop.DBus",
+                                                                "/org/freedesktop/DBus",
+                                                                "org.freedesktop.DBus", "ReleaseName",
+                                                                NULL, NULL, "s", name);
+                }
+                ch->bus = sd_bus_unref(ch->bus);
+        } else {
+                (void) sd_bus_detach_event(ch->bus);
+                /* What was sent before the close still goes out. */
+                ch->bus = sd_bus_flush_close_unref(ch->bus);
+        }
+
+        channel_map_clear(ch);
+        ch->unique_name = (free(ch->unique_name), NULL);
+}
+
+static int channel_open(ipchannel *ch) {
+        g_autofree char *noc = NULL;
+        int r;
+
+        r = channel_open_bus(ch, &ch->bus);
+        if (r < 0)
+                return r;
+
+        if (ch->glib) {
+                ch->bus_source = glib_bus_source_new(ch->bus, on_glib_bus_error, ch);
+                g_source_attach(ch->bus_source, ch->glib);
+        } else if (!sd_bus_get_event(ch->bus)) {
+                r = sd_bus_attach_event(ch->bus, ch->event, ch->priority);
+                if (r < 0)
+                        goto fail;
+        } else if (sd_bus_get_event(ch->bus) != ch->event) {
+                r = -EBUSY;     /* the caller's bus runs on another loop */
+                goto fail;
+        }
+
+        ch->state = STATE_DISCOVERING;
+
+        r = sd_bus_add_filter(ch->bus, &ch->filter_slot, on_filter, ch);
+        if (r < 0)
+                goto fail;
+        r = sd_bus_add_object_vtable(ch->bus, &ch->vtable_slot, ch->path, IPCHANNEL_PEER_INTERFACE,
+                                     peer_vtable, ch);
+        if (r < 0)
+                goto fail;
+
+        noc = g_strdup_printf("type='signal',sender='org.freedesktop.DBus',"
+                              "interface='org.freedesktop.DBus',member='NameOwnerChanged',"
+                              "arg0namespace='%s'", ch->ns);
+        r = sd_bus_add_match_async(ch->bus, &ch->noc_slot, noc, on_name_owner_changed, NULL, ch);
+        if (r < 0)
+                goto fail;
+
+        r = sd_bus_call_method_async(ch->bus, &ch->discover_slot, "org.freedesktop.DBus",
+                                     "/org/freedesktop/DBus", "org.freedesktop.DBus", "ListNames",
+                                     on_list_names_reply, ch, NULL);
+        if (r < 0)
+                goto fail;
+        return 0;
+
+fail:
+        channel_teardown_bus(ch);
+        ch->state = STATE_LOST;
+        return r;
+}
+
+/* The bus connection is gone (or could not be made): tell the app, then retry with backoff. */
+static void channel_lost(ipchannel *ch) {
+        bool was_connected;
+        int r;
+
+        if (ch->state == STATE_IDLE || (ch->state == STATE_LOST && !ch->bus &&
+                                        (ch->reconnect_event_source || ch->reconnect_glib_source)))
+                return;
+
+        was_connected = ch->state == STATE_CONNECTED;
+        if (was_connected)
+                ch->reclaim_id = ch->peer_id;
+        ch->state = STATE_LOST;
+        ch->peer_id = 0;
+        channel_teardown_bus(ch);
+
+        r = channel_reconnect_schedule(ch);
+        if (r < 0)
+                channel_emit_error(ch, r, "Cannot schedule a reconnect: %s", g_strerror(-r));
+        if (was_connected)
+                emit_local(ch, 0, IPCHANNEL_EVENT_DISCONNECT, NULL);
+}
+
+/* ---- sending ---------------------------------------------------------------------------- */
+
+int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *data) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        int r;
+
+        if (to == IPCHANNEL_ALL)
+                r = sd_bus_message_new_signal(ch->bus, &m, ch->path, IPCHANNEL_PEER_INTERFACE,
+                                              data ? "Broadcast" : "BroadcastNull");
+        else {
+                g_autofree char *dest = NULL;
+
+                if (!channel_peer_present(ch, to))
+                        return -ENXIO;
+                dest = names_peer(ch->prefix, ch->app, to);
+                if (!dest)
+                        return -ENOMEM;
+                r = sd_bus_message_new_method_call(ch->bus, &m, dest, ch->path,
+                                                   IPCHANNEL_PEER_INTERFACE,
+                                                   data ? "Deliver" : "DeliverNull");
+                if (r < 0)
+                        return r;
+                /* No reply: the bus's per-connection limit on pending replies would turn a
+                 * burst of sends into errors. Whether the peer exists was checked above. */
+                r = sd_bus_message_set_expect_reply(m, false);
+        }
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_append_basic(m, 's', event);
+        if (r < 0)
+                return r;
+        if (data) {
+                r = payload_append_variant(m, data);
+                if (r < 0)
+                        return r;
+        }
+        return sd_bus_send(ch->bus, m, NULL);
+}
+
+/* data: borrowed, not floating. */
+static int channel_send(ipchannel *ch, uint32_t to, const char *event, GVariant *data) {
+        const char *reason;
+        pending_send *p;
+        int r;
+
+        assert_return(to != 0, -EINVAL);
+        r = names_check_event(event, &reason);
+        if (r < 0)
+                return r;
+        assert_return(!names_event_is_local(event), -EINVAL);
+        if (data) {
+                r = payload_check_type(g_variant_get_type(data), &reason);
+                if (r < 0)
+                        return r;
+        }
+
+        if (ch->state == STATE_CONNECTED)
+                return channel_send_now(ch, to, event, data);
+
+        if (ch->n_queued >= ch->queue_max)
+                return -ENOBUFS;
+        p = malloc(sizeof(*p));
+        if (!p)
+                return -ENOMEM;
+        *p = (pending_send) {
+                .to = to,
+                .event = strdup(event),
+                .data = data ? g_variant_ref(data) : NULL,
+        };
+        if (!p->event) {
+                pending_send_free(p);
+                return -ENOMEM;
+        }
+        if (ch->queue_tail)
+                ch->queue_tail->next = p;
+        else
+                ch->queue = p;
+        ch->queue_tail = p;
+        ch->n_queued++;
+        return 0;
+}
+
+/* ---- public API ------------------------------------------------------------------------- */
+
+#define assert_channel(ch)                                       \
+        do {                                                     \
+                assert_return(channel_usable(ch), -EINVAL);      \
+                assert_return((ch)->pid == getpid(), -ECHILD);   \
+        } while (0)
+
+_public_ int ipchannel_check_app_name(const char *app, const char **ret_reason) {
+        return names_check_app(app, ret_reason);
+}
+
+_public_ int ipchannel_new(ipchannel **ret, const char *app) {
+        ipchannel *ch;
+        const char *prefix = IPCHANNEL_PREFIX_DEFAULT;
+        int r;
+
+        assert_return(ret, -EINVAL);
+        r = names_check_app(app, NULL);
+        if (r < 0)
+                return r;
+
+        ch = calloc(1, sizeof(*ch));
+        if (!ch)
+                return -ENOMEM;
+        *ch = (ipchannel) {
+                .n_ref = 1,
+                .pid = getpid(),
+                .app = strdup(app),
+                .prefix = strdup(prefix),
+                .path = names_path(prefix, app),
+                .ns = names_peer_namespace(prefix, app),
+                .owner_by_id = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free),
+                .id_by_owner = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
+                .query_slots = g_ptr_array_new_with_free_func(slot_unref_notify),
+                .owner_queries = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL),
+                .queue_max = IPCHANNEL_QUEUE_MAX_DEFAULT,
+        };
+        listeners_init(&ch->listeners, on_listeners_change, ch);
+        if (!ch->app || !ch->prefix || !ch->path || !ch->ns) {
+                ipchannel_unref(ch);
+                return -ENOMEM;
+        }
+
+        /* The environment gives the id; ipchannel_set_peer_id() may still override it. */
+        const char *e = getenv("IPCHANNEL_PEER_ID");
+        if (e && e[0]) {
+                char *end;
+                unsigned long v;
+
+                errno = 0;
+                v = strtoul(e, &end, 10);
+                if (errno != 0 || *end != '\0' || v == 0 || v >= IPCHANNEL_ALL || e[0] == '-') {
+                        ipchannel_unref(ch);
+                        return -EINVAL;
+                }
+                ch->want_id = (uint32_t) v;
+        }
+
+        *ret = ch;
+        return 0;
+}
+
+_public_ ipchannel *ipchannel_ref(ipchannel *ch) {
+        if (ch)
+                ch->n_ref++;
+        return ch;
+}
+
+static void channel_free(ipchannel *ch) {
+        channel_reconnect_cancel(ch);
+        channel_teardown_bus(ch);
+        listeners_clear(&ch->listeners);
+        channel_queue_clear(ch);
+
+        if (ch->glib_loop)
+                g_main_loop_unref(ch->glib_loop);
+        if (ch->glib)
+                g_main_context_unref(ch->glib);
+        sd_event_unref(ch->event);
+        sd_bus_unref(ch->user_bus);
+        g_hash_table_unref(ch->owner_by_id);
+        g_hash_table_unref(ch->id_by_owner);
+        g_ptr_array_unref(ch->query_slots);
+        g_hash_table_unref(ch->owner_queries);
+        free(ch->address);
+        free(ch->unique_name);
+        free(ch->app);
+        free(ch->prefix);
+        free(ch->path);
+        free(ch->ns);
+        free(ch);
+}
+
+_public_ ipchannel *ipchannel_unref(ipchannel *ch) {
+        if (!ch)
+                return NULL;
+        if (--ch->n_ref > 0)
+                return NULL;
+        channel_free(ch);
+        return NULL;
+}
+
+_public_ int ipchannel_set_bus(ipchannel *ch, sd_bus *bus) {
+        assert_channel(ch);
+        assert_return(bus, -EINVAL);
+        assert_return(ch->state == STATE_IDLE, -EBUSY);
+
+        sd_bus_unref(ch->user_bus);
+        ch->user_bus = sd_bus_ref(bus);
+        free(ch->address);
+        ch->address = NULL;
+        return 0;
+}
+
+_public_ int ipchannel_set_peer_id(ipchannel *ch, uint32_t id) {
+        assert_channel(ch);
+        assert_return(id != 0 && id != IPCHANNEL_ALL, -EINVAL);
+        assert_return(ch->state == STATE_IDLE, -EBUSY);
+
+        ch->want_id = id;
+        return 0;
+}
+
+_public_ int ipchannel_set_queue_max(ipchannel *ch, size_t n) {
+        assert_channel(ch);
+        assert_return(n > 0, -EINVAL);
+
+        ch->queue_max = n;
+        return 0;
+}
+
+_public_ int ipchannel_attach_event(ipchannel *ch, sd_event *e, int64_t priority) {
+        int r;
+
+        assert_channel(ch);
+        assert_return(!ch->event && !ch->glib, -EBUSY);
+        assert_return(ch->state == STATE_IDLE, -EBUSY);
+
+        if (e)
+                ch->event = sd_event_ref(e);
+        else {
+                r = sd_event_default(&ch->event);
+                if (r < 0)
+                        return r;
+        }
+        ch->priority = priority;
+        return 0;
+}
+
+_public_ int ipchannel_attach_glib(ipchannel *ch, GMainContext *ctx) {
+        assert_channel(ch);
+        assert_return(!ch->event && !ch->glib, -EBUSY);
+        assert_return(ch->state == STATE_IDLE, -EBUSY);
+
+        ch->glib = g_main_context_ref(ctx ?: g_main_context_default());
+        return 0;
+}
+
+_public_ int ipchannel_connect(ipchannel *ch) {
+        int r;
+
+        assert_channel(ch);
+        assert_return(ch->state == STATE_IDLE, -EALREADY);
+
+        if (!ch->event && !ch->glib) {
+                if (ch->user_bus && sd_bus_get_event(ch->user_bus))
+                        ch->event = sd_event_ref(sd_bus_get_event(ch->user_bus));
+                else {
+                        r = sd_event_default(&ch->event);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        if (ch->glib && ch->user_bus && sd_bus_get_event(ch->user_bus))
+                return -EBUSY;
+
+        ch->reclaim_id = 0;
+        ch->reconnect_usec = 0;
+        r = channel_open(ch);
+        if (r < 0) {
+                ch->state = STATE_IDLE;
+                return r;
+        }
+        return 0;
+}
+
+_public_ int ipchannel_disconnect(ipchannel *ch) {
+        assert_channel(ch);
+
+        if (ch->state == STATE_IDLE)
+                return 0;
+        channel_reconnect_cancel(ch);
+        channel_teardown_bus(ch);
+        ch->state = STATE_IDLE;
+        ch->peer_id = 0;
+        ch->reclaim_id = 0;
+        return 1;
+}
+
+_public_ int ipchannel_is_connected(ipchannel *ch) {
+        return channel_usable(ch) && ch->state == STATE_CONNECTED;
+}
+
+_public_ uint32_t ipchannel_get_peer_id(ipchannel *ch) {
+        return channel_usable(ch) ? ch->peer_id : 0;
+}
+
+_public_ const char *ipchannel_get_app(ipchannel *ch) {
+        return channel_usable(ch) ? ch->app : NULL;
+}
+
+_public_ sd_bus *ipchannel_get_bus(ipchannel *ch) {
+        return channel_usable(ch) ? ch->bus : NULL;
+}
+
+_public_ sd_event *ipchannel_get_event(ipchannel *ch) {
+        return channel_usable(ch) ? ch->event : NULL;
+}
+
+_public_ int ipchannel_has_peer(ipchannel *ch, uint32_t id) {
+        assert_channel(ch);
+        assert_return(ch->state == STATE_CONNECTED, -ENOTCONN);
+        return channel_peer_present(ch, id);
+}
+
+_public_ int ipchannel_run(ipchannel *ch) {
+        int r;
+
+        assert_channel(ch);
+
+        if (ch->glib) {
+                if (!ch->glib_loop)
+                        ch->glib_loop = g_main_loop_new(ch->glib, FALSE);
+                ch->glib_exit_code = 0;
+                g_main_loop_run(ch->glib_loop);
+                return ch->glib_exit_code;
+        }
+        if (!ch->event) {
+                r = sd_event_default(&ch->event);
+                if (r < 0)
+                        return r;
+        }
+        return sd_event_loop(ch->event);
+}
+
+_public_ int ipchannel_exit(ipchannel *ch, int code) {
+        assert_channel(ch);
+
+        if (ch->glib) {
+                if (!ch->glib_loop)
+                        return -ENOTCONN;
+                ch->glib_exit_code = code;
+                g_main_loop_quit(ch->glib_loop);
+                return 0;
+        }
+        assert_return(ch->event, -ENOTCONN);
+        return sd_event_exit(ch->event, code);
+}
+
+static int channel_listen(ipchannel *ch, const char *event, ipchannel_handler_t handler,
+                          void *userdata, bool once, ipchannel_slot **ret_slot) {
+        int r;
+
+        assert_channel(ch);
+        assert_return(handler, -EINVAL);
+        r = names_check_event(event, NULL);
+        if (r < 0)
+                return r;
+        return listeners_add(&ch->listeners, ch, event, handler, userdata, once, ret_slot);
+}
+
+_public_ int ipchannel_on(ipchannel *ch, const char *event, ipchannel_handler_t handler,
+                          void *userdata, ipchannel_slot **ret_slot) {
+        return channel_listen(ch, event, handler, userdata, false, ret_slot);
+}
+
+_public_ int ipchannel_once(ipchannel *ch, const char *event, ipchannel_handler_t handler,
+                            void *userdata, ipchannel_slot **ret_slot) {
+        return channel_listen(ch, event, handler, userdata, true, ret_slot);
+}
+
+_public_ int ipchannel_send(ipchannel *ch, uint32_t to, GVariant *data) {
+        return ipchannel_emit(ch, to, IPCHANNEL_EVENT_MESSAGE, data);
+}
+
+_public_ int ipchannel_emit(ipchannel *ch, uint32_t to, const char *event, GVariant *data) {
+        /* Sunk first: a floating value handed over is consumed even when it is refused. */
+        g_autoptr(GVariant) sunk = data ? g_variant_ref_sink(data) : NULL;
+
+        assert_channel(ch);
+        return channel_send(ch, to, event, sunk);
+}

@@ -1,0 +1,557 @@
+/* SPDX-License-Identifier: MIT */
+/* Payloads: converts GVariant values to and from the D-Bus variants that carry them in messages. */
+
+#include <errno.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "payload.h"
+
+/* D-Bus specification limits, per signature (each variant's contents has its own signature). */
+#define DBUS_SIGNATURE_MAX 255
+#define DBUS_ARRAY_DEPTH_MAX 32
+#define DBUS_STRUCT_DEPTH_MAX 32 /* dict entries count as structs, as in sd-bus and libdbus */
+
+static const char reason_indefinite[] = "indefinite types have no D-Bus signature";
+static const char reason_signature_length[] = "the D-Bus signature is longer than 255 bytes";
+static const char reason_maybe[] = "maybe types cannot travel over D-Bus";
+static const char reason_unit[] = "the empty tuple \"()\" cannot travel over D-Bus";
+static const char reason_dict_entry[] = "a dict entry can travel over D-Bus only as an array element";
+static const char reason_arrays[] = "arrays are nested more than 32 deep";
+static const char reason_structs[] = "structs and dict entries are nested more than 32 deep";
+static const char reason_depth[] =
+        "containers are nested more than " G_STRINGIFY(PAYLOAD_DEPTH_MAX)
+        " deep, counting the carrying variant";
+static const char reason_unknown[] = "unknown type";
+
+/* depth counts the containers around type, the variant holding it included; arrays and structs
+ * count only those within the current signature, which ends at the nearest enclosing variant.
+ * Recursion is bounded by the signature length, checked by every caller. */
+static const char *check_type_at(const GVariantType *type, bool in_array, unsigned arrays,
+                                 unsigned structs, unsigned depth) {
+        const char *reason;
+
+        if (g_variant_type_is_basic(type))
+                return NULL;
+
+        /* Refuse what D-Bus cannot express before the limits, so the reason names the real
+         * problem rather than a depth that would not matter once the type is fixed. */
+        if (g_variant_type_is_maybe(type))
+                return reason_maybe;
+        if (g_variant_type_is_dict_entry(type) && !in_array)
+                return reason_dict_entry;
+        if (g_variant_type_is_tuple(type) && g_variant_type_n_items(type) == 0)
+                return reason_unit;
+
+        if (depth >= PAYLOAD_DEPTH_MAX)
+                return reason_depth;
+
+        /* Its contents have a signature of their own, checked when a value supplies them. */
+        if (g_variant_type_is_variant(type))
+                return NULL;
+
+        if (g_variant_type_is_array(type)) {
+                if (arrays >= DBUS_ARRAY_DEPTH_MAX)
+                        return reason_arrays;
+                return check_type_at(g_variant_type_element(type), true, arrays + 1, structs,
+                                     depth + 1);
+        }
+
+        if (g_variant_type_is_tuple(type) || g_variant_type_is_dict_entry(type)) {
+                if (structs >= DBUS_STRUCT_DEPTH_MAX)
+                        return reason_structs;
+                for (const GVariantType *t = g_variant_type_first(type); t;
+                     t = g_variant_type_next(t)) {
+                        reason = check_type_at(t, false, arrays, structs + 1, depth + 1);
+                        if (reason)
+                                return reason;
+                }
+                return NULL;
+        }
+
+        return reason_unknown;
+}
+
+/* Checks the contents type of a variant that sits at depth (1 for the carrying variant). */
+static int check_variant_contents(const GVariantType *type, unsigned depth,
+                                  const char **ret_reason) {
+        const char *reason;
+
+        if (!g_variant_type_is_definite(type))
+                reason = reason_indefinite;
+        else if (g_variant_type_get_string_length(type) > DBUS_SIGNATURE_MAX)
+                reason = reason_signature_length;
+        else
+                reason = check_type_at(type, false, 0, 0, depth);
+
+        if (!reason)
+                return 0;
+        if (ret_reason)
+                *ret_reason = reason;
+        return -EINVAL;
+}
+
+int payload_check_type(const GVariantType *type, const char **ret_reason) {
+        if (!type) {
+                if (ret_reason)
+                        *ret_reason = "no type";
+                return -EINVAL;
+        }
+        return check_variant_contents(type, 1, ret_reason);
+}
+
+/* Basic types whose D-Bus and GVariant array encodings are the same packed native-endian
+ * elements, so whole arrays can be copied at once. Not 'b': 4 bytes in D-Bus, 1 in GVariant.
+ * Not 'h': every fd must be duplicated, and its number is an index on the wire. */
+static size_t fixed_element_size(char c) {
+        switch (c) {
+        case 'y':
+                return 1;
+        case 'n':
+        case 'q':
+                return 2;
+        case 'i':
+        case 'u':
+                return 4;
+        case 'x':
+        case 't':
+        case 'd':
+                return 8;
+        default:
+                return 0;
+        }
+}
+
+static int append_value(sd_bus_message *m, GVariant *value, unsigned depth);
+
+static int append_basic(sd_bus_message *m, GVariant *value) {
+        char c = g_variant_get_type_string(value)[0];
+
+        switch (c) {
+        case 'b': {
+                /* sd-bus reads a D-Bus boolean through an int, not a gboolean-sized byte. */
+                int b = g_variant_get_boolean(value);
+                return sd_bus_message_append_basic(m, c, &b);
+        }
+        case 'y': {
+                uint8_t v = g_variant_get_byte(value);
+                return sd_bus_message_append_basic(m, c, &v);
+        }
+        case 'n': {
+                int16_t v = g_variant_get_int16(value);
+                return sd_bus_message_append_basic(m, c, &v);
+        }
+        case 'q': {
+                uint16_t v = g_variant_get_uint16(value);
+                return sd_bus_message_append_basic(m, c, &v);
+        }
+        case 'i': {
+                int32_t v = g_variant_get_int32(value);
+                return sd_bus_message_append_basic(m, c, &v);
+        }
+        case 'u': {
+                uint32_t v = g_variant_get_uint32(value);
+                return sd_bus_message_append_basic(m, c, &v);
+        }
+        case 'x': {
+                int64_t v = g_variant_get_int64(value);
+                return sd_bus_message_append_basic(m, c, &v);
+        }
+        case 't': {
+                uint64_t v = g_variant_get_uint64(value);
+                return sd_bus_message_append_basic(m, c, &v);
+        }
+        case 'd': {
+                double v = g_variant_get_double(value);
+                return sd_bus_message_append_basic(m, c, &v);
+        }
+        case 'h': {
+                /* sd-bus duplicates the fd: the caller keeps its own. */
+                int fd = g_variant_get_handle(value);
+                return sd_bus_message_append_basic(m, c, &fd);
+        }
+        case 's':
+        case 'o':
+        case 'g':
+                /* Strings are passed by pointer itself, not by pointer to a pointer. */
+                return sd_bus_message_append_basic(m, c, g_variant_get_string(value, NULL));
+        default:
+                return -EINVAL;
+        }
+}
+
+static int append_array(sd_bus_message *m, GVariant *value, unsigned depth) {
+        const char *element = g_variant_get_type_string(value) + 1;
+        size_t size = element[1] == '\0' ? fixed_element_size(element[0]) : 0;
+        int r;
+
+        if (size > 0) {
+                gsize n;
+                const void *p = g_variant_get_fixed_array(value, &n, size);
+                return sd_bus_message_append_array(m, element[0], p, n * size);
+        }
+
+        r = sd_bus_message_open_container(m, 'a', element);
+        if (r < 0)
+                return r;
+
+        size_t n = g_variant_n_children(value);
+        for (size_t i = 0; i < n; i++) {
+                g_autoptr(GVariant) child = g_variant_get_child_value(value, i);
+                r = append_value(m, child, depth);
+                if (r < 0)
+                        return r;
+        }
+
+        return sd_bus_message_close_container(m);
+}
+
+/* Structs and dict entries: sd-bus wants the signature without the enclosing brackets. */
+static int append_members(sd_bus_message *m, char container, GVariant *value, unsigned depth) {
+        const char *type = g_variant_get_type_string(value);
+        size_t length = strlen(type);
+        char contents[DBUS_SIGNATURE_MAX + 1];
+        int r;
+
+        /* The signature check bounds every type string it lets through; this guards the copy. */
+        if (length < 3 || length - 2 > DBUS_SIGNATURE_MAX)
+                return -EINVAL;
+        memcpy(contents, type + 1, length - 2);
+        contents[length - 2] = '\0';
+
+        r = sd_bus_message_open_container(m, container, contents);
+        if (r < 0)
+                return r;
+
+        size_t n = g_variant_n_children(value);
+        for (size_t i = 0; i < n; i++) {
+                g_autoptr(GVariant) child = g_variant_get_child_value(value, i);
+                r = append_value(m, child, depth);
+                if (r < 0)
+                        return r;
+        }
+
+        return sd_bus_message_close_container(m);
+}
+
+/* Appends a variant at depth; the declared type of a variant says nothing about what it holds,
+ * so each one's contents is checked here, with the depth of everything around it. */
+static int append_variant(sd_bus_message *m, GVariant *contents, unsigned depth) {
+        const GVariantType *type = g_variant_get_type(contents);
+        int r;
+
+        r = check_variant_contents(type, depth, NULL);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_open_container(m, 'v', g_variant_get_type_string(contents));
+        if (r < 0)
+                return r;
+
+        r = append_value(m, contents, depth);
+        if (r < 0)
+                return r;
+
+        return sd_bus_message_close_container(m);
+}
+
+/* depth counts the containers around value. */
+static int append_value(sd_bus_message *m, GVariant *value, unsigned depth) {
+        switch (g_variant_classify(value)) {
+        case G_VARIANT_CLASS_VARIANT: {
+                g_autoptr(GVariant) contents = g_variant_get_variant(value);
+                return append_variant(m, contents, depth + 1);
+        }
+        case G_VARIANT_CLASS_ARRAY:
+                return append_array(m, value, depth + 1);
+        case G_VARIANT_CLASS_TUPLE:
+                return append_members(m, 'r', value, depth + 1);
+        case G_VARIANT_CLASS_DICT_ENTRY:
+                return append_members(m, 'e', value, depth + 1);
+        case G_VARIANT_CLASS_MAYBE:
+                return -EINVAL;
+        default:
+                return append_basic(m, value);
+        }
+}
+
+int payload_append_variant(sd_bus_message *m, GVariant *value) {
+        if (!m || !value)
+                return -EINVAL;
+
+        /* Like GLib's own constructors, take over a floating reference rather than leak it. */
+        g_autoptr(GVariant) owned = g_variant_ref_sink(value);
+
+        return append_variant(m, owned, 1);
+}
+
+static int read_item(sd_bus_message *m, unsigned depth, GVariant **ret);
+
+static int read_basic(sd_bus_message *m, char type, GVariant **ret) {
+        union {
+                uint8_t y;
+                int16_t n;
+                uint16_t q;
+                int32_t i;
+                uint32_t u;
+                int64_t x;
+                uint64_t t;
+                double d;
+                int b;
+                int h;
+                const char *s;
+        } u = { 0 };
+        GVariant *v;
+        int r;
+
+        r = sd_bus_message_read_basic(m, type, &u);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return -EBADMSG;
+
+        switch (type) {
+        case 'y':
+                v = g_variant_new_byte(u.y);
+                break;
+        case 'b':
+                v = g_variant_new_boolean(u.b);
+                break;
+        case 'n':
+                v = g_variant_new_int16(u.n);
+                break;
+        case 'q':
+                v = g_variant_new_uint16(u.q);
+                break;
+        case 'i':
+                v = g_variant_new_int32(u.i);
+                break;
+        case 'u':
+                v = g_variant_new_uint32(u.u);
+                break;
+        case 'x':
+                v = g_variant_new_int64(u.x);
+                break;
+        case 't':
+                v = g_variant_new_uint64(u.t);
+                break;
+        case 'd':
+                v = g_variant_new_double(u.d);
+                break;
+        case 'h':
+                v = g_variant_new_handle(u.h);
+                break;
+        /* sd-bus validated these already; GLib's rules are checked too because its constructors
+         * fail with a critical rather than an error on anything they disagree with. */
+        case 's':
+                if (!g_utf8_validate(u.s, -1, NULL))
+                        return -EBADMSG;
+                v = g_variant_new_string(u.s);
+                break;
+        case 'o':
+                if (!g_variant_is_object_path(u.s))
+                        return -EBADMSG;
+                v = g_variant_new_object_path(u.s);
+                break;
+        case 'g':
+                if (!g_variant_is_signature(u.s))
+                        return -EBADMSG;
+                v = g_variant_new_signature(u.s);
+                break;
+        default:
+                return -EBADMSG;
+        }
+
+        *ret = g_variant_ref_sink(v);
+        return 0;
+}
+
+static int read_fixed_array(sd_bus_message *m, char type, size_t size, GVariant **ret) {
+        const void *p = NULL;
+        size_t n = 0;
+        char element[2] = { type, '\0' };
+        int r;
+
+        r = sd_bus_message_read_array(m, type, &p, &n);
+        if (r < 0)
+                return r;
+        if (n % size != 0)
+                return -EBADMSG;
+
+        *ret = g_variant_ref_sink(g_variant_new_fixed_array(G_VARIANT_TYPE(element), p, n / size,
+                                                            size));
+        return 0;
+}
+
+/* Reads the items of the container just entered, up to its end. */
+static int read_children(sd_bus_message *m, unsigned depth, GPtrArray *children) {
+        int r;
+
+        for (;;) {
+                GVariant *child = NULL;
+
+                r = sd_bus_message_at_end(m, false);
+                if (r < 0)
+                        return r;
+                if (r > 0)
+                        return 0;
+
+                r = read_item(m, depth, &child);
+                if (r < 0)
+                        return r;
+                g_ptr_array_add(children, child);
+        }
+}
+
+static int read_container(sd_bus_message *m, char type, const char *contents, unsigned depth,
+                          GVariant **ret) {
+        g_autoptr(GPtrArray) children = g_ptr_array_new_with_free_func(
+                (GDestroyNotify) g_variant_unref);
+        g_autoptr(GVariantType) element = NULL;
+        GVariant *v = NULL;
+        int r;
+
+        /* contents points into sd-bus's peek buffer, which the first peek inside replaces. */
+        if (type == 'a')
+                element = g_variant_type_new(contents);
+
+        r = sd_bus_message_enter_container(m, type, contents);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return -EBADMSG;
+
+        r = read_children(m, depth, children);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+
+        /* The enclosing variant's signature was checked, so these types are valid GVariant
+         * types; the count checks only keep GLib's constructors from being called wrongly. */
+        switch (type) {
+        case 'a':
+                v = g_variant_new_array(element,
+                                        (GVariant **) children->pdata, children->len);
+                break;
+        case 'r':
+                if (children->len == 0)
+                        return -EBADMSG;
+                v = g_variant_new_tuple((GVariant **) children->pdata, children->len);
+                break;
+        case 'e':
+                if (children->len != 2)
+                        return -EBADMSG;
+                v = g_variant_new_dict_entry(children->pdata[0], children->pdata[1]);
+                break;
+        }
+        if (!v)
+                return -EBADMSG;
+
+        *ret = g_variant_ref_sink(v);
+        return 0;
+}
+
+/* Reads the contents of the variant at the read position, which sits at depth. */
+static int read_variant_contents(sd_bus_message *m, const char *contents, unsigned depth,
+                                 GVariant **ret) {
+        g_autoptr(GVariant) v = NULL;
+        int r;
+
+        /* The signature is the sender's: check it all before building anything from it, so that
+         * GLib never sees a type it rejects and too deep nesting is refused before recursing. */
+        if (!contents || !g_variant_type_string_is_valid(contents) ||
+            check_variant_contents(G_VARIANT_TYPE(contents), depth, NULL) < 0)
+                return -EBADMSG;
+
+        r = sd_bus_message_enter_container(m, 'v', contents);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return -EBADMSG;
+
+        r = read_item(m, depth, &v);
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+
+        *ret = g_steal_pointer(&v);
+        return 0;
+}
+
+/* Reads one complete item inside depth containers. */
+static int read_item(sd_bus_message *m, unsigned depth, GVariant **ret) {
+        const char *contents = NULL;
+        char type;
+        int r;
+
+        r = sd_bus_message_peek_type(m, &type, &contents);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return -EBADMSG;
+
+        switch (type) {
+        case 'v': {
+                g_autoptr(GVariant) child = NULL;
+
+                if (depth >= PAYLOAD_DEPTH_MAX)
+                        return -EBADMSG;
+                r = read_variant_contents(m, contents, depth + 1, &child);
+                if (r < 0)
+                        return r;
+                *ret = g_variant_ref_sink(g_variant_new_variant(child));
+                return 0;
+        }
+        case 'a': {
+                size_t size;
+
+                if (depth >= PAYLOAD_DEPTH_MAX || !contents)
+                        return -EBADMSG;
+                size = contents[1] == '\0' ? fixed_element_size(contents[0]) : 0;
+                if (size > 0)
+                        return read_fixed_array(m, contents[0], size, ret);
+                return read_container(m, type, contents, depth + 1, ret);
+        }
+        case 'r':
+        case 'e':
+                if (depth >= PAYLOAD_DEPTH_MAX || !contents)
+                        return -EBADMSG;
+                return read_container(m, type, contents, depth + 1, ret);
+        default:
+                return read_basic(m, type, ret);
+        }
+}
+
+int payload_read_variant(sd_bus_message *m, GVariant **ret) {
+        const char *contents = NULL;
+        GVariant *v = NULL;
+        char type;
+        int r;
+
+        if (!m || !ret)
+                return -EINVAL;
+
+        r = sd_bus_message_peek_type(m, &type, &contents);
+        if (r < 0)
+                return r;
+        if (r == 0 || type != 'v')
+                return -ENXIO;
+
+        r = read_variant_contents(m, contents, 1, &v);
+        /* -ENXIO promises the caller that nothing was read; past this point it can only mean
+         * the sender's data disagreed with its own signature. */
+        if (r == -ENXIO)
+                return -EBADMSG;
+        if (r < 0)
+                return r;
+
+        *ret = v;
+        return 0;
+}
