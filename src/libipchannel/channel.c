@@ -10,6 +10,7 @@
 
 #include "channel.h"
 #include "glib-source.h"
+#include "loop-timer.h"
 #include "macro.h"
 #include "names.h"
 #include "payload.h"
@@ -108,15 +109,20 @@ struct ipchannel {
         pending_send *queue, *queue_tail;
         size_t n_queued, queue_max;
 
-        sd_event_source *reconnect_event_source;
-        GSource *reconnect_glib_source;
+        loop_timer reconnect_timer;
         uint64_t reconnect_usec;
+
+        /* After connect, queued sends wait this long for their receivers to appear. */
+        loop_timer flush_timer;
+        uint64_t flush_wait_usec;
+        bool flush_waited;
 };
 
 static void channel_teardown_bus(ipchannel *ch);
 static int channel_open(ipchannel *ch);
 static int channel_claim(ipchannel *ch);
 static void channel_lost(ipchannel *ch);
+static void channel_flush(ipchannel *ch);
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -201,38 +207,13 @@ static bool channel_usable(ipchannel *ch) {
 
 /* ---- timers on either loop -------------------------------------------------------------- */
 
-static void channel_reconnect_cancel(ipchannel *ch) {
-        ch->reconnect_event_source = sd_event_source_disable_unref(ch->reconnect_event_source);
-        if (ch->reconnect_glib_source) {
-                g_source_destroy(ch->reconnect_glib_source);
-                g_source_unref(ch->reconnect_glib_source);
-                ch->reconnect_glib_source = NULL;
-        }
-}
+static void channel_reconnect_now(void *userdata) {
+        ipchannel *ch = userdata;
 
-static void channel_reconnect_now(ipchannel *ch) {
-        int r;
-
-        channel_reconnect_cancel(ch);
         if (ch->state != STATE_LOST)
                 return;
-
-        r = channel_open(ch);
-        if (r < 0) {
-                /* Still no bus: try again later, a little later each time. */
-                channel_lost(ch);
-                return;
-        }
-}
-
-static int on_reconnect_event(sd_event_source *s, uint64_t usec, void *userdata) {
-        channel_reconnect_now(userdata);
-        return 0;
-}
-
-static gboolean on_reconnect_glib(gpointer userdata) {
-        channel_reconnect_now(userdata);
-        return G_SOURCE_REMOVE;
+        if (channel_open(ch) < 0)
+                channel_lost(ch);       /* still no bus: try again later, a little later each time */
 }
 
 static int channel_reconnect_schedule(ipchannel *ch) {
@@ -241,16 +222,7 @@ static int channel_reconnect_schedule(ipchannel *ch) {
         ch->reconnect_usec = MIN(MAX(usec * 2, RECONNECT_USEC_MIN), RECONNECT_USEC_MAX);
         /* Spread the peers out so they do not all knock at once after a broker restart. */
         usec += (uint64_t) g_random_int_range(0, (gint32) (usec / 4 + 1));
-
-        channel_reconnect_cancel(ch);
-        if (ch->glib) {
-                ch->reconnect_glib_source = g_timeout_source_new((guint) (usec / 1000));
-                g_source_set_callback(ch->reconnect_glib_source, on_reconnect_glib, ch, NULL);
-                g_source_attach(ch->reconnect_glib_source, ch->glib);
-                return 0;
-        }
-        return sd_event_add_time_relative(ch->event, &ch->reconnect_event_source, CLOCK_MONOTONIC,
-                                          usec, 0, on_reconnect_event, ch);
+        return loop_timer_arm(&ch->reconnect_timer, ch->event, ch->glib, usec, channel_reconnect_now, ch);
 }
 
 /* ---- incoming messages ------------------------------------------------------------------ */
@@ -392,20 +364,31 @@ static int on_broadcast_catchall(sd_bus_message *m, void *userdata, sd_bus_error
         return handle_broadcast(m, userdata, true);
 }
 
-static void channel_become_connected(ipchannel *ch) {
-        if (ch->state == STATE_CONNECTED)
-                return;
-        ch->state = STATE_CONNECTED;
-        ch->peer_id = ch->claim_id;
-        ch->reconnect_usec = 0;
-        ch->claim_slot = sd_bus_slot_unref(ch->claim_slot);
-        if (ch->unique_name)
-                channel_map_set(ch, ch->peer_id, ch->unique_name);
+static void on_flush_timer(void *userdata) {
+        ipchannel *ch = userdata;
 
-        /* Flush what was sent while not connected, in order, before anything new. */
+        ch->flush_waited = true;
+        channel_flush(ch);
+}
+
+/* Sends what waited for the connection, in order. A message for a peer that is not (yet) on
+ * the bus holds everything behind it, so no pair of peers sees its messages reordered, until
+ * that peer appears or flush_wait_usec after connect; then it is reported as undeliverable. */
+static void channel_flush(ipchannel *ch) {
         while (ch->queue && ch->state == STATE_CONNECTED) {
                 pending_send *p = ch->queue;
                 int r;
+
+                if (p->to != IPCHANNEL_ALL && !channel_peer_present(ch, p->to) && !ch->flush_waited) {
+                        if (!loop_timer_is_armed(&ch->flush_timer)) {
+                                r = loop_timer_arm(&ch->flush_timer, ch->event, ch->glib,
+                                                   ch->flush_wait_usec, on_flush_timer, ch);
+                                if (r < 0)
+                                        ch->flush_waited = true;
+                        }
+                        if (!ch->flush_waited)
+                                return;
+                }
 
                 ch->queue = p->next;
                 if (!ch->queue)
@@ -422,6 +405,22 @@ static void channel_become_connected(ipchannel *ch) {
                                            p->event, g_strerror(-r));
                 pending_send_free(p);
         }
+        if (!ch->queue)
+                loop_timer_cancel(&ch->flush_timer);
+}
+
+static void channel_become_connected(ipchannel *ch) {
+        if (ch->state == STATE_CONNECTED)
+                return;
+        ch->state = STATE_CONNECTED;
+        ch->peer_id = ch->claim_id;
+        ch->reconnect_usec = 0;
+        ch->claim_slot = sd_bus_slot_unref(ch->claim_slot);
+        if (ch->unique_name)
+                channel_map_set(ch, ch->peer_id, ch->unique_name);
+
+        ch->flush_waited = false;
+        channel_flush(ch);
 
         if (ch->state != STATE_CONNECTED)
                 return;
@@ -466,8 +465,11 @@ static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error
         if (ch->state == STATE_CONNECTED && id != ch->peer_id) {
                 if (old_owner[0] != '\0')
                         emit_local(ch, id, IPCHANNEL_EVENT_PEER_LEAVE, NULL);
-                if (new_owner[0] != '\0')
+                if (new_owner[0] != '\0') {
+                        if (ch->queue)
+                                channel_flush(ch);
                         emit_local(ch, id, IPCHANNEL_EVENT_PEER_JOIN, NULL);
+                }
         }
         return 0;
 }
@@ -870,8 +872,8 @@ static void channel_lost(ipchannel *ch) {
         bool was_connected;
         int r;
 
-        if (ch->state == STATE_IDLE || (ch->state == STATE_LOST && !ch->bus &&
-                                        (ch->reconnect_event_source || ch->reconnect_glib_source)))
+        if (ch->state == STATE_IDLE ||
+            (ch->state == STATE_LOST && !ch->bus && loop_timer_is_armed(&ch->reconnect_timer)))
                 return;
 
         was_connected = ch->state == STATE_CONNECTED;
@@ -879,6 +881,7 @@ static void channel_lost(ipchannel *ch) {
                 ch->reclaim_id = ch->peer_id;
         ch->state = STATE_LOST;
         ch->peer_id = 0;
+        loop_timer_cancel(&ch->flush_timer);
         channel_teardown_bus(ch);
 
         r = channel_reconnect_schedule(ch);
@@ -925,7 +928,8 @@ int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *da
                 if (r < 0)
                         return r;
         }
-        return sd_bus_send(ch->bus, m, NULL);
+        r = sd_bus_send(ch->bus, m, NULL);
+        return r < 0 ? r : 0;
 }
 
 /* data: borrowed, not floating. */
@@ -945,7 +949,7 @@ static int channel_send(ipchannel *ch, uint32_t to, const char *event, GVariant 
                         return r;
         }
 
-        if (ch->state == STATE_CONNECTED)
+        if (ch->state == STATE_CONNECTED && !ch->queue)
                 return channel_send_now(ch, to, event, data);
 
         if (ch->n_queued >= ch->queue_max)
@@ -1008,6 +1012,7 @@ _public_ int ipchannel_new(ipchannel **ret, const char *app) {
                 .query_slots = g_ptr_array_new_with_free_func(slot_unref_notify),
                 .owner_queries = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL),
                 .queue_max = IPCHANNEL_QUEUE_MAX_DEFAULT,
+                .flush_wait_usec = IPCHANNEL_FLUSH_WAIT_USEC_DEFAULT,
         };
         listeners_init(&ch->listeners, on_listeners_change, ch);
         if (!ch->app || !ch->prefix || !ch->path || !ch->ns) {
@@ -1041,7 +1046,8 @@ _public_ ipchannel *ipchannel_ref(ipchannel *ch) {
 }
 
 static void channel_free(ipchannel *ch) {
-        channel_reconnect_cancel(ch);
+        loop_timer_cancel(&ch->reconnect_timer);
+        loop_timer_cancel(&ch->flush_timer);
         channel_teardown_bus(ch);
         listeners_clear(&ch->listeners);
         channel_queue_clear(ch);
@@ -1100,6 +1106,13 @@ _public_ int ipchannel_set_queue_max(ipchannel *ch, size_t n) {
         assert_return(n > 0, -EINVAL);
 
         ch->queue_max = n;
+        return 0;
+}
+
+_public_ int ipchannel_set_flush_wait(ipchannel *ch, uint64_t usec) {
+        assert_channel(ch);
+
+        ch->flush_wait_usec = usec;
         return 0;
 }
 
@@ -1163,7 +1176,8 @@ _public_ int ipchannel_disconnect(ipchannel *ch) {
 
         if (ch->state == STATE_IDLE)
                 return 0;
-        channel_reconnect_cancel(ch);
+        loop_timer_cancel(&ch->reconnect_timer);
+        loop_timer_cancel(&ch->flush_timer);
         channel_teardown_bus(ch);
         ch->state = STATE_IDLE;
         ch->peer_id = 0;

@@ -105,6 +105,14 @@ int  ipchannel_has_peer(ipchannel *ch, uint32_t id);
 #define IPCHANNEL_QUEUE_MAX_DEFAULT 65536u
 int  ipchannel_set_queue_max(ipchannel *ch, size_t n);
 
+/* After "connect", sends queued for a peer that is not on the bus yet wait up to this long
+ * for it (default IPCHANNEL_FLUSH_WAIT_USEC_DEFAULT), holding back the sends queued after
+ * them so that order is kept; then they are reported on "error" as undeliverable. This lets
+ * peers that start, or come back after a bus restart, at slightly different times reach
+ * each other. 0: report at once. */
+#define IPCHANNEL_FLUSH_WAIT_USEC_DEFAULT (2 * 1000 * 1000ULL)
+int  ipchannel_set_flush_wait(ipchannel *ch, uint64_t usec);
+
 ipchannel_slot *ipchannel_slot_ref(ipchannel_slot *slot);
 
 static inline void ipchannel_unrefp(ipchannel **ch) {

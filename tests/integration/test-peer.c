@@ -1,0 +1,352 @@
+/* SPDX-License-Identifier: MIT */
+/* test-peer: a peer driven line by line on stdin that reports what it sees on stdout. */
+#include <getopt.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <signal.h>
+
+#include <glib-unix.h>
+#include <ipchannel.h>
+
+/*
+ * Commands (stdin, one per line):
+ *   connect | disconnect | exit CODE
+ *   send TO TEXT            TO: a peer id or "all"; TEXT: GVariant text, or "null"
+ *   emit TO EVENT TEXT
+ *   flood TO EVENT N        N sends of (u seq) with seq 0..N-1
+ *   mixed TO N              N messages alternating targeted/broadcast, event "seq", (u seq)
+ *   on EVENT | once EVENT | off EVENT
+ *   count                   prints "count N": Broadcast signals this connection received
+ *   state                   prints "state ID CONNECTED"
+ *   has ID                  prints "has ID R"
+ * Output lines:
+ *   ready | connect ID | disconnect | error ERRNO MESSAGE | state ID CONNECTED
+ *   recv SENDER EVENT TEXT  (TEXT: GVariant text, or "null")
+ *   result COMMAND R        (return value of the library call)
+ *   peer-join ID | peer-leave ID | count N
+ */
+
+typedef enum { LOOP_DEFAULT, LOOP_SD_EVENT, LOOP_GLIB } loop_kind;
+
+static const char *arg_app = "test";
+static uint32_t arg_id;
+static loop_kind arg_loop = LOOP_DEFAULT;
+static size_t arg_queue_max;
+static int64_t arg_flush_wait = -1;
+static bool arg_connect;
+
+typedef struct slot_entry {
+        struct slot_entry *next;
+        char *event;
+        ipchannel_slot *slot;
+} slot_entry;
+
+static ipchannel *ch;
+static slot_entry *slots;
+static uint64_t n_broadcast_signals;
+static GString *input;
+static sd_bus_slot *count_filter;
+
+static void out(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
+static void out(const char *fmt, ...) {
+        va_list ap;
+
+        va_start(ap, fmt);
+        vprintf(fmt, ap);
+        va_end(ap);
+        putchar('\n');
+        fflush(stdout);
+}
+
+static int on_bus_message(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        if (sd_bus_message_is_signal(m, "org.ipchannel.Peer1", NULL))
+                n_broadcast_signals++;
+        return 0;
+}
+
+static void on_event(ipchannel *c, uint32_t sender, const char *event, GVariant *data,
+                     void *userdata) {
+        g_autofree char *text = data ? g_variant_print(data, TRUE) : g_strdup("null");
+
+        if (strcmp(event, IPCHANNEL_EVENT_CONNECT) == 0) {
+                /* Count from here on what reaches this connection. */
+                count_filter = sd_bus_slot_unref(count_filter);
+                sd_bus_add_filter(ipchannel_get_bus(c), &count_filter, on_bus_message, NULL);
+                out("connect %" PRIu32, ipchannel_get_peer_id(c));
+        } else if (strcmp(event, IPCHANNEL_EVENT_DISCONNECT) == 0)
+                out("disconnect");
+        else if (strcmp(event, IPCHANNEL_EVENT_ERROR) == 0) {
+                int32_t e = 0;
+                const char *msg = "";
+
+                g_variant_get(data, "(i&s)", &e, &msg);
+                out("error %" PRIi32 " %s", e, msg);
+        } else if (strcmp(event, IPCHANNEL_EVENT_PEER_JOIN) == 0 ||
+                   strcmp(event, IPCHANNEL_EVENT_PEER_LEAVE) == 0)
+                out("%s %" PRIu32, event, sender);
+        else
+                out("recv %" PRIu32 " %s %s", sender, event, text);
+}
+
+static int parse_to(const char *s, uint32_t *ret) {
+        if (strcmp(s, "all") == 0) {
+                *ret = IPCHANNEL_ALL;
+                return 0;
+        }
+        *ret = (uint32_t) strtoul(s, NULL, 10);
+        return 0;
+}
+
+static GVariant *parse_data(const char *text) {
+        g_autoptr(GError) error = NULL;
+        GVariant *v;
+
+        if (strcmp(text, "null") == 0)
+                return NULL;
+        v = g_variant_parse(NULL, text, NULL, NULL, &error);
+        if (!v) {
+                out("parse-error %s", error->message);
+                return NULL;
+        }
+        return v;
+}
+
+static void add_listener(const char *event, bool once) {
+        slot_entry *e = g_new0(slot_entry, 1);
+        int r;
+
+        r = (once ? ipchannel_once : ipchannel_on)(ch, event, on_event, NULL, &e->slot);
+        out("result %s %d", once ? "once" : "on", r);
+        if (r < 0) {
+                g_free(e);
+                return;
+        }
+        e->event = g_strdup(event);
+        e->next = slots;
+        slots = e;
+}
+
+static void remove_listener(const char *event) {
+        for (slot_entry **p = &slots; *p; p = &(*p)->next)
+                if (strcmp((*p)->event, event) == 0) {
+                        slot_entry *e = *p;
+                        *p = e->next;
+                        ipchannel_slot_unref(e->slot);
+                        g_free(e->event);
+                        g_free(e);
+                        out("result off 0");
+                        return;
+                }
+        out("result off %d", -ENOENT);
+}
+
+static void run_command(char *line) {
+        g_auto(GStrv) w = g_strsplit(line, " ", 4);
+        size_t n = g_strv_length(w);
+        uint32_t to;
+        int r;
+
+        if (n == 0)
+                return;
+        if (strcmp(w[0], "connect") == 0)
+                out("result connect %d", ipchannel_connect(ch));
+        else if (strcmp(w[0], "disconnect") == 0)
+                out("result disconnect %d", ipchannel_disconnect(ch));
+        else if (strcmp(w[0], "exit") == 0)
+                ipchannel_exit(ch, n > 1 ? atoi(w[1]) : 0);
+        else if (strcmp(w[0], "state") == 0)
+                out("state %" PRIu32 " %d", ipchannel_get_peer_id(ch), ipchannel_is_connected(ch));
+        else if (strcmp(w[0], "has") == 0 && n >= 2)
+                out("has %s %d", w[1], ipchannel_has_peer(ch, (uint32_t) atoi(w[1])));
+        else if (strcmp(w[0], "count") == 0)
+                out("count %" PRIu64, n_broadcast_signals);
+        else if (strcmp(w[0], "on") == 0 && n >= 2)
+                add_listener(w[1], false);
+        else if (strcmp(w[0], "once") == 0 && n >= 2)
+                add_listener(w[1], true);
+        else if (strcmp(w[0], "off") == 0 && n >= 2)
+                remove_listener(w[1]);
+        else if (strcmp(w[0], "send") == 0 && n >= 3) {
+                g_autofree char *rest = g_strjoinv(" ", w + 2);
+                parse_to(w[1], &to);
+                r = ipchannel_send(ch, to, parse_data(rest));
+                out("result send %d", r);
+        } else if (strcmp(w[0], "emit") == 0 && n >= 4) {
+                parse_to(w[1], &to);
+                r = ipchannel_emit(ch, to, w[2], parse_data(w[3]));
+                out("result emit %d", r);
+        } else if (strcmp(w[0], "flood") == 0 && n >= 4) {
+                unsigned count = (unsigned) atoi(w[3]);
+                parse_to(w[1], &to);
+                r = 0;
+                for (unsigned i = 0; i < count && r >= 0; i++)
+                        r = ipchannel_emit(ch, to, w[2], g_variant_new("(u)", i));
+                out("result flood %d", r);
+        } else if (strcmp(w[0], "mixed") == 0 && n >= 3) {
+                unsigned count = (unsigned) atoi(w[2]);
+                parse_to(w[1], &to);
+                r = 0;
+                for (unsigned i = 0; i < count && r >= 0; i++)
+                        r = ipchannel_emit(ch, i % 2 ? IPCHANNEL_ALL : to, "seq", g_variant_new("(u)", i));
+                out("result mixed %d", r);
+        } else
+                out("unknown-command %s", line);
+}
+
+static void handle_input(const char *buf, size_t n) {
+        g_string_append_len(input, buf, (gssize) n);
+        for (;;) {
+                char *nl = memchr(input->str, '\n', input->len);
+                if (!nl)
+                        break;
+                *nl = '\0';
+                g_autofree char *line = g_strdup(input->str);
+                g_string_erase(input, 0, (gssize) (nl - input->str + 1));
+                run_command(line);
+        }
+}
+
+static bool read_stdin(void) {
+        char buf[4096];
+        ssize_t n = read(STDIN_FILENO, buf, sizeof(buf));
+
+        if (n <= 0)
+                return false;
+        handle_input(buf, (size_t) n);
+        return true;
+}
+
+static int on_stdin_event(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        if (!read_stdin())
+                ipchannel_exit(ch, 0);
+        return 0;
+}
+
+static gboolean on_stdin_glib(gint fd, GIOCondition condition, gpointer userdata) {
+        if (!read_stdin()) {
+                ipchannel_exit(ch, 0);
+                return G_SOURCE_REMOVE;
+        }
+        return G_SOURCE_CONTINUE;
+}
+
+static int parse_argv(int argc, char *argv[]) {
+        static const struct option options[] = {
+                { "app", required_argument, NULL, 'a' },
+                { "id", required_argument, NULL, 'i' },
+                { "loop", required_argument, NULL, 'l' },
+                { "listen", required_argument, NULL, 'L' },
+                { "queue-max", required_argument, NULL, 'q' },
+                { "flush-wait", required_argument, NULL, 'f' },
+                { "connect", no_argument, NULL, 'c' },
+                {}
+        };
+        int c;
+
+        while ((c = getopt_long(argc, argv, "", options, NULL)) >= 0)
+                switch (c) {
+                case 'a':
+                        arg_app = optarg;
+                        break;
+                case 'i':
+                        arg_id = (uint32_t) strtoul(optarg, NULL, 10);
+                        break;
+                case 'l':
+                        arg_loop = strcmp(optarg, "glib") == 0       ? LOOP_GLIB
+                                   : strcmp(optarg, "sd-event") == 0 ? LOOP_SD_EVENT
+                                                                     : LOOP_DEFAULT;
+                        break;
+                case 'q':
+                        arg_queue_max = strtoul(optarg, NULL, 10);
+                        break;
+                case 'f':
+                        arg_flush_wait = strtoll(optarg, NULL, 10);
+                        break;
+                case 'c':
+                        arg_connect = true;
+                        break;
+                case 'L':
+                        break;  /* handled once the channel exists */
+                default:
+                        return -EINVAL;
+                }
+        return 0;
+}
+
+int main(int argc, char *argv[]) {
+        g_autoptr(GMainContext) ctx = NULL;
+        sd_event *e = NULL;
+        sd_event_source *stdin_source = NULL;
+        int r;
+
+        /* The test that started us may die; we must not outlive it. */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+
+        if (parse_argv(argc, argv) < 0)
+                return 2;
+        input = g_string_new(NULL);
+
+        r = ipchannel_new(&ch, arg_app);
+        if (r < 0) {
+                out("result new %d", r);
+                return 1;
+        }
+        if (arg_id)
+                out("result set-peer-id %d", ipchannel_set_peer_id(ch, arg_id));
+        if (arg_queue_max)
+                ipchannel_set_queue_max(ch, arg_queue_max);
+        if (arg_flush_wait >= 0)
+                ipchannel_set_flush_wait(ch, (uint64_t) arg_flush_wait);
+
+        ipchannel_on(ch, IPCHANNEL_EVENT_CONNECT, on_event, NULL, NULL);
+        ipchannel_on(ch, IPCHANNEL_EVENT_DISCONNECT, on_event, NULL, NULL);
+        ipchannel_on(ch, IPCHANNEL_EVENT_ERROR, on_event, NULL, NULL);
+        for (int i = 1; i < argc; i++)
+                if (strcmp(argv[i], "--listen") == 0 && i + 1 < argc)
+                        ipchannel_on(ch, argv[++i], on_event, NULL, NULL);
+
+        switch (arg_loop) {
+        case LOOP_SD_EVENT:
+                sd_event_new(&e);
+                ipchannel_attach_event(ch, e, 0);
+                sd_event_add_io(e, &stdin_source, STDIN_FILENO, EPOLLIN, on_stdin_event, NULL);
+                break;
+        case LOOP_GLIB:
+                /* A context of our own, not the default one, to show nothing relies on it. */
+                ctx = g_main_context_new();
+                ipchannel_attach_glib(ch, ctx);
+                GSource *s = g_unix_fd_source_new(STDIN_FILENO, G_IO_IN | G_IO_HUP);
+                g_source_set_callback(s, G_SOURCE_FUNC(on_stdin_glib), NULL, NULL);
+                g_source_attach(s, ctx);
+                g_source_unref(s);
+                break;
+        case LOOP_DEFAULT:
+                sd_event_default(&e);
+                sd_event_add_io(e, &stdin_source, STDIN_FILENO, EPOLLIN, on_stdin_event, NULL);
+                break;
+        }
+
+        out("state %" PRIu32 " %d", ipchannel_get_peer_id(ch), ipchannel_is_connected(ch));
+        out("ready");
+        if (arg_connect)
+                out("result connect %d", ipchannel_connect(ch));
+
+        r = ipchannel_run(ch);
+
+        sd_event_source_disable_unref(stdin_source);
+        count_filter = sd_bus_slot_unref(count_filter);
+        while (slots) {
+                slot_entry *s = slots;
+                slots = s->next;
+                ipchannel_slot_unref(s->slot);
+                g_free(s->event);
+                g_free(s);
+        }
+        ch = ipchannel_unref(ch);
+        sd_event_unref(e);
+        g_string_free(input, TRUE);
+        return r < 0 ? 1 : r;
+}

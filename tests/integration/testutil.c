@@ -1,0 +1,201 @@
+/* SPDX-License-Identifier: MIT */
+/* Helpers for integration tests: test-peer processes driven through pipes. */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <check.h>
+
+#include "testutil.h"
+
+#ifndef TEST_PEER_PATH
+#error "TEST_PEER_PATH must name the test-peer binary"
+#endif
+
+#define MAX_PEERS 64
+
+static peer *peers[MAX_PEERS];
+
+static long long now_ms(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+peer *peer_start_env(const char *const *env, const char *arg, ...) {
+        const char *argv[64] = { TEST_PEER_PATH };
+        int in[2], out[2];
+        size_t n = 1;
+        va_list ap;
+        peer *p;
+
+        va_start(ap, arg);
+        for (const char *a = arg; a && n < 63; a = va_arg(ap, const char *))
+                argv[n++] = a;
+        va_end(ap);
+        argv[n] = NULL;
+
+        ck_assert_int_eq(pipe2(in, O_CLOEXEC), 0);
+        ck_assert_int_eq(pipe2(out, O_CLOEXEC), 0);
+
+        p = calloc(1, sizeof(*p));
+        ck_assert_ptr_nonnull(p);
+        p->pid = fork();
+        ck_assert_int_ge(p->pid, 0);
+        if (p->pid == 0) {
+                prctl(PR_SET_PDEATHSIG, SIGKILL);
+                dup2(in[0], STDIN_FILENO);
+                dup2(out[1], STDOUT_FILENO);
+                for (size_t i = 0; env && env[i]; i++)
+                        putenv((char *) env[i]);
+                execv(argv[0], (char **) argv);
+                _exit(127);
+        }
+        close(in[0]);
+        close(out[1]);
+        p->in = in[1];
+        p->out = out[0];
+
+        for (size_t i = 0; i < MAX_PEERS; i++)
+                if (!peers[i]) {
+                        peers[i] = p;
+                        break;
+                }
+
+        ck_assert_msg(peer_expect(p, "ready", PEER_TIMEOUT_MS), "test-peer did not start");
+        return p;
+}
+
+void peer_cmd(peer *p, const char *fmt, ...) {
+        char line[4096];
+        va_list ap;
+        int n;
+
+        va_start(ap, fmt);
+        n = vsnprintf(line, sizeof(line) - 1, fmt, ap);
+        va_end(ap);
+        ck_assert(n > 0 && (size_t) n < sizeof(line) - 1);
+        line[n++] = '\n';
+        ck_assert_int_eq(write(p->in, line, (size_t) n), n);
+}
+
+const char *peer_next_line(peer *p, int timeout_ms) {
+        static char line[sizeof(p->buf)];
+        long long deadline = now_ms() + timeout_ms;
+
+        for (;;) {
+                char *nl = memchr(p->buf, '\n', p->len);
+                if (nl) {
+                        size_t k = (size_t) (nl - p->buf);
+                        memcpy(line, p->buf, k);
+                        line[k] = '\0';
+                        memmove(p->buf, nl + 1, p->len - k - 1);
+                        p->len -= k + 1;
+                        return line;
+                }
+
+                long long left = deadline - now_ms();
+                if (left <= 0 || p->len == sizeof(p->buf))
+                        return NULL;
+                struct pollfd pfd = { .fd = p->out, .events = POLLIN };
+                int r = poll(&pfd, 1, (int) left);
+                if (r < 0 && errno == EINTR)
+                        continue;
+                if (r <= 0)
+                        return NULL;
+                ssize_t k = read(p->out, p->buf + p->len, sizeof(p->buf) - p->len);
+                if (k <= 0)
+                        return NULL;
+                p->len += (size_t) k;
+        }
+}
+
+const char *peer_expect(peer *p, const char *prefix, int timeout_ms) {
+        long long deadline = now_ms() + timeout_ms;
+
+        for (;;) {
+                long long left = deadline - now_ms();
+                const char *line = peer_next_line(p, left > 0 ? (int) left : 0);
+
+                if (!line)
+                        return NULL;
+                if (strncmp(line, prefix, strlen(prefix)) == 0)
+                        return line;
+        }
+}
+
+bool peer_quiet(peer *p, const char *prefix, int ms) {
+        return peer_expect(p, prefix, ms) == NULL;
+}
+
+unsigned peer_wait_connect(peer *p) {
+        const char *line = peer_expect(p, "connect ", PEER_TIMEOUT_MS);
+
+        ck_assert_msg(line, "peer %d did not connect", (int) p->pid);
+        return (unsigned) strtoul(line + 8, NULL, 10);
+}
+
+void peer_kill(peer *p, int sig) {
+        if (p->pid > 0)
+                kill(p->pid, sig);
+}
+
+int peer_wait(peer *p, int timeout_ms) {
+        long long deadline = now_ms() + timeout_ms;
+        int status;
+
+        if (p->pid <= 0)
+                return -1;
+        for (;;) {
+                pid_t r = waitpid(p->pid, &status, WNOHANG);
+                if (r == p->pid) {
+                        p->pid = 0;
+                        return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+                }
+                if (now_ms() > deadline) {
+                        kill(p->pid, SIGKILL);
+                        waitpid(p->pid, &status, 0);
+                        p->pid = 0;
+                        return -1;
+                }
+                usleep(2000);
+        }
+}
+
+void peer_free(peer *p) {
+        if (!p)
+                return;
+        if (p->pid > 0) {
+                kill(p->pid, SIGKILL);
+                waitpid(p->pid, NULL, 0);
+        }
+        close(p->in);
+        close(p->out);
+        for (size_t i = 0; i < MAX_PEERS; i++)
+                if (peers[i] == p)
+                        peers[i] = NULL;
+        free(p);
+}
+
+void peers_cleanup(void) {
+        for (size_t i = 0; i < MAX_PEERS; i++)
+                if (peers[i])
+                        peer_free(peers[i]);
+}
+
+const char *bus_address(void) {
+        const char *a = getenv("DBUS_SESSION_BUS_ADDRESS");
+
+        ck_assert_msg(a && a[0], "DBUS_SESSION_BUS_ADDRESS is not set: run under tests/harness/with-bus");
+        return a;
+}

@@ -1,0 +1,48 @@
+/* SPDX-License-Identifier: MIT */
+/* Helpers for integration tests: test-peer processes driven through pipes. */
+#pragma once
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <sys/types.h>
+
+#define PEER_TIMEOUT_MS 10000
+
+typedef struct peer {
+        pid_t pid;
+        int in;                 /* its stdin */
+        int out;                /* its stdout */
+        char buf[1 << 16];
+        size_t len;
+} peer;
+
+/* Starts test-peer with these arguments (NULL-terminated), extra environment "K=V" entries
+ * in env (NULL-terminated, may be NULL). Waits for its "ready" line. */
+peer *peer_start_env(const char *const *env, const char *arg, ...) __attribute__((sentinel));
+#define peer_start(...) peer_start_env(NULL, __VA_ARGS__, NULL)
+
+void peer_cmd(peer *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* Reads lines until one starts with prefix; returns it (static buffer, valid until the next
+ * call) or NULL on timeout or EOF. Lines skipped are remembered for peer_saw(). */
+const char *peer_expect(peer *p, const char *prefix, int timeout_ms);
+
+/* Like peer_expect(), but only looks at the next line. */
+const char *peer_next_line(peer *p, int timeout_ms);
+
+/* The id from the "connect N" line. */
+unsigned peer_wait_connect(peer *p);
+
+/* Returns true if no line starting with prefix arrives within ms. */
+bool peer_quiet(peer *p, const char *prefix, int ms);
+
+void peer_kill(peer *p, int sig);
+/* Waits for exit; returns the exit status, or -1 if it had to be killed. */
+int peer_wait(peer *p, int timeout_ms);
+void peer_free(peer *p);
+
+/* Kills and frees every peer still running (call at the end of each test). */
+void peers_cleanup(void);
+
+/* The private bus's address (from DBUS_SESSION_BUS_ADDRESS). */
+const char *bus_address(void);

@@ -1,0 +1,1032 @@
+/* SPDX-License-Identifier: MIT */
+/* Unit tests of payload.c: GVariant values through D-Bus message variants and back, no bus daemon. */
+
+#define _GNU_SOURCE /* memfd_create() */
+
+#include <errno.h>
+#include <fcntl.h>
+#include <float.h>
+#include <math.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <check.h>
+#include <glib.h>
+#include <systemd/sd-bus.h>
+
+#include "payload.h"
+
+#define _cleanup_(f) __attribute__((cleanup(f)))
+
+/* Reproduce a failure of the random test with PAYLOAD_TEST_SEED=<seed it printed>. */
+#define RANDOM_SEED_DEFAULT 20240601u
+#define RANDOM_VALUES 4000
+/* Past this many nodes a generated value stops growing: keeps the run short under valgrind. */
+#define RANDOM_NODES_MAX 400
+
+static void closep(int *fd) {
+        if (*fd >= 0)
+                close(*fd);
+}
+
+/* sd_bus_message_new_*() needs a bus that has left the UNSET state. Giving sd-bus one end of a
+ * socketpair and starting it is enough: it stays in the authenticating state forever, as nobody
+ * answers, and in that state its messages may carry fds (sd-bus sets allow_fds while the bus is
+ * not yet in HELLO or RUNNING, since it cannot know yet whether the peer accepts them). */
+static sd_bus *bus;
+static int peer_fd = -1;
+
+static void bus_setup(void) {
+        int fds[2];
+
+        ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+        peer_fd = fds[1];
+        ck_assert_int_eq(sd_bus_new(&bus), 0);
+        ck_assert_int_eq(sd_bus_set_fd(bus, fds[0], fds[0]), 0);
+        ck_assert_int_ge(sd_bus_start(bus), 0);
+}
+
+static void bus_teardown(void) {
+        bus = sd_bus_close_unref(bus);
+        if (peer_fd >= 0)
+                close(peer_fd);
+        peer_fd = -1;
+}
+
+static sd_bus_message *message_new(void) {
+        sd_bus_message *m = NULL;
+
+        ck_assert_int_eq(sd_bus_message_new_method_call(bus, &m, "org.example.X", "/x",
+                                                        "org.example.I", "M"), 0);
+        return m;
+}
+
+/* Seals m as if sent and moves to its start as if received. */
+static void message_seal_rewind(sd_bus_message *m) {
+        ck_assert_int_eq(sd_bus_message_seal(m, 1, 0), 0);
+        ck_assert_int_ge(sd_bus_message_rewind(m, true), 0);
+}
+
+/* Sends value through a message; the message is returned too, as it owns any fds read back. */
+static int round_trip_full(GVariant *value, sd_bus_message **ret_message, GVariant **ret) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = message_new();
+        GVariant *v = NULL;
+        int r;
+
+        r = payload_append_variant(m, value);
+        if (r < 0)
+                return r;
+        message_seal_rewind(m);
+        r = payload_read_variant(m, &v);
+        if (r < 0)
+                return r;
+        ck_assert_int_gt(sd_bus_message_at_end(m, true), 0);
+        ck_assert(!g_variant_is_floating(v));
+
+        *ret_message = sd_bus_message_ref(m);
+        *ret = v;
+        return 0;
+}
+
+static GVariant *round_trip(GVariant *value) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        GVariant *v = NULL;
+        int r;
+
+        r = round_trip_full(value, &m, &v);
+        ck_assert_msg(r == 0, "round trip of %s failed: %s",
+                      g_variant_get_type_string(value), g_strerror(-r));
+        return v;
+}
+
+/* g_variant_equal() compares bytes only when both sides are trusted, and prints both otherwise:
+ * comparing normal forms keeps it exact and fast for values of any provenance. */
+static bool variants_identical(GVariant *a, GVariant *b) {
+        g_autoptr(GVariant) na = g_variant_get_normal_form(a);
+        g_autoptr(GVariant) nb = g_variant_get_normal_form(b);
+
+        return strcmp(g_variant_get_type_string(a), g_variant_get_type_string(b)) == 0 &&
+               g_variant_equal(na, nb);
+}
+
+static void assert_round_trips(GVariant *value) {
+        g_autoptr(GVariant) owned = g_variant_ref_sink(value);
+        g_autoptr(GVariant) back = round_trip(owned);
+        g_autofree char *sent = g_variant_print(owned, true);
+        g_autofree char *got = g_variant_print(back, true);
+
+        ck_assert_msg(variants_identical(owned, back), "sent %s, got %s", sent, got);
+}
+
+static int append_to_new_message(GVariant *value) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = message_new();
+
+        return payload_append_variant(m, value);
+}
+
+static GVariant *nest_variants(GVariant *inner, unsigned n) {
+        GVariant *v = inner;
+
+        for (unsigned i = 0; i < n; i++)
+                v = g_variant_new_variant(v);
+        return v;
+}
+
+/* A type string of n nested containers of open...close around 'i'. */
+static char *nested_type(const char *open, const char *close, unsigned n) {
+        GString *s = g_string_new(NULL);
+
+        for (unsigned i = 0; i < n; i++)
+                g_string_append(s, open);
+        g_string_append_c(s, 'i');
+        for (unsigned i = 0; i < n; i++)
+                g_string_append(s, close);
+        return g_string_free(s, false);
+}
+
+static int check_type_string(const char *type, const char **ret_reason) {
+        ck_assert_msg(g_variant_type_string_is_valid(type), "bad test type %s", type);
+        return payload_check_type(G_VARIANT_TYPE(type), ret_reason);
+}
+
+/* The reason must name the problem (word), not only exist: callers show it to developers. */
+static void assert_type_refused(const char *type, const char *word) {
+        const char *reason = NULL;
+
+        ck_assert_msg(check_type_string(type, &reason) == -EINVAL, "type %s accepted", type);
+        ck_assert_msg(reason && strstr(reason, word), "type %s refused for \"%s\", not %s", type,
+                      reason ? reason : "(no reason)", word);
+}
+
+static void assert_type_accepted(const char *type) {
+        const char *reason = NULL;
+        int r = check_type_string(type, &reason);
+
+        ck_assert_msg(r == 0, "type %s refused: %s", type, reason ? reason : "(no reason)");
+}
+
+START_TEST(test_basic_types_round_trip) {
+        static const char *strings[] = {
+                "", "a", "hello, world", "h\xc3\xa9llo w\xc3\xb6rld", "\xe2\x9c\x93 \xe6\x97\xa5\xe6\x9c\xac",
+                "\xf0\x9d\x84\x9e astral", "tab\tnewline\n\x7f", "\xef\xbf\xbd",
+        };
+        static const char *paths[] = { "/", "/a", "/org/example/Obj_1", "/A/b/C9/_" };
+        static const char *signatures[] = {
+                "", "i", "a{sv}", "(ii)", "a(sa{sv}av)", "ybnqiuxtdsogvh", "aaaai",
+        };
+        const double doubles[] = {
+                0.0, -0.0, 1.0, -1.0, 1.0 / 3.0, INFINITY, -INFINITY, DBL_MIN, -DBL_MIN, DBL_MAX,
+                -DBL_MAX, DBL_TRUE_MIN, DBL_EPSILON, 1e300, -1e-300,
+        };
+
+        assert_round_trips(g_variant_new_boolean(true));
+        assert_round_trips(g_variant_new_boolean(false));
+        assert_round_trips(g_variant_new_byte(0));
+        assert_round_trips(g_variant_new_byte(UINT8_MAX));
+        assert_round_trips(g_variant_new_int16(0));
+        assert_round_trips(g_variant_new_int16(INT16_MIN));
+        assert_round_trips(g_variant_new_int16(INT16_MAX));
+        assert_round_trips(g_variant_new_uint16(0));
+        assert_round_trips(g_variant_new_uint16(UINT16_MAX));
+        assert_round_trips(g_variant_new_int32(0));
+        assert_round_trips(g_variant_new_int32(-1));
+        assert_round_trips(g_variant_new_int32(INT32_MIN));
+        assert_round_trips(g_variant_new_int32(INT32_MAX));
+        assert_round_trips(g_variant_new_uint32(0));
+        assert_round_trips(g_variant_new_uint32(UINT32_MAX));
+        assert_round_trips(g_variant_new_int64(0));
+        assert_round_trips(g_variant_new_int64(INT64_MIN));
+        assert_round_trips(g_variant_new_int64(INT64_MAX));
+        assert_round_trips(g_variant_new_uint64(0));
+        assert_round_trips(g_variant_new_uint64(UINT64_MAX));
+        for (size_t i = 0; i < G_N_ELEMENTS(doubles); i++) {
+                g_autoptr(GVariant) sent = g_variant_ref_sink(g_variant_new_double(doubles[i]));
+                g_autoptr(GVariant) back = round_trip(sent);
+                double d = g_variant_get_double(back);
+
+                /* Bit for bit: == would let -0.0 come back as 0.0. */
+                ck_assert_msg(memcmp(&d, &doubles[i], sizeof(d)) == 0, "double %a came back as %a",
+                              doubles[i], d);
+                ck_assert(variants_identical(sent, back));
+        }
+        for (size_t i = 0; i < G_N_ELEMENTS(strings); i++) {
+                g_autoptr(GVariant) back = round_trip(g_variant_new_string(strings[i]));
+
+                ck_assert_str_eq(g_variant_get_type_string(back), "s");
+                ck_assert_str_eq(g_variant_get_string(back, NULL), strings[i]);
+        }
+        for (size_t i = 0; i < G_N_ELEMENTS(paths); i++) {
+                g_autoptr(GVariant) back = round_trip(g_variant_new_object_path(paths[i]));
+
+                ck_assert_str_eq(g_variant_get_type_string(back), "o");
+                ck_assert_str_eq(g_variant_get_string(back, NULL), paths[i]);
+        }
+        for (size_t i = 0; i < G_N_ELEMENTS(signatures); i++) {
+                g_autoptr(GVariant) back = round_trip(g_variant_new_signature(signatures[i]));
+
+                ck_assert_str_eq(g_variant_get_type_string(back), "g");
+                ck_assert_str_eq(g_variant_get_string(back, NULL), signatures[i]);
+        }
+}
+END_TEST
+
+START_TEST(test_containers_round_trip) {
+        assert_round_trips(g_variant_new_parsed("@ai []"));
+        assert_round_trips(g_variant_new_parsed("@ab []"));
+        assert_round_trips(g_variant_new_parsed("@as []"));
+        assert_round_trips(g_variant_new_parsed("@a{sv} {}"));
+        assert_round_trips(g_variant_new_parsed("@a(si) []"));
+        assert_round_trips(g_variant_new_parsed("@av []"));
+        assert_round_trips(g_variant_new_parsed("@aay [[], @ay []]"));
+        assert_round_trips(g_variant_new_parsed("[true, false, true]"));
+        assert_round_trips(g_variant_new_parsed("@ay [0, 1, 255]"));
+        assert_round_trips(g_variant_new_parsed("@an [-32768, 0, 32767]"));
+        assert_round_trips(g_variant_new_parsed("@aq [0, 65535]"));
+        assert_round_trips(g_variant_new_parsed("[-2147483648, 0, 2147483647]"));
+        assert_round_trips(g_variant_new_parsed("@au [0, 4294967295]"));
+        assert_round_trips(g_variant_new_parsed("@ax [-9223372036854775808, 9223372036854775807]"));
+        assert_round_trips(g_variant_new_parsed("@at [0, 18446744073709551615]"));
+        assert_round_trips(g_variant_new_parsed("[0.5, -0.0, inf, -inf]"));
+        assert_round_trips(g_variant_new_parsed("[@o '/', '/a/b']"));
+        assert_round_trips(g_variant_new_parsed("[@g '', 'a{sv}']"));
+        assert_round_trips(g_variant_new_parsed("{'a': <1>, 'b': <'x'>, 'c': <@a{sv} {}>}"));
+        assert_round_trips(g_variant_new_parsed("@a{yb} {0: true, 255: false}"));
+        assert_round_trips(g_variant_new_parsed("@a{dx} {0.5: 1, -0.0: 2}"));
+        assert_round_trips(g_variant_new_parsed("@a{oas} {'/': ['a'], '/b': @as []}"));
+        assert_round_trips(g_variant_new_parsed("('a', 1, (true, <(2, 'b')>), [<1>, <'s'>])"));
+        assert_round_trips(g_variant_new_parsed("<<<@ay [1, 2]>>>"));
+        assert_round_trips(g_variant_new_parsed("@v <@(i) (1,)>"));
+        assert_round_trips(g_variant_new_parsed("[{'k': [(1, <{@s 'x': <2>}>)]}]"));
+}
+END_TEST
+
+/* Random values of random types. Each value has its own seed, derived from the run's seed, so a
+ * failure names exactly what to regenerate. */
+typedef struct {
+        GRand *rand;
+        unsigned nodes;
+} Gen;
+
+static bool chance(Gen *g, unsigned percent) {
+        return g_rand_int_range(g->rand, 0, 100) < (gint32) percent;
+}
+
+static char random_basic_char(Gen *g) {
+        /* No 'h': fds have a test of their own, as their numbers change on the way. */
+        static const char basics[] = "bynqiuxtdsog";
+        return basics[g_rand_int_range(g->rand, 0, sizeof(basics) - 1)];
+}
+
+/* Appends one complete D-Bus-valid type of at most budget container levels to s. */
+static void random_type(Gen *g, GString *s, unsigned budget) {
+        unsigned pick = budget == 0 || s->len > 80 ? 0 : (unsigned) g_rand_int_range(g->rand, 0, 10);
+
+        switch (pick) {
+        case 4:
+        case 5:
+                g_string_append_c(s, 'a');
+                random_type(g, s, budget - 1);
+                break;
+        case 6:
+                if (budget < 2) {
+                        g_string_append_c(s, random_basic_char(g));
+                        break;
+                }
+                g_string_append(s, "a{");
+                g_string_append_c(s, random_basic_char(g));
+                random_type(g, s, budget - 2);
+                g_string_append_c(s, '}');
+                break;
+        case 7:
+        case 8: {
+                int n = g_rand_int_range(g->rand, 1, 5);
+
+                g_string_append_c(s, '(');
+                for (int i = 0; i < n; i++)
+                        random_type(g, s, budget - 1);
+                g_string_append_c(s, ')');
+                break;
+        }
+        case 9:
+                g_string_append_c(s, 'v');
+                break;
+        default:
+                g_string_append_c(s, random_basic_char(g));
+                break;
+        }
+}
+
+static uint64_t random_bits(Gen *g) {
+        return (uint64_t) g_rand_int(g->rand) << 32 | g_rand_int(g->rand);
+}
+
+/* Mostly edge values, where conversions break. */
+static uint64_t random_integer(Gen *g, uint64_t min, uint64_t max) {
+        switch (g_rand_int_range(g->rand, 0, 6)) {
+        case 0:
+                return 0;
+        case 1:
+                return min;
+        case 2:
+                return max;
+        case 3:
+                return (uint64_t) -1;
+        default:
+                return random_bits(g);
+        }
+}
+
+static double random_double(Gen *g) {
+        static const double edges[] = { 0.0, -0.0, INFINITY, -INFINITY, DBL_MAX, DBL_TRUE_MIN };
+        double d;
+
+        if (chance(g, 30))
+                return edges[g_rand_int_range(g->rand, 0, G_N_ELEMENTS(edges))];
+        do {
+                uint64_t bits = random_bits(g);
+                memcpy(&d, &bits, sizeof(d));
+        } while (isnan(d));
+        return d;
+}
+
+/* Valid UTF-8 without NUL, surrogates or noncharacters (sd-bus refuses the latter). */
+static char *random_string(Gen *g) {
+        GString *s = g_string_new(NULL);
+        int n = chance(g, 15) ? 0 : g_rand_int_range(g->rand, 1, 24);
+
+        for (int i = 0; i < n; i++) {
+                gunichar c;
+
+                do {
+                        switch (g_rand_int_range(g->rand, 0, 4)) {
+                        case 0:
+                                c = g_rand_int_range(g->rand, 1, 0x80);
+                                break;
+                        case 1:
+                                c = g_rand_int_range(g->rand, 0x80, 0x800);
+                                break;
+                        case 2:
+                                c = g_rand_int_range(g->rand, 0x800, 0x10000);
+                                break;
+                        default:
+                                c = g_rand_int_range(g->rand, 0x10000, 0x110000);
+                                break;
+                        }
+                } while (!g_unichar_validate(c) || (c >= 0xfdd0 && c <= 0xfdef) ||
+                         (c & 0xfffe) == 0xfffe);
+                g_string_append_unichar(s, c);
+        }
+        return g_string_free(s, false);
+}
+
+static char *random_object_path(Gen *g) {
+        static const char chars[] = "abcXYZ019_";
+        GString *s = g_string_new(NULL);
+        int n = g_rand_int_range(g->rand, 0, 5);
+
+        for (int i = 0; i < n; i++) {
+                int len = g_rand_int_range(g->rand, 1, 9);
+
+                g_string_append_c(s, '/');
+                for (int j = 0; j < len; j++)
+                        g_string_append_c(s, chars[g_rand_int_range(g->rand, 0, sizeof(chars) - 1)]);
+        }
+        if (n == 0)
+                g_string_append_c(s, '/');
+        return g_string_free(s, false);
+}
+
+static char *random_signature(Gen *g) {
+        GString *s = g_string_new(NULL);
+        int n = g_rand_int_range(g->rand, 0, 4);
+
+        for (int i = 0; i < n; i++)
+                random_type(g, s, 3);
+        return g_string_free(s, false);
+}
+
+static GVariant *random_value(Gen *g, const GVariantType *type, unsigned budget);
+
+static GVariant *random_basic(Gen *g, char c) {
+        switch (c) {
+        case 'b':
+                return g_variant_new_boolean(chance(g, 50));
+        case 'y':
+                return g_variant_new_byte(random_integer(g, 0, UINT8_MAX));
+        case 'n':
+                return g_variant_new_int16(random_integer(g, INT16_MIN, INT16_MAX));
+        case 'q':
+                return g_variant_new_uint16(random_integer(g, 0, UINT16_MAX));
+        case 'i':
+                return g_variant_new_int32(random_integer(g, INT32_MIN, INT32_MAX));
+        case 'u':
+                return g_variant_new_uint32(random_integer(g, 0, UINT32_MAX));
+        case 'x':
+                return g_variant_new_int64(random_integer(g, INT64_MIN, INT64_MAX));
+        case 't':
+                return g_variant_new_uint64(random_integer(g, 0, UINT64_MAX));
+        case 'd':
+                return g_variant_new_double(random_double(g));
+        case 's':
+                return g_variant_new_take_string(random_string(g));
+        case 'o': {
+                g_autofree char *p = random_object_path(g);
+                return g_variant_new_object_path(p);
+        }
+        case 'g': {
+                g_autofree char *sig = random_signature(g);
+                return g_variant_new_signature(sig);
+        }
+        }
+        ck_abort_msg("no generator for basic type %c", c);
+        return NULL;
+}
+
+static GVariant *random_bytes(Gen *g, size_t n) {
+        g_autofree uint8_t *bytes = g_malloc(n);
+
+        for (size_t i = 0; i < n; i++)
+                bytes[i] = g_rand_int(g->rand);
+        return g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, bytes, n, 1);
+}
+
+static GVariant *random_array(Gen *g, const GVariantType *type, unsigned budget) {
+        const GVariantType *element = g_variant_type_element(type);
+        GVariantBuilder b;
+        int n;
+
+        if (g_variant_type_equal(element, G_VARIANT_TYPE_BYTE) && chance(g, 25))
+                return random_bytes(g, g_rand_int_range(g->rand, 0, chance(g, 30) ? 100000 : 300));
+
+        if (g->nodes > RANDOM_NODES_MAX || chance(g, 20))
+                n = 0;
+        else if (chance(g, 5))
+                n = g_rand_int_range(g->rand, 5, 60);
+        else
+                n = g_rand_int_range(g->rand, 1, 5);
+
+        g_variant_builder_init(&b, type);
+        for (int i = 0; i < n; i++)
+                g_variant_builder_add_value(&b, random_value(g, element, budget));
+        return g_variant_builder_end(&b);
+}
+
+static GVariant *random_value(Gen *g, const GVariantType *type, unsigned budget) {
+        g->nodes++;
+
+        if (g_variant_type_is_basic(type))
+                return random_basic(g, g_variant_type_peek_string(type)[0]);
+
+        if (g_variant_type_is_variant(type)) {
+                g_autoptr(GString) s = g_string_new(NULL);
+
+                random_type(g, s, budget > 0 ? budget - 1 : 0);
+                return g_variant_new_variant(
+                        random_value(g, G_VARIANT_TYPE(s->str), budget > 0 ? budget - 1 : 0));
+        }
+
+        if (g_variant_type_is_array(type))
+                return random_array(g, type, budget > 0 ? budget - 1 : 0);
+
+        if (g_variant_type_is_tuple(type) || g_variant_type_is_dict_entry(type)) {
+                GVariantBuilder b;
+
+                g_variant_builder_init(&b, type);
+                for (const GVariantType *t = g_variant_type_first(type); t;
+                     t = g_variant_type_next(t))
+                        g_variant_builder_add_value(&b, random_value(g, t, budget > 0 ? budget - 1 : 0));
+                return g_variant_builder_end(&b);
+        }
+
+        ck_abort_msg("no generator for type %s", g_variant_type_peek_string(type));
+        return NULL;
+}
+
+static GVariant *random_payload(guint32 seed) {
+        g_autoptr(GString) s = g_string_new(NULL);
+        Gen g = { .rand = g_rand_new_with_seed(seed) };
+        unsigned budget = g_rand_int_range(g.rand, 1, 7);
+        GVariant *v;
+
+        /* Mostly containers: a lone basic value has little left to find after the basic test. */
+        do {
+                g_string_truncate(s, 0);
+                random_type(&g, s, budget);
+        } while (s->len == 1 && chance(&g, 80));
+        v = g_variant_ref_sink(random_value(&g, G_VARIANT_TYPE(s->str), budget));
+        g_rand_free(g.rand);
+        return v;
+}
+
+START_TEST(test_random_nested_values_round_trip) {
+        const char *env = getenv("PAYLOAD_TEST_SEED");
+        guint32 seed = env ? (guint32) strtoul(env, NULL, 0) : RANDOM_SEED_DEFAULT;
+        unsigned count = env ? 1 : RANDOM_VALUES;
+
+        for (unsigned i = 0; i < count; i++) {
+                guint32 value_seed = seed + i;
+                g_autoptr(GVariant) sent = random_payload(value_seed);
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+                g_autoptr(GVariant) back = NULL;
+                int r;
+
+                r = round_trip_full(sent, &m, &back);
+                if (r < 0 || !variants_identical(sent, back)) {
+                        g_autofree char *text = g_variant_print(sent, true);
+
+                        if (strlen(text) > 2000)
+                                strcpy(text + 1990, " ...");
+                        ck_abort_msg("PAYLOAD_TEST_SEED=%u: %s: %s %s", value_seed,
+                                     r < 0 ? g_strerror(-r) : "came back different",
+                                     g_variant_get_type_string(sent), text);
+                }
+                ck_assert_str_eq(g_variant_get_type_string(back), g_variant_get_type_string(sent));
+        }
+}
+END_TEST
+
+static int memfd_new(const char *name) {
+        int fd = memfd_create(name, MFD_CLOEXEC);
+
+        ck_assert_int_ge(fd, 0);
+        return fd;
+}
+
+static bool same_file(int a, int b) {
+        struct stat sa, sb;
+
+        ck_assert_int_eq(fstat(a, &sa), 0);
+        ck_assert_int_eq(fstat(b, &sb), 0);
+        return sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+static bool fd_is_open(int fd) {
+        return fcntl(fd, F_GETFD) >= 0;
+}
+
+START_TEST(test_unix_fds_round_trip_to_same_files) {
+        _cleanup_(closep) int a = memfd_new("payload-a");
+        _cleanup_(closep) int b = memfd_new("payload-b");
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        g_autoptr(GVariant) sent = NULL;
+        g_autoptr(GVariant) back = NULL;
+        int fa, fb, fn, array[3];
+
+        ck_assert(!same_file(a, b));
+        sent = g_variant_ref_sink(g_variant_new_parsed(
+                "(%h, @ah [%h, %h, %h], {'k': <%h>})", a, a, b, a, b));
+
+        ck_assert_int_eq(round_trip_full(sent, &m, &back), 0);
+        ck_assert_str_eq(g_variant_get_type_string(back), "(haha{sv})");
+
+        g_variant_get(back, "(h@ah@a{sv})", &fa, NULL, NULL);
+        ck_assert(same_file(fa, a));
+        ck_assert_int_ne(fa, a);
+
+        g_autoptr(GVariant) handles = g_variant_get_child_value(back, 1);
+        ck_assert_uint_eq(g_variant_n_children(handles), 3);
+        for (size_t i = 0; i < 3; i++)
+                g_variant_get_child(handles, i, "h", &array[i]);
+        ck_assert(same_file(array[0], a));
+        ck_assert(same_file(array[1], b));
+        ck_assert(same_file(array[2], a));
+        for (size_t i = 0; i < 3; i++)
+                ck_assert(array[i] != a && array[i] != b);
+
+        g_autoptr(GVariant) dict = g_variant_get_child_value(back, 2);
+        ck_assert(g_variant_lookup(dict, "k", "h", &fn));
+        ck_assert(same_file(fn, b));
+
+        /* The fds read back belong to the message; the caller's fds stay its own. */
+        fb = array[1];
+        m = sd_bus_message_unref(m);
+        ck_assert(!fd_is_open(fa));
+        ck_assert(!fd_is_open(fb));
+        ck_assert(fd_is_open(a));
+        ck_assert(fd_is_open(b));
+        ck_assert(!same_file(a, b));
+}
+END_TEST
+
+START_TEST(test_unix_fd_append_keeps_caller_fd_open) {
+        _cleanup_(closep) int fd = memfd_new("payload-keep");
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = message_new();
+        struct stat before, after;
+
+        ck_assert_int_eq(fstat(fd, &before), 0);
+        ck_assert_int_eq(payload_append_variant(m, g_variant_new_handle(fd)), 0);
+        m = sd_bus_message_unref(m);
+        ck_assert_int_eq(fstat(fd, &after), 0);
+        ck_assert(before.st_ino == after.st_ino && before.st_dev == after.st_dev);
+}
+END_TEST
+
+START_TEST(test_unix_fd_not_open_refused) {
+        int fd = memfd_new("payload-closed");
+
+        close(fd);
+        ck_assert_int_lt(append_to_new_message(g_variant_new_handle(fd)), 0);
+        ck_assert_int_lt(append_to_new_message(g_variant_new_handle(-1)), 0);
+}
+END_TEST
+
+START_TEST(test_check_type_accepts_dbus_types) {
+        g_autofree char *arrays32 = nested_type("a", "", 32);
+        g_autofree char *structs32 = nested_type("(", ")", 32);
+        g_autofree char *entries32 = nested_type("a{s", "}", 31); /* 31 arrays, 31 entries */
+        g_autofree char *mixed_inner = nested_type("a(", ")", 31);
+        /* 31 arrays + 32 structs + the carrying variant: exactly PAYLOAD_DEPTH_MAX. */
+        g_autofree char *mixed = g_strconcat("(", mixed_inner, ")", NULL);
+        g_autofree char *longest_tuple = g_strnfill(255, 'i');
+        static const char *types[] = {
+                "b", "y", "n", "q", "i", "u", "x", "t", "d", "s", "o", "g", "h", "v",
+                "ai", "as", "av", "aay", "a{sv}", "a{hs}", "a{dv}", "a{ob}", "(i)", "(si)",
+                "(sa{sv}av)", "a(si)", "((((i))))", "aaav", "a{s(a{iv}v)}",
+        };
+
+        longest_tuple[0] = '(';
+        longest_tuple[254] = ')';
+
+        for (size_t i = 0; i < G_N_ELEMENTS(types); i++)
+                assert_type_accepted(types[i]);
+        assert_type_accepted(arrays32);
+        assert_type_accepted(structs32);
+        assert_type_accepted(entries32);
+        assert_type_accepted(mixed);
+        assert_type_accepted(longest_tuple);
+        ck_assert_uint_eq(strlen(longest_tuple), 255);
+}
+END_TEST
+
+START_TEST(test_check_type_refuses_maybe) {
+        assert_type_refused("mi", "maybe");
+        assert_type_refused("ms", "maybe");
+        assert_type_refused("ami", "maybe");
+        assert_type_refused("(smi)", "maybe");
+        assert_type_refused("a{sms}", "maybe");
+        assert_type_refused("mv", "maybe");
+}
+END_TEST
+
+START_TEST(test_check_type_refuses_empty_tuple) {
+        assert_type_refused("()", "empty tuple");
+        assert_type_refused("a()", "empty tuple");
+        assert_type_refused("(i())", "empty tuple");
+        assert_type_refused("a{s()}", "empty tuple");
+}
+END_TEST
+
+START_TEST(test_check_type_refuses_dict_entry_outside_array) {
+        assert_type_refused("{sv}", "dict entry");
+        assert_type_refused("({sv})", "dict entry");
+        assert_type_refused("a({sv})", "dict entry");
+        assert_type_refused("a{s{sv}}", "dict entry");
+        assert_type_accepted("a{sa{sv}}");
+}
+END_TEST
+
+START_TEST(test_check_type_refuses_indefinite) {
+        static const char *types[] = { "*", "?", "r", "a*", "a?", "ar", "(i*)", "a{?s}", "a{s*}" };
+
+        for (size_t i = 0; i < G_N_ELEMENTS(types); i++)
+                assert_type_refused(types[i], "indefinite");
+}
+END_TEST
+
+START_TEST(test_check_type_refuses_long_signature) {
+        g_autofree char *tuple = g_strnfill(256, 'i');
+
+        tuple[0] = '(';
+        tuple[255] = ')';
+        assert_type_refused(tuple, "255");
+}
+END_TEST
+
+START_TEST(test_check_type_refuses_deep_nesting) {
+        g_autofree char *arrays33 = nested_type("a", "", 33);
+        g_autofree char *structs33 = nested_type("(", ")", 33);
+        g_autofree char *entries = nested_type("a{s", "}", 32); /* 32 arrays, 32 dict entries */
+        g_autofree char *inner = nested_type("a(", ")", 32);  /* 32 + 32 + carrying variant */
+        g_autofree char *structs_in_array = g_strconcat("a", structs33, NULL);
+
+        assert_type_refused(arrays33, "arrays are nested more than 32");
+        assert_type_refused(structs33, "structs and dict entries are nested more than 32");
+        assert_type_refused(entries, "containers are nested more than");
+        assert_type_refused(inner, "containers are nested more than");
+        assert_type_refused(structs_in_array, "structs and dict entries are nested more than 32");
+}
+END_TEST
+
+/* Values whose declared type passes may still hide, inside variants, types D-Bus cannot carry
+ * or nesting deeper than allowed: appending must refuse those too. */
+START_TEST(test_append_refuses_bad_values) {
+        g_autofree char *arrays33 = nested_type("a", "", 33);
+        g_autofree char *structs33 = nested_type("(", ")", 33);
+        g_autoptr(GVariant) deep_arrays = NULL;
+        g_autoptr(GVariant) deep_structs = NULL;
+        GVariant *v;
+
+        ck_assert_int_eq(append_to_new_message(g_variant_new_parsed("@mi 5")), -EINVAL);
+        ck_assert_int_eq(append_to_new_message(g_variant_new_parsed("@ms nothing")), -EINVAL);
+        ck_assert_int_eq(append_to_new_message(g_variant_new_parsed("()")), -EINVAL);
+        ck_assert_int_eq(append_to_new_message(g_variant_new_parsed("{'k', 1}")), -EINVAL);
+
+        v = g_variant_ref_sink(g_variant_new_parsed("<@ms nothing>"));
+        ck_assert_int_eq(payload_check_type(g_variant_get_type(v), NULL), 0);
+        ck_assert_int_eq(append_to_new_message(v), -EINVAL);
+        g_variant_unref(v);
+
+        ck_assert_int_eq(append_to_new_message(g_variant_new_parsed("[<1>, <(1, <@mi 3>)>]")),
+                         -EINVAL);
+        ck_assert_int_eq(append_to_new_message(g_variant_new_parsed("<()>")), -EINVAL);
+        ck_assert_int_eq(append_to_new_message(g_variant_new_parsed("<{'k', 1}>")), -EINVAL);
+        ck_assert_int_eq(append_to_new_message(g_variant_new_parsed("{'a': <<@mb true>>}")),
+                         -EINVAL);
+
+        /* g_variant_new_parsed() has a recursion limit of its own: build these directly. */
+        v = g_variant_new_int32(1);
+        for (unsigned i = 0; i < 33; i++)
+                v = g_variant_new_array(NULL, &v, 1);
+        deep_arrays = g_variant_ref_sink(v);
+        ck_assert_str_eq(g_variant_get_type_string(deep_arrays), arrays33);
+        ck_assert_int_eq(append_to_new_message(deep_arrays), -EINVAL);
+        ck_assert_int_eq(append_to_new_message(g_variant_new_variant(deep_arrays)), -EINVAL);
+
+        v = g_variant_new_int32(1);
+        for (unsigned i = 0; i < 33; i++)
+                v = g_variant_new_tuple(&v, 1);
+        deep_structs = g_variant_ref_sink(v);
+        ck_assert_str_eq(g_variant_get_type_string(deep_structs), structs33);
+        ck_assert_int_eq(append_to_new_message(deep_structs), -EINVAL);
+        ck_assert_int_eq(append_to_new_message(g_variant_new_variant(deep_structs)), -EINVAL);
+
+        /* Each variant is a container: 70 of them nest deeper than any message may. */
+        ck_assert_int_eq(append_to_new_message(nest_variants(g_variant_new_int32(1), 70)),
+                         -EINVAL);
+        ck_assert_int_eq(append_to_new_message(nest_variants(g_variant_new_int32(1),
+                                                             PAYLOAD_DEPTH_MAX)),
+                         -EINVAL);
+}
+END_TEST
+
+/* The deepest values allowed go through, so the refusals above are about depth alone. */
+START_TEST(test_nesting_limits_round_trip) {
+        GVariant *v;
+
+        /* With the carrying variant, PAYLOAD_DEPTH_MAX variants. */
+        assert_round_trips(nest_variants(g_variant_new_int32(7), PAYLOAD_DEPTH_MAX - 1));
+
+        v = g_variant_new_string("deep");
+        for (unsigned i = 0; i < 32; i++)
+                v = g_variant_new_array(NULL, &v, 1);
+        assert_round_trips(v);
+
+        v = g_variant_new_string("deep");
+        for (unsigned i = 0; i < 32; i++)
+                v = g_variant_new_tuple(&v, 1);
+        assert_round_trips(v);
+
+        /* Every variant starts a new signature: 32 arrays in each of two. */
+        v = g_variant_new_byte(1);
+        for (unsigned i = 0; i < 32; i++)
+                v = g_variant_new_array(NULL, &v, 1);
+        v = g_variant_new_variant(v);
+        for (unsigned i = 0; i < 30; i++)
+                v = g_variant_new_array(NULL, &v, 1);
+        assert_round_trips(v);
+}
+END_TEST
+
+/* Builds a message holding n variants nested in each other around an int32, without
+ * payload_append_variant(), which would refuse to build what a hostile peer can send. */
+static sd_bus_message *message_with_nested_variants(unsigned n) {
+        sd_bus_message *m = message_new();
+        int32_t x = 42;
+
+        for (unsigned i = 0; i < n; i++)
+                ck_assert_int_ge(sd_bus_message_open_container(m, 'v', i == n - 1 ? "i" : "v"), 0);
+        ck_assert_int_ge(sd_bus_message_append_basic(m, 'i', &x), 0);
+        for (unsigned i = 0; i < n; i++)
+                ck_assert_int_ge(sd_bus_message_close_container(m), 0);
+        message_seal_rewind(m);
+        return m;
+}
+
+START_TEST(test_read_refuses_deep_variants) {
+        static const unsigned depths[] = { PAYLOAD_DEPTH_MAX + 1, 70, 200 };
+
+        for (size_t i = 0; i < G_N_ELEMENTS(depths); i++) {
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *m =
+                        message_with_nested_variants(depths[i]);
+                GVariant *v = NULL;
+
+                ck_assert_int_eq(payload_read_variant(m, &v), -EBADMSG);
+                ck_assert_ptr_null(v);
+        }
+}
+END_TEST
+
+START_TEST(test_read_accepts_deepest_variants) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m =
+                message_with_nested_variants(PAYLOAD_DEPTH_MAX);
+        g_autoptr(GVariant) v = NULL;
+        g_autoptr(GVariant) expected = g_variant_ref_sink(
+                nest_variants(g_variant_new_int32(42), PAYLOAD_DEPTH_MAX - 1));
+
+        ck_assert_int_eq(payload_read_variant(m, &v), 0);
+        ck_assert(variants_identical(v, expected));
+}
+END_TEST
+
+/* sd-bus accepts 32 arrays and 32 structs in one signature; inside the carrying variant that is
+ * one container more than PAYLOAD_DEPTH_MAX, even when the array is empty. */
+START_TEST(test_read_refuses_deep_signature) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = message_new();
+        g_autofree char *structs = nested_type("(a", ")", 31);
+        g_autofree char *type = g_strconcat("a", structs, NULL); /* 32 arrays, 31 structs */
+        g_autofree char *inner = g_strconcat("(", type, ")", NULL);
+        GVariant *v = NULL;
+
+        ck_assert_int_ge(sd_bus_message_open_container(m, 'v', inner), 0);
+        ck_assert_int_ge(sd_bus_message_open_container(m, 'r', type), 0);
+        ck_assert_int_ge(sd_bus_message_open_container(m, 'a', type + 1), 0);
+        ck_assert_int_ge(sd_bus_message_close_container(m), 0);
+        ck_assert_int_ge(sd_bus_message_close_container(m), 0);
+        ck_assert_int_ge(sd_bus_message_close_container(m), 0);
+        message_seal_rewind(m);
+
+        ck_assert_int_eq(payload_read_variant(m, &v), -EBADMSG);
+        ck_assert_ptr_null(v);
+}
+END_TEST
+
+START_TEST(test_read_not_a_variant) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = message_new();
+        g_autoptr(GVariant) v = NULL;
+        const char *s = NULL;
+
+        ck_assert_int_ge(sd_bus_message_append(m, "sv", "not a variant", "i", 5), 0);
+        message_seal_rewind(m);
+
+        ck_assert_int_eq(payload_read_variant(m, &v), -ENXIO);
+        ck_assert_ptr_null(v);
+        /* Nothing was consumed. */
+        ck_assert_int_gt(sd_bus_message_read_basic(m, 's', &s), 0);
+        ck_assert_str_eq(s, "not a variant");
+
+        ck_assert_int_eq(payload_read_variant(m, &v), 0);
+        ck_assert_int_eq(g_variant_get_int32(v), 5);
+
+        /* At the end of the message. */
+        g_clear_pointer(&v, g_variant_unref);
+        ck_assert_int_eq(payload_read_variant(m, &v), -ENXIO);
+        ck_assert_ptr_null(v);
+}
+END_TEST
+
+START_TEST(test_read_inside_container_not_a_variant) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = message_new();
+        g_autoptr(GVariant) v = NULL;
+
+        ck_assert_int_ge(sd_bus_message_append(m, "(i)", 1), 0);
+        message_seal_rewind(m);
+        ck_assert_int_eq(payload_read_variant(m, &v), -ENXIO);
+        ck_assert_int_gt(sd_bus_message_enter_container(m, 'r', "i"), 0);
+        ck_assert_int_eq(payload_read_variant(m, &v), -ENXIO);
+        ck_assert_ptr_null(v);
+}
+END_TEST
+
+START_TEST(test_noncharacter_strings_refused) {
+        /* Valid for GLib, refused by sd-bus: the error must come back, not a crash. */
+        ck_assert_int_eq(append_to_new_message(g_variant_new_string("a\xef\xbf\xbe")), -EINVAL);
+        ck_assert_int_eq(append_to_new_message(g_variant_new_parsed("[<'\\ufdd0'>]")), -EINVAL);
+        ck_assert_int_eq(append_to_new_message(g_variant_new_signature("()")), -EINVAL);
+}
+END_TEST
+
+START_TEST(test_large_byte_array_round_trip) {
+        const size_t size = 16 * 1024 * 1024;
+        g_autofree uint8_t *bytes = g_malloc(size);
+        g_autoptr(GVariant) sent = NULL;
+        g_autoptr(GVariant) back = NULL;
+        const uint8_t *got;
+        gsize n;
+
+        for (size_t i = 0; i < size; i++)
+                bytes[i] = (uint8_t) (i * 2654435761u >> 13);
+        sent = g_variant_ref_sink(g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, bytes, size, 1));
+
+        back = round_trip(sent);
+        ck_assert_str_eq(g_variant_get_type_string(back), "ay");
+        got = g_variant_get_fixed_array(back, &n, 1);
+        ck_assert_uint_eq(n, size);
+        ck_assert(memcmp(got, bytes, size) == 0);
+}
+END_TEST
+
+START_TEST(test_large_struct_array_round_trip) {
+        const unsigned n = 100000;
+        g_autoptr(GVariant) sent = NULL;
+        g_autoptr(GVariant) back = NULL;
+        GVariantBuilder b;
+
+        g_variant_builder_init(&b, G_VARIANT_TYPE("a(si)"));
+        for (unsigned i = 0; i < n; i++) {
+                char key[32];
+
+                snprintf(key, sizeof(key), "key-%u", i);
+                g_variant_builder_add(&b, "(si)", key, (gint32) (i * 7919u));
+        }
+        sent = g_variant_ref_sink(g_variant_builder_end(&b));
+
+        back = round_trip(sent);
+        ck_assert_uint_eq(g_variant_n_children(back), n);
+        ck_assert(variants_identical(sent, back));
+}
+END_TEST
+
+START_TEST(test_append_consumes_floating_value) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = message_new();
+        GVariant *kept = g_variant_ref_sink(g_variant_new_string("kept"));
+        GVariant *floating = g_variant_new_string("floating");
+
+        /* A reference of the caller's own survives the call untouched. */
+        ck_assert_int_eq(payload_append_variant(m, kept), 0);
+        ck_assert(!g_variant_is_floating(kept));
+        ck_assert_str_eq(g_variant_get_string(kept, NULL), "kept");
+        g_variant_unref(kept);
+
+        /* The floating reference is sunk and dropped; the extra one keeps the value alive to
+         * look at, and is the only one left to drop. */
+        g_variant_ref(floating);
+        ck_assert_int_eq(payload_append_variant(m, floating), 0);
+        ck_assert(!g_variant_is_floating(floating));
+        g_variant_unref(floating);
+}
+END_TEST
+
+static Suite *payload_suite(void) {
+        Suite *s = suite_create("payload");
+        TCase *tc;
+
+        tc = tcase_create("round-trip");
+        tcase_add_checked_fixture(tc, bus_setup, bus_teardown);
+        tcase_set_timeout(tc, 120);
+        tcase_add_test(tc, test_basic_types_round_trip);
+        tcase_add_test(tc, test_containers_round_trip);
+        tcase_add_test(tc, test_random_nested_values_round_trip);
+        tcase_add_test(tc, test_nesting_limits_round_trip);
+        tcase_add_test(tc, test_large_byte_array_round_trip);
+        tcase_add_test(tc, test_large_struct_array_round_trip);
+        tcase_add_test(tc, test_append_consumes_floating_value);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("unix-fds");
+        tcase_add_checked_fixture(tc, bus_setup, bus_teardown);
+        tcase_add_test(tc, test_unix_fds_round_trip_to_same_files);
+        tcase_add_test(tc, test_unix_fd_append_keeps_caller_fd_open);
+        tcase_add_test(tc, test_unix_fd_not_open_refused);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("refusals");
+        tcase_add_checked_fixture(tc, bus_setup, bus_teardown);
+        tcase_add_test(tc, test_check_type_accepts_dbus_types);
+        tcase_add_test(tc, test_check_type_refuses_maybe);
+        tcase_add_test(tc, test_check_type_refuses_empty_tuple);
+        tcase_add_test(tc, test_check_type_refuses_dict_entry_outside_array);
+        tcase_add_test(tc, test_check_type_refuses_indefinite);
+        tcase_add_test(tc, test_check_type_refuses_long_signature);
+        tcase_add_test(tc, test_check_type_refuses_deep_nesting);
+        tcase_add_test(tc, test_append_refuses_bad_values);
+        tcase_add_test(tc, test_noncharacter_strings_refused);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("hostile-input");
+        tcase_add_checked_fixture(tc, bus_setup, bus_teardown);
+        tcase_add_test(tc, test_read_refuses_deep_variants);
+        tcase_add_test(tc, test_read_accepts_deepest_variants);
+        tcase_add_test(tc, test_read_refuses_deep_signature);
+        tcase_add_test(tc, test_read_not_a_variant);
+        tcase_add_test(tc, test_read_inside_container_not_a_variant);
+        suite_add_tcase(s, tc);
+
+        return s;
+}
+
+int main(void) {
+        SRunner *sr = srunner_create(payload_suite());
+        int failed;
+
+        srunner_run_all(sr, CK_ENV);
+        failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
