@@ -25,7 +25,8 @@
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
 
-/* Reproduce a failure of the random test with PAYLOAD_TEST_SEED=<seed it printed>. */
+/* The random test runs values PAYLOAD_TEST_SEED, +1, ... (PAYLOAD_TEST_COUNT of them); a failure
+ * prints the settings that regenerate just the failing value. */
 #define RANDOM_SEED_DEFAULT 20240601u
 #define RANDOM_VALUES 4000
 /* Past this many nodes a generated value stops growing: keeps the run short under valgrind. */
@@ -526,9 +527,10 @@ static GVariant *random_payload(guint32 seed) {
 }
 
 START_TEST(test_random_nested_values_round_trip) {
-        const char *env = getenv("PAYLOAD_TEST_SEED");
-        guint32 seed = env ? (guint32) strtoul(env, NULL, 0) : RANDOM_SEED_DEFAULT;
-        unsigned count = env ? 1 : RANDOM_VALUES;
+        const char *env_seed = getenv("PAYLOAD_TEST_SEED");
+        const char *env_count = getenv("PAYLOAD_TEST_COUNT");
+        guint32 seed = env_seed ? (guint32) strtoul(env_seed, NULL, 0) : RANDOM_SEED_DEFAULT;
+        unsigned count = env_count ? (unsigned) strtoul(env_count, NULL, 0) : RANDOM_VALUES;
 
         for (unsigned i = 0; i < count; i++) {
                 guint32 value_seed = seed + i;
@@ -543,7 +545,8 @@ START_TEST(test_random_nested_values_round_trip) {
 
                         if (strlen(text) > 2000)
                                 strcpy(text + 1990, " ...");
-                        ck_abort_msg("PAYLOAD_TEST_SEED=%u: %s: %s %s", value_seed,
+                        ck_abort_msg("PAYLOAD_TEST_SEED=%u PAYLOAD_TEST_COUNT=1: %s: %s %s",
+                                     value_seed,
                                      r < 0 ? g_strerror(-r) : "came back different",
                                      g_variant_get_type_string(sent), text);
                 }
