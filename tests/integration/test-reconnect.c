@@ -1,0 +1,99 @@
+/* SPDX-License-Identifier: MIT */
+/* Integration test: peers survive their bus being killed and started again. */
+#include <errno.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <check.h>
+
+#include "testutil.h"
+
+static void teardown(void) {
+        peers_cleanup();
+}
+
+/* Asks tests/harness/with-bus to kill the broker and start it again on the same address. */
+static unsigned restart_bus(void) {
+        static unsigned n_restarts;
+        const char *pid = getenv("IPCHANNEL_TEST_HARNESS_PID");
+
+        ck_assert_msg(pid && pid[0], "run under tests/harness/with-bus: it restarts the bus");
+        ck_assert_int_eq(kill((pid_t) atoi(pid), SIGUSR1), 0);
+        return ++n_restarts;
+}
+
+static void wait_bus_restarted(unsigned n) {
+        const char *dir = getenv("IPCHANNEL_TEST_HARNESS_DIR");
+        char path[4096];
+
+        ck_assert_ptr_nonnull(dir);
+        snprintf(path, sizeof(path), "%s/restarted.%u", dir, n);
+        for (int i = 0; i < 3000 && access(path, F_OK) < 0; i++)
+                usleep(10 * 1000);
+        ck_assert_msg(access(path, F_OK) == 0, "the harness did not restart the bus");
+}
+
+static void survive_restart(const char *app, const char *loop) {
+        peer *a = peer_start("--app", app, "--loop", loop, "--listen", "message", "--connect", NULL);
+        ck_assert_uint_eq(peer_wait_connect(a), 1);
+        peer *b = peer_start("--app", app, "--loop", loop, "--listen", "message", "--connect", NULL);
+        ck_assert_uint_eq(peer_wait_connect(b), 2);
+        peer *c = peer_start("--app", app, "--loop", loop, "--connect", NULL);
+        ck_assert_uint_eq(peer_wait_connect(c), 3);
+
+        unsigned n = restart_bus();
+        ck_assert_str_eq(peer_expect(a, "disconnect", PEER_TIMEOUT_MS), "disconnect");
+        ck_assert_str_eq(peer_expect(b, "disconnect", PEER_TIMEOUT_MS), "disconnect");
+        ck_assert_str_eq(peer_expect(c, "disconnect", PEER_TIMEOUT_MS), "disconnect");
+        peer_cmd(b, "state");
+        ck_assert_str_eq(peer_expect(b, "state", PEER_TIMEOUT_MS), "state 0 0");
+
+        /* Sent while the bus is away: queued, delivered once everyone is back. */
+        peer_cmd(b, "send 1 'sent meanwhile'");
+        ck_assert_str_eq(peer_expect(b, "result send", PEER_TIMEOUT_MS), "result send 0");
+        peer_cmd(c, "send all 'broadcast meanwhile'");
+        ck_assert_str_eq(peer_expect(c, "result send", PEER_TIMEOUT_MS), "result send 0");
+
+        wait_bus_restarted(n);
+        /* Each takes its own id back, whatever order they come back in. */
+        ck_assert_uint_eq(peer_wait_connect(a), 1);
+        ck_assert_uint_eq(peer_wait_connect(b), 2);
+        ck_assert_uint_eq(peer_wait_connect(c), 3);
+        ck_assert_str_eq(peer_expect(a, "recv 2", PEER_TIMEOUT_MS), "recv 2 message 'sent meanwhile'");
+
+        /* And the channel works as before. */
+        peer_cmd(a, "send 2 'welcome back'");
+        ck_assert_str_eq(peer_expect(b, "recv 1", PEER_TIMEOUT_MS), "recv 1 message 'welcome back'");
+}
+
+START_TEST(test_peers_reconnect_after_bus_restart_on_sd_event) {
+        survive_restart("reconnectsd", "sd-event");
+}
+END_TEST
+
+START_TEST(test_peers_reconnect_after_bus_restart_on_glib) {
+        survive_restart("reconnectglib", "glib");
+}
+END_TEST
+
+int main(void) {
+        Suite *s = suite_create("reconnect");
+        TCase *tc = tcase_create("reconnect");
+        SRunner *sr;
+        int failed;
+
+        tcase_add_checked_fixture(tc, NULL, teardown);
+        tcase_set_timeout(tc, 60);
+        tcase_add_test(tc, test_peers_reconnect_after_bus_restart_on_sd_event);
+        tcase_add_test(tc, test_peers_reconnect_after_bus_restart_on_glib);
+        suite_add_tcase(s, tc);
+
+        sr = srunner_create(s);
+        srunner_run_all(sr, CK_VERBOSE);
+        failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
