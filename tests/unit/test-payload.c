@@ -657,6 +657,40 @@ static sd_bus_message *link_transfer(Link *l, sd_bus_message *m) {
         return link_receive(l);
 }
 
+/* Sends m and takes its bytes off the server's end of the socket before sd-bus sees them;
+ * *ret_body is the offset of the message body. m must carry no fds. */
+static void link_capture(Link *l, sd_bus_message *m, uint8_t *buf, size_t buf_size,
+                         size_t *ret_size, size_t *ret_body) {
+        size_t size = 0, total = SIZE_MAX;
+        uint32_t body_size = 0, fields_size = 0;
+
+        ck_assert_int_ge(sd_bus_send(l->client, m, NULL), 0);
+        ck_assert_int_ge(sd_bus_flush(l->client), 0);
+
+        while (size < total) {
+                ssize_t n = recv(l->server_fd, buf + size, buf_size - size, MSG_DONTWAIT);
+
+                ck_assert_msg(n > 0, "message too big for the test buffer");
+                size += n;
+                if (size >= 16 && total == SIZE_MAX) {
+                        /* Native endian, as sd-bus writes it: body length, then header fields. */
+                        memcpy(&body_size, buf + 4, sizeof(body_size));
+                        memcpy(&fields_size, buf + 12, sizeof(fields_size));
+                        total = 16 + ((fields_size + 7) & ~7u) + body_size;
+                        ck_assert_uint_le(total, buf_size);
+                }
+        }
+        ck_assert_uint_eq(size, total);
+        *ret_size = size;
+        *ret_body = total - body_size;
+}
+
+/* Feeds raw message bytes to the server as if the client had sent them. */
+static sd_bus_message *link_inject(Link *l, const uint8_t *buf, size_t size) {
+        ck_assert_int_eq(write(l->client_fd, buf, size), (ssize_t) size);
+        return link_receive(l);
+}
+
 START_TEST(test_random_values_round_trip_over_socket) {
         guint32 seed = random_seed();
         unsigned count = random_count(RANDOM_VALUES / 4);
@@ -743,8 +777,7 @@ START_TEST(test_read_survives_corrupted_messages) {
                 _cleanup_(sd_bus_message_unrefp) sd_bus_message *received = NULL;
                 g_autoptr(GVariant) back = NULL;
                 uint8_t buf[65536];
-                size_t size = 0, total = SIZE_MAX, body;
-                uint32_t body_size = 0, fields_size = 0;
+                size_t size, body;
                 int r;
 
                 if (!rand)
@@ -753,37 +786,17 @@ START_TEST(test_read_survives_corrupted_messages) {
                         g_rand_set_seed(rand, value_seed);
 
                 ck_assert_int_eq(payload_append_variant(m, sent), 0);
-                ck_assert_int_ge(sd_bus_send(l.client, m, NULL), 0);
-                ck_assert_int_ge(sd_bus_flush(l.client), 0);
-
-                /* Take the message off the server's end before sd-bus sees it. */
-                while (size < total) {
-                        ssize_t n = recv(l.server_fd, buf + size, sizeof(buf) - size, MSG_DONTWAIT);
-
-                        ck_assert_msg(n > 0, "PAYLOAD_TEST_SEED=%u: message too big for the test",
-                                      value_seed);
-                        size += n;
-                        if (size >= 16 && total == SIZE_MAX) {
-                                memcpy(&body_size, buf + 4, sizeof(body_size));
-                                memcpy(&fields_size, buf + 12, sizeof(fields_size));
-                                total = 16 + ((fields_size + 7) & ~7u) + body_size;
-                                ck_assert_uint_le(total, sizeof(buf));
-                        }
-                }
-                ck_assert_uint_eq(size, total);
-                body = total - body_size;
+                link_capture(&l, m, buf, sizeof(buf), &size, &body);
 
                 for (int k = g_rand_int_range(rand, 1, 5); k > 0; k--) {
-                        size_t at = body + g_rand_int_range(rand, 0, body_size);
+                        size_t at = body + g_rand_int_range(rand, 0, size - body);
 
                         buf[at] = g_rand_boolean(rand) ?
                                 interesting[g_rand_int_range(rand, 0, sizeof(interesting))] :
                                 (uint8_t) g_rand_int(rand);
                 }
 
-                /* Back in as if the client had sent it. */
-                ck_assert_int_eq(write(l.client_fd, buf, size), (ssize_t) size);
-                received = link_receive(&l);
+                received = link_inject(&l, buf, size);
 
                 r = payload_read_variant(received, &back);
                 if (r < 0) {
@@ -808,6 +821,55 @@ START_TEST(test_read_survives_corrupted_messages) {
         /* Both outcomes must be common, or the corruption is not reaching the parser. */
         ck_assert_uint_gt(accepted, count / 10);
         ck_assert_uint_gt(refused, count / 10);
+}
+END_TEST
+
+/* Specific corruptions of a valid message body, each of which the reader must refuse. */
+START_TEST(test_read_refuses_corrupted_values) {
+        static const struct {
+                const char *value;
+                const char *find;    /* bytes in the body of the valid message... */
+                const char *replace; /* ...replaced by as many of these */
+        } cases[] = {
+                { "('k', <1>)", "(sv)", "{sv}" },            /* dict entry outside an array */
+                { "('k', 'l')", "(ss)", "(ms)" },            /* maybe type */
+                { "@ai [1, 2]", "ai", "a{" },                /* unterminated signature */
+                { "@u 5", "u", "h" },                        /* fd index, but no fds */
+                { "'abc'", "abc", "a\xff" "c" },             /* invalid UTF-8 */
+                { "'abc'", "ab", "a\0" },                    /* NUL in a string */
+                { "@o '/ab'", "/ab", "/a/" },                /* invalid object path */
+                { "@g 'ii'", "ii", "i(" },                   /* invalid signature */
+                { "@ai [1]", "\x04\0\0\0", "\xf0\xff\xff\x7f" }, /* array longer than body */
+                { "<<'x'>>", "v\0", "q\0" },                 /* contents disagree with type */
+        };
+        Link l;
+
+        link_open(&l);
+        for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = link_message_new(&l);
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *received = NULL;
+                size_t n = strlen(cases[i].find) > 0 ? strlen(cases[i].find) : 1;
+                GVariant *back = NULL;
+                uint8_t buf[4096];
+                size_t size, body;
+                uint8_t *at;
+
+                /* Strings with NULs inside: the find and replace lengths come from find. */
+                if (cases[i].find[0] == '\x04' || cases[i].find[1] == '\0')
+                        n = cases[i].find[0] == '\x04' ? 4 : 2;
+
+                ck_assert_int_eq(payload_append_variant(m, g_variant_new_parsed(cases[i].value)), 0);
+                link_capture(&l, m, buf, sizeof(buf), &size, &body);
+                at = memmem(buf + body, size - body, cases[i].find, n);
+                ck_assert_msg(at, "case %zu: %s not found", i, cases[i].find);
+                memcpy(at, cases[i].replace, n);
+
+                received = link_inject(&l, buf, size);
+                ck_assert_msg(payload_read_variant(received, &back) == -EBADMSG,
+                              "case %zu: corrupted %s not refused", i, cases[i].value);
+                ck_assert_ptr_null(back);
+        }
+        link_close(&l);
 }
 END_TEST
 
@@ -1253,6 +1315,7 @@ static Suite *payload_suite(void) {
         tcase_set_timeout(tc, 120);
         tcase_add_test(tc, test_random_values_round_trip_over_socket);
         tcase_add_test(tc, test_unix_fds_round_trip_over_socket);
+        tcase_add_test(tc, test_read_refuses_corrupted_values);
         tcase_add_test(tc, test_read_survives_corrupted_messages);
         suite_add_tcase(s, tc);
 
