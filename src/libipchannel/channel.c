@@ -773,8 +773,6 @@ static int channel_open_bus(ipchannel *ch, sd_bus **ret) {
 }
 
 static void channel_teardown_bus(ipchannel *ch) {
-        g_autoptr(GPtrArray) queries = NULL;
-
         if (!ch->bus)
                 return;
 

@@ -819,8 +819,10 @@ START_TEST(test_read_survives_corrupted_messages) {
         link_close(&l);
 
         /* Both outcomes must be common, or the corruption is not reaching the parser. */
-        ck_assert_uint_gt(accepted, count / 10);
-        ck_assert_uint_gt(refused, count / 10);
+        if (count >= 100) {
+                ck_assert_uint_gt(accepted, count / 10);
+                ck_assert_uint_gt(refused, count / 10);
+        }
 }
 END_TEST
 
@@ -828,19 +830,22 @@ END_TEST
 START_TEST(test_read_refuses_corrupted_values) {
         static const struct {
                 const char *value;
-                const char *find;    /* bytes in the body of the valid message... */
-                const char *replace; /* ...replaced by as many of these */
+                const char *find; /* the first n bytes like these in the body of the message... */
+                const char *replace; /* ...become these */
+                size_t n;
         } cases[] = {
-                { "('k', <1>)", "(sv)", "{sv}" },            /* dict entry outside an array */
-                { "('k', 'l')", "(ss)", "(ms)" },            /* maybe type */
-                { "@ai [1, 2]", "ai", "a{" },                /* unterminated signature */
-                { "@u 5", "u", "h" },                        /* fd index, but no fds */
-                { "'abc'", "abc", "a\xff" "c" },             /* invalid UTF-8 */
-                { "'abc'", "ab", "a\0" },                    /* NUL in a string */
-                { "@o '/ab'", "/ab", "/a/" },                /* invalid object path */
-                { "@g 'ii'", "ii", "i(" },                   /* invalid signature */
-                { "@ai [1]", "\x04\0\0\0", "\xf0\xff\xff\x7f" }, /* array longer than body */
-                { "<<'x'>>", "v\0", "q\0" },                 /* contents disagree with type */
+                /* sd-bus accepts this as a variant's signature when reading, though it refuses
+                 * it when writing: only payload.c stands in the way. */
+                { "('k', <1>)", "(sv)", "{sv}", 4 },
+                { "('k', 'l')", "(ss)", "(ms)", 4 },               /* maybe type */
+                { "@ai [1, 2]", "ai", "a{", 2 },                   /* unterminated signature */
+                { "@u 5", "u", "h", 1 },                           /* fd index, but no fds */
+                { "'abc'", "abc", "a\xff" "c", 3 },                /* invalid UTF-8 */
+                { "'abc'", "ab", "a\0", 2 },                       /* NUL inside a string */
+                { "@o '/ab'", "/ab", "/a/", 3 },                   /* invalid object path */
+                { "@g 'ii'", "ii", "i(", 2 },                      /* invalid signature */
+                { "@ai [1]", "\x04\0\0\0", "\xf0\xff\xff\x7f", 4 }, /* array longer than body */
+                { "<<'x'>>", "v\0", "q\0", 2 },                    /* contents unlike its type */
         };
         Link l;
 
@@ -848,21 +853,16 @@ START_TEST(test_read_refuses_corrupted_values) {
         for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
                 _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = link_message_new(&l);
                 _cleanup_(sd_bus_message_unrefp) sd_bus_message *received = NULL;
-                size_t n = strlen(cases[i].find) > 0 ? strlen(cases[i].find) : 1;
                 GVariant *back = NULL;
                 uint8_t buf[4096];
                 size_t size, body;
                 uint8_t *at;
 
-                /* Strings with NULs inside: the find and replace lengths come from find. */
-                if (cases[i].find[0] == '\x04' || cases[i].find[1] == '\0')
-                        n = cases[i].find[0] == '\x04' ? 4 : 2;
-
                 ck_assert_int_eq(payload_append_variant(m, g_variant_new_parsed(cases[i].value)), 0);
                 link_capture(&l, m, buf, sizeof(buf), &size, &body);
-                at = memmem(buf + body, size - body, cases[i].find, n);
-                ck_assert_msg(at, "case %zu: %s not found", i, cases[i].find);
-                memcpy(at, cases[i].replace, n);
+                at = memmem(buf + body, size - body, cases[i].find, cases[i].n);
+                ck_assert_msg(at, "case %zu: bytes to corrupt not found", i);
+                memcpy(at, cases[i].replace, cases[i].n);
 
                 received = link_inject(&l, buf, size);
                 ck_assert_msg(payload_read_variant(received, &back) == -EBADMSG,
