@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /* Unit tests of payload.c: GVariant values through D-Bus message variants and back, no bus daemon. */
 
-#define _GNU_SOURCE /* memfd_create() */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* memfd_create(), memmem(); check.pc defines it too */
+#endif
 
 #include <errno.h>
 #include <fcntl.h>
