@@ -9,6 +9,7 @@
 #define _public_ __attribute__((visibility("default")))
 #define _cleanup_(f) __attribute__((cleanup(f)))
 #define _unused_ __attribute__((unused))
+#define _fallthrough_ __attribute__((fallthrough))
 
 /* Hands ownership over: returns the pointer and clears the variable that held it. */
 #define TAKE_PTR(p)                                  \

@@ -17,7 +17,8 @@ static const char reason_indefinite[] = "indefinite types have no D-Bus signatur
 static const char reason_signature_length[] = "the D-Bus signature is longer than 255 bytes";
 static const char reason_maybe[] = "maybe types cannot travel over D-Bus";
 static const char reason_unit[] = "the empty tuple \"()\" cannot travel over D-Bus";
-static const char reason_dict_entry[] = "a dict entry can travel over D-Bus only as an array element";
+static const char reason_dict_entry[] =
+        "a dict entry can travel over D-Bus only as an array element";
 static const char reason_arrays[] = "arrays are nested more than 32 deep";
 static const char reason_structs[] = "structs and dict entries are nested more than 32 deep";
 static const char reason_depth[] =
@@ -130,7 +131,7 @@ static int append_basic(sd_bus_message *m, GVariant *value) {
 
         switch (c) {
         case 'b': {
-                /* sd-bus reads a D-Bus boolean through an int, not a gboolean-sized byte. */
+                /* sd-bus reads sizeof(int) bytes for 'b': never hand it a C bool. */
                 int b = g_variant_get_boolean(value);
                 return sd_bus_message_append_basic(m, c, &b);
         }
@@ -530,8 +531,8 @@ static int read_item(sd_bus_message *m, unsigned depth, GVariant **ret) {
 }
 
 int payload_read_variant(sd_bus_message *m, GVariant **ret) {
+        g_autoptr(GVariant) v = NULL;
         const char *contents = NULL;
-        GVariant *v = NULL;
         char type;
         int r;
 
@@ -552,6 +553,6 @@ int payload_read_variant(sd_bus_message *m, GVariant **ret) {
         if (r < 0)
                 return r;
 
-        *ret = v;
+        *ret = g_steal_pointer(&v);
         return 0;
 }

@@ -10,16 +10,28 @@
  * message body of Deliver/Broadcast adds none beyond the carrying variant. */
 #define PAYLOAD_DEPTH_MAX 64
 
-/* 0 if values of this type can travel over D-Bus, else -EINVAL and a static reason
- * (maybe types, the empty tuple "()", dict entries outside arrays, indefinite types,
- * signatures longer than 255 bytes, nesting deeper than PAYLOAD_DEPTH_MAX). */
+/* 0 if values of this type can travel over D-Bus, else -EINVAL and, when ret_reason is not
+ * NULL, a static reason (maybe types, the empty tuple "()", dict entries outside arrays,
+ * indefinite types, signatures longer than 255 bytes, arrays or structs and dict entries nested
+ * more than 32 deep in one signature, nesting deeper than PAYLOAD_DEPTH_MAX).
+ * A "v" in the type passes: what a variant holds is known only from a value, and is checked
+ * by payload_append_variant(). */
 int payload_check_type(const GVariantType *type, const char **ret_reason);
 
-/* Appends one D-Bus variant ("v") holding value. value must pass payload_check_type().
- * A "h" value is an fd number in this process; the message keeps a duplicate. */
+/* Appends one D-Bus variant ("v") holding value; a floating value is consumed. value must pass
+ * payload_check_type(), and so must the contents of every variant nested in it, counting their
+ * depth from the carrying variant: -EINVAL otherwise.
+ * A "h" value is an fd number in this process; the message keeps a duplicate.
+ * sd-bus refuses some values GLib allows, with its own error: strings holding Unicode
+ * noncharacters (U+FDD0..U+FDEF, U+xFFFE, U+xFFFF) and signature values D-Bus does not accept
+ * (-EINVAL), "h" values that are not open fds (-EBADF, or -EINVAL if negative), any "h" on a
+ * connection that cannot pass fds (-EOPNOTSUPP). After an error m is half written: discard it. */
 int payload_append_variant(sd_bus_message *m, GVariant *value);
 
 /* Reads one D-Bus variant ("v") at the message's read position into a new (non-floating)
- * GVariant. A "h" value becomes the number of an fd owned by the message. Errors: -EBADMSG
- * for malformed or too deeply nested input, -ENXIO if the message is not at a variant. */
+ * GVariant. A "h" value becomes the number of an fd owned by the message: valid only while
+ * the message lives. Errors: -EBADMSG for malformed or too deeply nested input (the value
+ * comes from another process: everything about it is checked), -ENXIO if the message is not
+ * at a variant (then nothing was read). On other errors *ret is untouched and the read
+ * position is unspecified. */
 int payload_read_variant(sd_bus_message *m, GVariant **ret);

@@ -1,5 +1,5 @@
 /* SPDX-License-Identifier: MIT */
-/* Unit tests of payload.c: GVariant values through D-Bus message variants and back, no bus daemon. */
+/* Unit tests of payload.c: GVariant values through D-Bus message variants and back, no daemon. */
 
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE /* memfd_create(), memmem(); check.pc defines it too */
@@ -98,14 +98,16 @@ static int round_trip_full(GVariant *value, sd_bus_message **ret_message, GVaria
         return 0;
 }
 
+/* For values without fds, whose message can go at once. A floating value is consumed. */
 static GVariant *round_trip(GVariant *value) {
+        g_autoptr(GVariant) owned = g_variant_ref_sink(value);
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         GVariant *v = NULL;
         int r;
 
-        r = round_trip_full(value, &m, &v);
+        r = round_trip_full(owned, &m, &v);
         ck_assert_msg(r == 0, "round trip of %s failed: %s",
-                      g_variant_get_type_string(value), g_strerror(-r));
+                      g_variant_get_type_string(owned), g_strerror(-r));
         return v;
 }
 
@@ -122,10 +124,13 @@ static bool variants_identical(GVariant *a, GVariant *b) {
 static void assert_round_trips(GVariant *value) {
         g_autoptr(GVariant) owned = g_variant_ref_sink(value);
         g_autoptr(GVariant) back = round_trip(owned);
-        g_autofree char *sent = g_variant_print(owned, true);
-        g_autofree char *got = g_variant_print(back, true);
 
-        ck_assert_msg(variants_identical(owned, back), "sent %s, got %s", sent, got);
+        if (!variants_identical(owned, back)) {
+                g_autofree char *sent = g_variant_print(owned, true);
+                g_autofree char *got = g_variant_print(back, true);
+
+                ck_abort_msg("sent %s, got %s", sent, got);
+        }
 }
 
 static int append_to_new_message(GVariant *value) {
@@ -177,7 +182,8 @@ static void assert_type_accepted(const char *type) {
 
 START_TEST(test_basic_types_round_trip) {
         static const char *strings[] = {
-                "", "a", "hello, world", "h\xc3\xa9llo w\xc3\xb6rld", "\xe2\x9c\x93 \xe6\x97\xa5\xe6\x9c\xac",
+                "", "a", "hello, world", "h\xc3\xa9llo w\xc3\xb6rld",
+                "\xe2\x9c\x93 \xe6\x97\xa5\xe6\x9c\xac",
                 "\xf0\x9d\x84\x9e astral", "tab\tnewline\n\x7f", "\xef\xbf\xbd",
         };
         static const char *paths[] = { "/", "/a", "/org/example/Obj_1", "/A/b/C9/_" };
@@ -290,7 +296,8 @@ static char random_basic_char(Gen *g) {
 
 /* Appends one complete D-Bus-valid type of at most budget container levels to s. */
 static void random_type(Gen *g, GString *s, unsigned budget) {
-        unsigned pick = budget == 0 || s->len > 80 ? 0 : (unsigned) g_rand_int_range(g->rand, 0, 10);
+        /* The length cap keeps signatures far below 255 bytes, whatever the budget. */
+        unsigned pick = budget == 0 || s->len > 80 ? 0 : g_rand_int_range(g->rand, 0, 10);
 
         switch (pick) {
         case 4:
@@ -400,7 +407,8 @@ static char *random_object_path(Gen *g) {
 
                 g_string_append_c(s, '/');
                 for (int j = 0; j < len; j++)
-                        g_string_append_c(s, chars[g_rand_int_range(g->rand, 0, sizeof(chars) - 1)]);
+                        g_string_append_c(s, chars[g_rand_int_range(g->rand, 0,
+                                                                     sizeof(chars) - 1)]);
         }
         if (n == 0)
                 g_string_append_c(s, '/');
@@ -506,7 +514,8 @@ static GVariant *random_value(Gen *g, const GVariantType *type, unsigned budget)
                 g_variant_builder_init(&b, type);
                 for (const GVariantType *t = g_variant_type_first(type); t;
                      t = g_variant_type_next(t))
-                        g_variant_builder_add_value(&b, random_value(g, t, budget > 0 ? budget - 1 : 0));
+                        g_variant_builder_add_value(
+                                &b, random_value(g, t, budget > 0 ? budget - 1 : 0));
                 return g_variant_builder_end(&b);
         }
 
@@ -604,11 +613,13 @@ typedef struct {
         int server_fd;
 } Link;
 
-static void link_open(Link *l) {
-        const sd_id128_t id = SD_ID128_MAKE(6e, 1c, 4b, 0a, 55, 27, 49, 3d, 9a, 0e, 8b, 5f, 12, 34, 56, 78);
+static void link_open_full(Link *l, bool pass_fds) {
+        const sd_id128_t id = SD_ID128_MAKE(6e, 1c, 4b, 0a, 55, 27, 49, 3d,
+                                            9a, 0e, 8b, 5f, 12, 34, 56, 78);
         int fds[2];
 
-        ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds), 0);
+        ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds),
+                         0);
         *l = (Link) { .client_fd = fds[0], .server_fd = fds[1] };
 
         ck_assert_int_eq(sd_bus_new(&l->server), 0);
@@ -618,14 +629,21 @@ static void link_open(Link *l) {
 
         ck_assert_int_eq(sd_bus_new(&l->client), 0);
         ck_assert_int_eq(sd_bus_set_fd(l->client, fds[0], fds[0]), 0);
+        ck_assert_int_ge(sd_bus_negotiate_fds(l->client, pass_fds), 0);
         ck_assert_int_ge(sd_bus_start(l->client), 0);
 
-        for (unsigned i = 0; sd_bus_is_ready(l->client) <= 0 || sd_bus_is_ready(l->server) <= 0; i++) {
+        /* Authentication, both ends driven in turn. */
+        for (unsigned i = 0; sd_bus_is_ready(l->client) <= 0 || sd_bus_is_ready(l->server) <= 0;
+             i++) {
                 ck_assert_uint_lt(i, 1000);
                 ck_assert_int_ge(sd_bus_process(l->client, NULL), 0);
                 ck_assert_int_ge(sd_bus_process(l->server, NULL), 0);
         }
-        ck_assert_int_gt(sd_bus_can_send(l->client, SD_BUS_TYPE_UNIX_FD), 0);
+        ck_assert_int_eq(sd_bus_can_send(l->client, SD_BUS_TYPE_UNIX_FD) > 0, pass_fds);
+}
+
+static void link_open(Link *l) {
+        link_open_full(l, true);
 }
 
 static void link_close(Link *l) {
@@ -758,6 +776,21 @@ START_TEST(test_unix_fds_round_trip_over_socket) {
 }
 END_TEST
 
+START_TEST(test_unix_fd_refused_without_fd_passing) {
+        _cleanup_(closep) int fd = memfd_new("payload-no-passing");
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        Link l;
+
+        link_open_full(&l, false);
+        m = link_message_new(&l);
+        ck_assert_int_eq(payload_append_variant(m, g_variant_new_parsed("[<%h>]", fd)),
+                         -EOPNOTSUPP);
+        m = sd_bus_message_unref(m);
+        link_close(&l);
+        ck_assert(fd_is_open(fd));
+}
+END_TEST
+
 /* Body bytes of a real message, changed at random, reach the reader much as a hostile peer's
  * would: sd-bus checks the header on receipt but the body only as it is read. Whatever comes
  * back must be a value this side could send on in turn. */
@@ -860,7 +893,8 @@ START_TEST(test_read_refuses_corrupted_values) {
                 size_t size, body;
                 uint8_t *at;
 
-                ck_assert_int_eq(payload_append_variant(m, g_variant_new_parsed(cases[i].value)), 0);
+                ck_assert_int_eq(payload_append_variant(m, g_variant_new_parsed(cases[i].value)),
+                                 0);
                 link_capture(&l, m, buf, sizeof(buf), &size, &body);
                 at = memmem(buf + body, size - body, cases[i].find, cases[i].n);
                 ck_assert_msg(at, "case %zu: bytes to corrupt not found", i);
@@ -1317,6 +1351,7 @@ static Suite *payload_suite(void) {
         tcase_set_timeout(tc, 120);
         tcase_add_test(tc, test_random_values_round_trip_over_socket);
         tcase_add_test(tc, test_unix_fds_round_trip_over_socket);
+        tcase_add_test(tc, test_unix_fd_refused_without_fd_passing);
         tcase_add_test(tc, test_read_refuses_corrupted_values);
         tcase_add_test(tc, test_read_survives_corrupted_messages);
         suite_add_tcase(s, tc);

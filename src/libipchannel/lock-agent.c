@@ -1,0 +1,851 @@
+/* SPDX-License-Identifier: MIT */
+/* The lock agent: a library-owned thread per channel that talks to the lock service. */
+#include <poll.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <time.h>
+
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include "lock-agent.h"
+#include "lock-service.h"
+#include "macro.h"
+#include "names.h"
+
+/*
+ * Threads and what they own:
+ *
+ * - The app's thread (the one that runs the channel's loop) owns the ipchannel and calls the
+ *   public lock API. It hands requests to the agent through ops (under `mutex`, waking the
+ *   agent through `wake_fd`) and learns of grants through the notification list (under
+ *   `mutex`, signalled through `notify_fd`, which the channel's loop watches). Threads other
+ *   than the app's may block in lock_agent_wait(), on `cond`.
+ * - The agent's thread owns everything else here: its sd-event loop, its own bus connection,
+ *   the lock service when this process hosts it, and the list of live requests.
+ *
+ * Why a thread: the lock service and this process's grants must not depend on the app running
+ * its loop. An app that computes for a second, or blocks inside a section, still answers the
+ * service: its holds are reported on a takeover, its lease expiry is heard, and when it hosts
+ * the service every other process's locks keep moving.
+ *
+ * Invariants:
+ * - Every agent is in the bus's queue for the service name before it sends any Acquire, so
+ *   after a takeover the new host knows every connection that can hold a grant (the name's
+ *   queued owners) and waits for each to report its holds (Reassert) or to disconnect.
+ * - A grant counts only if the connection that sent it owns the service name when the grant
+ *   is read: a grant from a host that has since lost the name is dropped and the request sent
+ *   again. Replies and NameOwnerChanged arrive in the order the broker made them, so a grant
+ *   read before the owner change is also in the Reassert this agent sends after it.
+ * - At most one request per lock name is at the service at a time; other requests of this
+ *   process for the same lock wait here, in order, and go to the service when the one before
+ *   them is released (so other processes are not starved by one process's stream of requests).
+ */
+
+#define RECONNECT_USEC_MIN (50 * 1000ULL)
+#define RECONNECT_USEC_MAX (5 * 1000 * 1000ULL)
+
+#define DBUS_NAME_FLAG_ALLOW_REPLACEMENT 1u
+
+typedef enum {
+        OP_SUBMIT,
+        OP_RELEASE,
+        OP_CANCEL,
+} op_kind;
+
+typedef struct op {
+        struct op *next;
+        op_kind kind;
+        ipchannel_lock *lock;
+} op;
+
+struct lock_agent {
+        pthread_t thread;
+        bool thread_started;
+        pthread_mutex_t mutex;
+        pthread_cond_t cond;
+        int wake_fd;
+        int notify_fd;
+
+        /* Under mutex. */
+        bool quit;
+        op *ops, *ops_tail;
+        ipchannel_lock *notify_head, *notify_tail;
+
+        /* Agent thread only. */
+        char *address;
+        char *service_name;
+        char *service_path;
+        sd_event *event;
+        sd_event_source *wake_source;
+        sd_event_source *reconnect_source;
+        uint64_t reconnect_usec;
+        sd_bus *bus;
+        sd_bus_slot *filter_slot, *noc_slot, *expired_slot, *request_slot, *owner_slot;
+        char *unique_name;
+        char *host;                     /* owner of the service name; NULL if unknown/none */
+        bool queued;                    /* we are in the service name's queue */
+        lock_service *service;          /* while we own the service name */
+        ipchannel_lock *locks;          /* live requests, oldest first */
+        ipchannel_lock *locks_tail;
+};
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
+}
+
+static void fd_signal(int fd) {
+        uint64_t one = 1;
+
+        (void) !write(fd, &one, sizeof(one));
+}
+
+static void fd_drain(int fd) {
+        uint64_t v;
+
+        (void) !read(fd, &v, sizeof(v));
+}
+
+/* ---- requests --------------------------------------------------------------------------- */
+
+ipchannel_lock *lock_new(ipchannel *ch, lock_agent *a, const char *name, uint64_t lease_usec) {
+        ipchannel_lock *l = calloc(1, sizeof(*l));
+
+        if (!l)
+                return NULL;
+        *l = (ipchannel_lock) {
+                .n_ref = 1,
+                .ch = ch,
+                .agent = a,
+                .name = strdup(name),
+                .lease_usec = lease_usec,
+                .state = LOCK_NEW,
+        };
+        if (!l->name) {
+                free(l);
+                return NULL;
+        }
+        return l;
+}
+
+static void lock_free(ipchannel_lock *l) {
+        free(l->name);
+        free(l->granted_by);
+        free(l);
+}
+
+void lock_unref(ipchannel_lock *l) {
+        lock_agent *a;
+        bool last;
+
+        if (!l)
+                return;
+        a = l->agent;
+        pthread_mutex_lock(&a->mutex);
+        last = --l->n_ref == 0;
+        pthread_mutex_unlock(&a->mutex);
+        if (last)
+                lock_free(l);
+}
+
+/* Called with the mutex held. */
+static void lock_set_state_locked(lock_agent *a, ipchannel_lock *l, lock_state state, uint64_t token,
+                                  int error) {
+        l->state = state;
+        l->token = token;
+        l->error = error;
+        if (!l->notified && !l->cancelled) {
+                l->notified = true;
+                l->n_ref++;
+                l->notify_next = NULL;
+                if (a->notify_tail)
+                        a->notify_tail->notify_next = l;
+                else
+                        a->notify_head = l;
+                a->notify_tail = l;
+                fd_signal(a->notify_fd);
+        }
+        pthread_cond_broadcast(&a->cond);
+}
+
+static void lock_set_state(lock_agent *a, ipchannel_lock *l, lock_state state, uint64_t token, int error) {
+        pthread_mutex_lock(&a->mutex);
+        lock_set_state_locked(a, l, state, token, error);
+        pthread_mutex_unlock(&a->mutex);
+}
+
+static lock_state lock_get_state(lock_agent *a, ipchannel_lock *l, bool *ret_cancelled) {
+        lock_state s;
+
+        pthread_mutex_lock(&a->mutex);
+        s = l->state;
+        if (ret_cancelled)
+                *ret_cancelled = l->cancelled;
+        pthread_mutex_unlock(&a->mutex);
+        return s;
+}
+
+static void agent_list_remove(lock_agent *a, ipchannel_lock *l) {
+        if (l->agent_prev)
+                l->agent_prev->agent_next = l->agent_next;
+        else
+                a->locks = l->agent_next;
+        if (l->agent_next)
+                l->agent_next->agent_prev = l->agent_prev;
+        else
+                a->locks_tail = l->agent_prev;
+        l->agent_next = l->agent_prev = NULL;
+        l->call_slot = sd_bus_slot_unref(l->call_slot);
+        lock_unref(l);          /* the agent's reference */
+}
+
+/* ---- talking to the service ------------------------------------------------------------- */
+
+static void agent_pump(lock_agent *a);
+
+static bool agent_ready(lock_agent *a) {
+        return a->bus && a->queued && a->host;
+}
+
+static int errno_of_reply(sd_bus_message *reply) {
+        int r = sd_bus_message_get_errno(reply);
+        return r > 0 ? -r : -EIO;
+}
+
+static void agent_send_release(lock_agent *a, const char *name, uint64_t token) {
+        if (!agent_ready(a))
+                return;     /* the grant went with the connection or the host anyway */
+        (void) sd_bus_call_method_async(a->bus, NULL, a->service_name, a->service_path,
+                                        IPCHANNEL_LOCK_INTERFACE, "Release", NULL, NULL, "st", name,
+                                        token);
+}
+
+static int on_acquire_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        ipchannel_lock *l = userdata;
+        lock_agent *a = l->agent;
+        const sd_bus_error *e;
+        bool cancelled;
+        uint64_t token;
+
+        l->call_slot = sd_bus_slot_unref(l->call_slot);
+        lock_get_state(a, l, &cancelled);
+
+        e = sd_bus_message_get_error(reply);
+        if (e) {
+                if (cancelled || sd_bus_error_has_name(e, LOCK_ERROR_CANCELLED)) {
+                        lock_set_state(a, l, LOCK_FAILED, 0, -ETIMEDOUT);
+                        agent_list_remove(a, l);
+                } else if (sd_bus_error_has_names(e, LOCK_ERROR_SERVICE_MOVED, SD_BUS_ERROR_NO_REPLY,
+                                                  SD_BUS_ERROR_SERVICE_UNKNOWN,
+                                                  SD_BUS_ERROR_NAME_HAS_NO_OWNER,
+                                                  SD_BUS_ERROR_DISCONNECTED)) {
+                        /* The host went away or moved: ask whoever serves next. */
+                        agent_pump(a);
+                } else {
+                        lock_set_state(a, l, LOCK_FAILED, 0, errno_of_reply(reply));
+                        agent_list_remove(a, l);
+                        agent_pump(a);
+                }
+                return 0;
+        }
+
+        if (sd_bus_message_read(reply, "t", &token) < 0) {
+                lock_set_state(a, l, LOCK_FAILED, 0, -EBADMSG);
+                agent_list_remove(a, l);
+                agent_pump(a);
+                return 0;
+        }
+
+        if (!a->host || g_strcmp0(sd_bus_message_get_sender(reply), a->host) != 0) {
+                /* Granted by a host that no longer owns the name: it does not count. */
+                agent_pump(a);
+                return 0;
+        }
+        if (cancelled) {
+                /* The app stopped waiting just before the grant came: give it back. */
+                agent_send_release(a, l->name, token);
+                lock_set_state(a, l, LOCK_FAILED, 0, -ETIMEDOUT);
+                agent_list_remove(a, l);
+                agent_pump(a);
+                return 0;
+        }
+
+        free(l->granted_by);
+        l->granted_by = strdup(a->host);
+        l->granted_at = now_usec();
+        lock_set_state(a, l, LOCK_HELD, token, 0);
+        return 0;
+}
+
+static int agent_send_acquire(lock_agent *a, ipchannel_lock *l) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        sd_bus_slot *slot = NULL;
+        int r;
+
+        r = sd_bus_message_new_method_call(a->bus, &m, a->service_name, a->service_path,
+                                           IPCHANNEL_LOCK_INTERFACE, "Acquire");
+        if (r < 0)
+                return r;
+        r = sd_bus_message_append(m, "st", l->name, l->lease_usec);
+        if (r < 0)
+                return r;
+        /* No timeout: the reply comes when the lock is granted, however long that takes. */
+        r = sd_bus_call_async(a->bus, &slot, m, on_acquire_reply, l, UINT64_MAX);
+        if (r < 0)
+                return r;
+        l->call_slot = slot;
+        lock_set_state(a, l, LOCK_WAITING, 0, 0);
+        return 0;
+}
+
+/* Sends Acquire for every request that may go to the service now: the first live request for
+ * each lock name, unless it is already there or held. */
+static void agent_pump(lock_agent *a) {
+        g_autoptr(GHashTable) busy = NULL;
+
+        if (!agent_ready(a))
+                return;
+        busy = g_hash_table_new(g_str_hash, g_str_equal);
+
+        for (ipchannel_lock *l = a->locks, *next; l; l = next) {
+                lock_state s = lock_get_state(a, l, NULL);
+                int r;
+
+                next = l->agent_next;
+                if (s == LOCK_EXPIRED)
+                        continue;       /* no longer at the service */
+                if (g_hash_table_contains(busy, l->name))
+                        continue;
+                g_hash_table_add(busy, l->name);
+                if (s == LOCK_HELD || l->call_slot)
+                        continue;
+
+                r = agent_send_acquire(a, l);
+                if (r < 0) {
+                        lock_set_state(a, l, LOCK_FAILED, 0, r);
+                        g_hash_table_remove(busy, l->name);
+                        agent_list_remove(a, l);
+                }
+        }
+}
+
+/* Tells a (new) host what this process holds, so it can grant safely. Sent on every owner
+ * change, also when empty: the host waits for a report from every queued connection. */
+static void agent_reassert(lock_agent *a) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        uint64_t now = now_usec();
+        int r;
+
+        r = sd_bus_message_new_method_call(a->bus, &m, a->service_name, a->service_path,
+                                           IPCHANNEL_LOCK_INTERFACE, "Reassert");
+        if (r < 0)
+                return;
+        r = sd_bus_message_open_container(m, 'a', "(stt)");
+        for (ipchannel_lock *l = a->locks; l && r >= 0; l = l->agent_next) {
+                uint64_t token;
+                int error;
+
+                if (lock_agent_get_state(a, l, &token, &error) != LOCK_HELD)
+                        continue;
+                /* Counted from when we read the grant, which is after the host made it: the new
+                 * host's deadline is, if anything, later than the old one, never earlier. */
+                r = sd_bus_message_append(m, "(stt)", l->name, token,
+                                          l->lease_usec == 0 ? 0
+                                          : MAX(l->granted_at + l->lease_usec, now + 1) - now);
+        }
+        if (r >= 0)
+                r = sd_bus_message_close_container(m);
+        if (r >= 0)
+                (void) sd_bus_call_async(a->bus, NULL, m, NULL, NULL, UINT64_MAX);
+}
+
+static void agent_set_host(lock_agent *a, const char *host) {
+        bool was_self, is_self;
+        int r;
+
+        if (host && host[0] == '\0')
+                host = NULL;
+        if (g_strcmp0(a->host, host) == 0)
+                return;
+
+        was_self = a->host && g_strcmp0(a->host, a->unique_name) == 0;
+        is_self = host && g_strcmp0(host, a->unique_name) == 0;
+        free(a->host);
+        a->host = host ? strdup(host) : NULL;
+
+        if (was_self && !is_self)
+                a->service = lock_service_free(a->service);
+        if (is_self && !a->service) {
+                r = lock_service_new(&a->service, a->bus, a->service_path, a->service_name, true);
+                if (r < 0)
+                        fprintf(stderr, "ipchannel: cannot serve the lock service: %s\n", strerror(-r));
+        }
+
+        if (a->host && a->queued) {
+                agent_reassert(a);
+                agent_pump(a);
+        }
+}
+
+static int on_lock_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        lock_agent *a = userdata;
+        const char *name, *old_owner, *new_owner;
+
+        if (sd_bus_message_read(m, "sss", &name, &old_owner, &new_owner) < 0)
+                return 0;
+        if (strcmp(name, a->service_name) == 0)
+                agent_set_host(a, new_owner);
+        return 0;
+}
+
+static int on_lease_expired(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        lock_agent *a = userdata;
+        const char *name;
+        uint64_t token;
+
+        if (!a->host || g_strcmp0(sd_bus_message_get_sender(m), a->host) != 0)
+                return 0;       /* only the current host speaks for the leases */
+        if (sd_bus_message_read(m, "st", &name, &token) < 0)
+                return 0;
+        for (ipchannel_lock *l = a->locks; l; l = l->agent_next) {
+                uint64_t t;
+                int error;
+
+                if (strcmp(l->name, name) == 0 && lock_agent_get_state(a, l, &t, &error) == LOCK_HELD &&
+                    t == token) {
+                        lock_set_state(a, l, LOCK_EXPIRED, token, -ETIME);
+                        break;
+                }
+        }
+        return 0;
+}
+
+static int on_get_owner_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        lock_agent *a = userdata;
+        const char *owner = NULL;
+
+        a->owner_slot = sd_bus_slot_unref(a->owner_slot);
+        if (!sd_bus_message_is_method_error(reply, NULL))
+                (void) sd_bus_message_read(reply, "s", &owner);
+        /* NameOwnerChanged may have told us already; the reply is as recent as what came first. */
+        agent_set_host(a, owner);
+        if (a->host) {
+                agent_reassert(a);
+                agent_pump(a);
+        }
+        return 0;
+}
+
+static int on_request_name_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        lock_agent *a = userdata;
+        const sd_bus_error *e = sd_bus_message_get_error(reply);
+
+        a->request_slot = sd_bus_slot_unref(a->request_slot);
+        if (e) {
+                /* Without a place in the queue we may not ask for locks (see the invariants). */
+                fprintf(stderr, "ipchannel: cannot queue for %s: %s\n", a->service_name,
+                        e->message ?: e->name);
+                for (ipchannel_lock *l = a->locks, *next; l; l = next) {
+                        next = l->agent_next;
+                        lock_set_state(a, l, LOCK_FAILED, 0, errno_of_reply(reply));
+                        agent_list_remove(a, l);
+                }
+                return 0;
+        }
+        a->queued = true;
+        (void) sd_bus_call_method_async(a->bus, &a->owner_slot, "org.freedesktop.DBus",
+                                        "/org/freedesktop/DBus", "org.freedesktop.DBus", "GetNameOwner",
+                                        on_get_owner_reply, a, "s", a->service_name);
+        return 0;
+}
+
+/* ---- the connection --------------------------------------------------------------------- */
+
+static int agent_connect(lock_agent *a);
+
+static int on_reconnect(sd_event_source *s, uint64_t usec, void *userdata) {
+        lock_agent *a = userdata;
+
+        a->reconnect_source = sd_event_source_unref(a->reconnect_source);
+        if (agent_connect(a) < 0) {
+                uint64_t delay = a->reconnect_usec;
+
+                a->reconnect_usec = MIN(MAX(delay * 2, RECONNECT_USEC_MIN), RECONNECT_USEC_MAX);
+                (void) sd_event_add_time_relative(a->event, &a->reconnect_source, CLOCK_MONOTONIC,
+                                                  a->reconnect_usec, 0, on_reconnect, a);
+        }
+        return 0;
+}
+
+static void agent_disconnect(lock_agent *a) {
+        a->service = lock_service_free(a->service);
+        for (ipchannel_lock *l = a->locks; l; l = l->agent_next)
+                l->call_slot = sd_bus_slot_unref(l->call_slot);
+        a->filter_slot = sd_bus_slot_unref(a->filter_slot);
+        a->noc_slot = sd_bus_slot_unref(a->noc_slot);
+        a->expired_slot = sd_bus_slot_unref(a->expired_slot);
+        a->request_slot = sd_bus_slot_unref(a->request_slot);
+        a->owner_slot = sd_bus_slot_unref(a->owner_slot);
+        if (a->bus) {
+                (void) sd_bus_detach_event(a->bus);
+                a->bus = sd_bus_flush_close_unref(a->bus);
+        }
+        a->host = (free(a->host), NULL);
+        a->unique_name = (free(a->unique_name), NULL);
+        a->queued = false;
+}
+
+static void agent_lost(lock_agent *a) {
+        agent_disconnect(a);
+
+        /* The grants went with the connection: the service released them when it closed. */
+        for (ipchannel_lock *l = a->locks; l; l = l->agent_next) {
+                uint64_t token;
+                int error;
+
+                if (lock_agent_get_state(a, l, &token, &error) == LOCK_HELD)
+                        lock_set_state(a, l, LOCK_EXPIRED, token, -ECONNRESET);
+        }
+
+        a->reconnect_usec = RECONNECT_USEC_MIN;
+        a->reconnect_source = sd_event_source_disable_unref(a->reconnect_source);
+        (void) sd_event_add_time_relative(a->event, &a->reconnect_source, CLOCK_MONOTONIC,
+                                          a->reconnect_usec, 0, on_reconnect, a);
+}
+
+static int on_filter(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        lock_agent *a = userdata;
+
+        if (sd_bus_message_is_signal(m, "org.freedesktop.DBus.Local", "Disconnected"))
+                agent_lost(a);
+        return 0;
+}
+
+static int agent_connect(lock_agent *a) {
+        _cleanup_(sd_bus_unrefp) sd_bus *bus = NULL;
+        g_autofree char *noc = NULL, *expired = NULL;
+        const char *u;
+        int r;
+
+        r = sd_bus_new(&bus);
+        if (r < 0)
+                return r;
+        r = sd_bus_set_address(bus, a->address);
+        if (r < 0)
+                return r;
+        (void) sd_bus_set_bus_client(bus, true);
+        (void) sd_bus_set_description(bus, "ipchannel-locks");
+        r = sd_bus_start(bus);
+        if (r < 0)
+                return r;
+        r = sd_bus_attach_event(bus, a->event, 0);
+        if (r < 0)
+                return r;
+        a->bus = TAKE_PTR(bus);
+
+        r = sd_bus_add_filter(a->bus, &a->filter_slot, on_filter, a);
+        if (r < 0)
+                goto fail;
+        noc = g_strdup_printf("type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
+                              "member='NameOwnerChanged',arg0='%s'", a->service_name);
+        r = sd_bus_add_match_async(a->bus, &a->noc_slot, noc, on_lock_name_owner_changed, NULL, a);
+        if (r < 0)
+                goto fail;
+        expired = g_strdup_printf("type='signal',interface='" IPCHANNEL_LOCK_INTERFACE "',"
+                                  "member='LeaseExpired',path='%s'", a->service_path);
+        r = sd_bus_add_match_async(a->bus, &a->expired_slot, expired, on_lease_expired, NULL, a);
+        if (r < 0)
+                goto fail;
+        r = sd_bus_call_method_async(a->bus, &a->request_slot, "org.freedesktop.DBus",
+                                     "/org/freedesktop/DBus", "org.freedesktop.DBus", "RequestName",
+                                     on_request_name_reply, a, "su", a->service_name,
+                                     DBUS_NAME_FLAG_ALLOW_REPLACEMENT);
+        if (r < 0)
+                goto fail;
+        /* Blocks until Hello is answered; the agent's thread can afford it. */
+        r = sd_bus_get_unique_name(a->bus, &u);
+        if (r < 0)
+                goto fail;
+        a->unique_name = strdup(u);
+        if (!a->unique_name) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        return 0;
+
+fail:
+        agent_disconnect(a);
+        return r;
+}
+
+/* ---- ops from the app ------------------------------------------------------------------- */
+
+static void agent_do_op(lock_agent *a, op *o) {
+        ipchannel_lock *l = o->lock;
+        uint64_t token;
+        int error;
+
+        switch (o->kind) {
+        case OP_SUBMIT:
+                l->agent_prev = a->locks_tail;
+                l->agent_next = NULL;
+                if (a->locks_tail)
+                        a->locks_tail->agent_next = l;
+                else
+                        a->locks = l;
+                a->locks_tail = l;
+                l = NULL;       /* the op's reference is now the list's */
+                break;
+
+        case OP_RELEASE:
+                if (!l->agent_next && !l->agent_prev && a->locks != l)
+                        break;  /* already off the list */
+                if (lock_agent_get_state(a, l, &token, &error) == LOCK_HELD)
+                        agent_send_release(a, l->name, token);
+                lock_set_state(a, l, LOCK_RELEASED, token, 0);
+                agent_list_remove(a, l);
+                break;
+
+        case OP_CANCEL:
+                if (!l->agent_next && !l->agent_prev && a->locks != l)
+                        break;
+                switch (lock_agent_get_state(a, l, &token, &error)) {
+                case LOCK_HELD:
+                        agent_send_release(a, l->name, token);
+                        _fallthrough_;
+                case LOCK_EXPIRED:
+                case LOCK_NEW:
+                        lock_set_state(a, l, LOCK_FAILED, 0, -ETIMEDOUT);
+                        agent_list_remove(a, l);
+                        break;
+                case LOCK_WAITING:
+                        if (l->call_slot && agent_ready(a))
+                                /* The service answers the pending Acquire with Cancelled. */
+                                (void) sd_bus_call_method_async(a->bus, NULL, a->service_name,
+                                                                a->service_path,
+                                                                IPCHANNEL_LOCK_INTERFACE, "Cancel",
+                                                                NULL, NULL, "s", l->name);
+                        else {
+                                lock_set_state(a, l, LOCK_FAILED, 0, -ETIMEDOUT);
+                                agent_list_remove(a, l);
+                        }
+                        break;
+                default:
+                        break;
+                }
+                break;
+        }
+        if (l)
+                lock_unref(l);
+        free(o);
+        agent_pump(a);
+}
+
+static int on_wake(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        lock_agent *a = userdata;
+        op *ops;
+        bool quit;
+
+        fd_drain(a->wake_fd);
+        pthread_mutex_lock(&a->mutex);
+        ops = a->ops;
+        a->ops = a->ops_tail = NULL;
+        quit = a->quit;
+        pthread_mutex_unlock(&a->mutex);
+
+        while (ops) {
+                op *o = ops;
+                ops = o->next;
+                agent_do_op(a, o);
+        }
+        if (quit)
+                sd_event_exit(a->event, 0);
+        return 0;
+}
+
+static void *agent_thread(void *userdata) {
+        lock_agent *a = userdata;
+
+        if (agent_connect(a) < 0) {
+                a->reconnect_usec = RECONNECT_USEC_MIN;
+                (void) sd_event_add_time_relative(a->event, &a->reconnect_source, CLOCK_MONOTONIC,
+                                                  a->reconnect_usec, 0, on_reconnect, a);
+        }
+        (void) sd_event_loop(a->event);
+
+        agent_disconnect(a);
+        while (a->locks) {
+                ipchannel_lock *l = a->locks;
+                lock_set_state(a, l, LOCK_FAILED, 0, -ECONNRESET);
+                agent_list_remove(a, l);
+        }
+        return NULL;
+}
+
+/* ---- the app's side --------------------------------------------------------------------- */
+
+int lock_agent_new(lock_agent **ret, const char *address, const char *prefix, const char *app) {
+        lock_agent *a;
+        int r;
+
+        a = calloc(1, sizeof(*a));
+        if (!a)
+                return -ENOMEM;
+        *a = (lock_agent) {
+                .wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
+                .notify_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
+                .address = strdup(address),
+                .service_name = names_locks(prefix, app),
+                .service_path = names_locks_path(prefix, app),
+        };
+        pthread_mutex_init(&a->mutex, NULL);
+        pthread_cond_init(&a->cond, NULL);
+        if (a->wake_fd < 0 || a->notify_fd < 0 || !a->address || !a->service_name || !a->service_path) {
+                r = a->wake_fd < 0 || a->notify_fd < 0 ? -errno : -ENOMEM;
+                goto fail;
+        }
+
+        r = sd_event_new(&a->event);
+        if (r < 0)
+                goto fail;
+        r = sd_event_add_io(a->event, &a->wake_source, a->wake_fd, EPOLLIN, on_wake, a);
+        if (r < 0)
+                goto fail;
+
+        r = -pthread_create(&a->thread, NULL, agent_thread, a);
+        if (r < 0)
+                goto fail;
+        a->thread_started = true;
+        *ret = a;
+        return 0;
+
+fail:
+        lock_agent_free(a);
+        return r;
+}
+
+lock_agent *lock_agent_free(lock_agent *a) {
+        if (!a)
+                return NULL;
+
+        if (a->thread_started) {
+                pthread_mutex_lock(&a->mutex);
+                a->quit = true;
+                pthread_mutex_unlock(&a->mutex);
+                fd_signal(a->wake_fd);
+                pthread_join(a->thread, NULL);
+        }
+
+        /* Ops the thread never saw, and notifications the app never took. */
+        while (a->ops) {
+                op *o = a->ops;
+                a->ops = o->next;
+                lock_unref(o->lock);
+                free(o);
+        }
+        while (a->notify_head) {
+                ipchannel_lock *l = a->notify_head;
+                a->notify_head = l->notify_next;
+                lock_unref(l);
+        }
+
+        sd_event_source_disable_unref(a->wake_source);
+        sd_event_source_disable_unref(a->reconnect_source);
+        sd_event_unref(a->event);
+        safe_close(a->wake_fd);
+        safe_close(a->notify_fd);
+        pthread_mutex_destroy(&a->mutex);
+        pthread_cond_destroy(&a->cond);
+        free(a->address);
+        free(a->service_name);
+        free(a->service_path);
+        free(a);
+        return NULL;
+}
+
+int lock_agent_get_notify_fd(lock_agent *a) {
+        return a->notify_fd;
+}
+
+ipchannel_lock *lock_agent_take_notifications(lock_agent *a) {
+        ipchannel_lock *head;
+
+        fd_drain(a->notify_fd);
+        pthread_mutex_lock(&a->mutex);
+        head = a->notify_head;
+        a->notify_head = a->notify_tail = NULL;
+        for (ipchannel_lock *l = head; l; l = l->notify_next)
+                l->notified = false;
+        pthread_mutex_unlock(&a->mutex);
+        return head;
+}
+
+static int agent_post(lock_agent *a, op_kind kind, ipchannel_lock *l) {
+        op *o = malloc(sizeof(*o));
+
+        if (!o)
+                return -ENOMEM;
+        pthread_mutex_lock(&a->mutex);
+        *o = (op) { .kind = kind, .lock = l };
+        l->n_ref++;
+        if (kind == OP_CANCEL)
+                l->cancelled = true;
+        if (a->ops_tail)
+                a->ops_tail->next = o;
+        else
+                a->ops = o;
+        a->ops_tail = o;
+        pthread_mutex_unlock(&a->mutex);
+        fd_signal(a->wake_fd);
+        return 0;
+}
+
+int lock_agent_submit(lock_agent *a, ipchannel_lock *l) {
+        return agent_post(a, OP_SUBMIT, l);
+}
+
+void lock_agent_release(lock_agent *a, ipchannel_lock *l) {
+        (void) agent_post(a, OP_RELEASE, l);
+}
+
+void lock_agent_cancel(lock_agent *a, ipchannel_lock *l) {
+        (void) agent_post(a, OP_CANCEL, l);
+}
+
+void lock_agent_wait(lock_agent *a, ipchannel_lock *l, uint64_t deadline) {
+        struct timespec ts;
+        uint64_t real;
+
+        /* pthread_cond_timedwait() takes CLOCK_REALTIME; convert the monotonic deadline. */
+        pthread_mutex_lock(&a->mutex);
+        while (l->state == LOCK_NEW || l->state == LOCK_WAITING) {
+                uint64_t now = now_usec();
+                if (deadline != UINT64_MAX && now >= deadline)
+                        break;
+                clock_gettime(CLOCK_REALTIME, &ts);
+                real = (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000 +
+                       (deadline == UINT64_MAX ? 1000000ULL : MIN(deadline - now, 1000000ULL));
+                ts.tv_sec = (time_t) (real / 1000000ULL);
+                ts.tv_nsec = (long) (real % 1000000ULL) * 1000;
+                pthread_cond_timedwait(&a->cond, &a->mutex, &ts);
+        }
+        pthread_mutex_unlock(&a->mutex);
+}
+
+lock_state lock_agent_get_state(lock_agent *a, ipchannel_lock *l, uint64_t *ret_token, int *ret_error) {
+        lock_state s;
+
+        pthread_mutex_lock(&a->mutex);
+        s = l->state;
+        if (ret_token)
+                *ret_token = l->token;
+        if (ret_error)
+                *ret_error = l->error;
+        pthread_mutex_unlock(&a->mutex);
+        return s;
+}

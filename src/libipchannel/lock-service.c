@@ -1,0 +1,594 @@
+/* SPDX-License-Identifier: MIT */
+/* The lock service: org.ipchannel.LockService1 over a lock queue, on one bus connection. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <glib.h>
+#include <systemd/sd-event.h>
+
+#include "lock-service.h"
+#include "lockqueue.h"
+#include "macro.h"
+#include "names.h"
+
+/*
+ * Takeover, and why it is safe (see also lock-agent.c):
+ *
+ * The service is hosted by whichever connection owns <prefix>.<app>.Locks. When the host dies
+ * or is replaced, its state is gone; the new host starts frozen (lockqueue_set_frozen): it
+ * queues Acquires but grants nothing. Every connection that can hold a grant is one of the
+ * name's queued owners (agents queue before they ask for locks), so the new host asks the bus
+ * for that list (ListQueuedOwners) and waits until each of them has reported what it holds
+ * (Reassert), or has disconnected. Only then does it unfreeze. A lock is thus granted anew only
+ * when every possible earlier holder has reclaimed it, released it or died; a reclaimed lease
+ * keeps running from what its holder had left.
+ *
+ * Tokens keep increasing across hosts: the new host starts above a clock-based epoch (the
+ * CLOCK_REALTIME microsecond, which an earlier host's counter, one per grant, cannot have
+ * passed unless it granted more than once a microsecond) and above every token reported.
+ */
+
+typedef struct pending {
+        uint64_t request;
+        sd_bus_message *call;           /* the Acquire call awaiting its reply */
+        char *owner;
+        char *lock;
+} pending;
+
+struct lock_service {
+        sd_bus *bus;
+        sd_event *event;
+        char *path;
+        char *name;
+        char *self;                     /* our unique name */
+        bool expect_self;
+        lockqueue *q;
+        sd_bus_slot *vtable_slot;
+        sd_bus_slot *queued_slot;
+        sd_event_source *lease_timer;
+        GHashTable *tracks;             /* owner → sd_bus_track * */
+        GHashTable *pending;            /* request (uint64_t *) → pending * */
+        uint64_t n_requests;
+
+        /* Recovery. */
+        bool recovering;
+        bool have_queue_list;
+        GHashTable *expected;           /* owners that must still report */
+        GHashTable *reported;           /* owners that reported before we had the list */
+};
+
+static uint64_t monotonic_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
+}
+
+static uint64_t realtime_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_REALTIME, &ts);
+        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
+}
+
+static void pending_free(void *p) {
+        pending *x = p;
+
+        sd_bus_message_unref(x->call);
+        free(x->owner);
+        free(x->lock);
+        free(x);
+}
+
+static void track_free(void *t) {
+        sd_bus_track_unref(t);
+}
+
+/* Maps a lockqueue error to the named D-Bus error a client sees. */
+static int reply_error(sd_bus_error *error, int r, const char *lock) {
+        switch (r) {
+        case -EDEADLK:
+                return sd_bus_error_setf(error, LOCK_ERROR_ALREADY_HELD, "The caller already holds \"%s\".",
+                                         lock);
+        case -EALREADY:
+                return sd_bus_error_setf(error, LOCK_ERROR_ALREADY_WAITING,
+                                         "The caller already waits for \"%s\".", lock);
+        case -ENOBUFS:
+                return sd_bus_error_setf(error, LOCK_ERROR_LIMITS_EXCEEDED,
+                                         "Too many locks held or awaited (\"%s\").", lock);
+        case -EINVAL:
+                return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
+                                         "Invalid lock name: it must be non-empty UTF-8 of at most "
+                                         "255 bytes.");
+        case -ENOENT:
+                return sd_bus_error_setf(error, LOCK_ERROR_NO_SUCH_LOCK, "Nobody holds or waits for \"%s\".",
+                                         lock);
+        case -EPERM:
+                return sd_bus_error_setf(error, LOCK_ERROR_NOT_HOLDER, "The caller does not hold \"%s\".",
+                                         lock);
+        case -ESTALE:
+                return sd_bus_error_setf(error, LOCK_ERROR_STALE_TOKEN,
+                                         "The token is not the current grant's of \"%s\" (a late or "
+                                         "repeated release).", lock);
+        case -EAGAIN:
+                return sd_bus_error_setf(error, LOCK_ERROR_WOULD_BLOCK, "\"%s\" is not free.", lock);
+        default:
+                return sd_bus_error_set_errno(error, r);
+        }
+}
+
+/* ---- leases ----------------------------------------------------------------------------- */
+
+static void service_arm_lease_timer(lock_service *s) {
+        uint64_t next = lockqueue_next_deadline(s->q);
+
+        if (next == LOCKQUEUE_NO_DEADLINE) {
+                (void) sd_event_source_set_enabled(s->lease_timer, SD_EVENT_OFF);
+                return;
+        }
+        (void) sd_event_source_set_time(s->lease_timer, next);
+        (void) sd_event_source_set_enabled(s->lease_timer, SD_EVENT_ONESHOT);
+}
+
+static int on_lease_timer(sd_event_source *source, uint64_t usec, void *userdata) {
+        lock_service *s = userdata;
+
+        (void) lockqueue_expire(s->q, monotonic_usec());
+        service_arm_lease_timer(s);
+        return 0;
+}
+
+/* ---- events from the queue -------------------------------------------------------------- */
+
+static void on_queue_event(lockqueue *q, const lockqueue_event *ev, void *userdata) {
+        lock_service *s = userdata;
+
+        if (ev->kind == LOCKQUEUE_EVENT_GRANTED) {
+                pending *p = g_hash_table_lookup(s->pending, &ev->request);
+
+                if (p) {
+                        (void) sd_bus_reply_method_return(p->call, "t", ev->token);
+                        g_hash_table_remove(s->pending, &ev->request);
+                }
+                return;
+        }
+
+        if (ev->reason == LOCKQUEUE_REASON_EXPIRED) {
+                /* Tell the holder, and only the holder, that its grant is no longer good. */
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+
+                if (sd_bus_message_new_signal(s->bus, &m, s->path, IPCHANNEL_LOCK_INTERFACE,
+                                              "LeaseExpired") >= 0 &&
+                    sd_bus_message_set_destination(m, ev->owner) >= 0 &&
+                    sd_bus_message_append(m, "st", ev->lock, ev->token) >= 0)
+                        (void) sd_bus_send(s->bus, m, NULL);
+        }
+}
+
+/* ---- connection tracking ---------------------------------------------------------------- */
+
+static void service_maybe_unfreeze(lock_service *s) {
+        if (!s->recovering || !s->have_queue_list || g_hash_table_size(s->expected) > 0)
+                return;
+        s->recovering = false;
+        g_hash_table_remove_all(s->reported);
+        (void) lockqueue_set_frozen(s->q, false, monotonic_usec());
+        service_arm_lease_timer(s);
+        (void) sd_bus_emit_properties_changed(s->bus, s->path, IPCHANNEL_LOCK_INTERFACE, "Recovering",
+                                              NULL);
+}
+
+typedef struct tracked {
+        lock_service *service;
+        char owner[];
+} tracked;
+
+static int on_owner_gone(sd_bus_track *t, void *userdata) {
+        tracked *w = userdata;
+        lock_service *s = w->service;
+        g_autofree char *owner = g_strdup(w->owner);   /* w goes with the track */
+        GHashTableIter it;
+        pending *p;
+
+        /* Its grants go at once, and its waits with them. */
+        (void) lockqueue_drop_owner(s->q, owner, monotonic_usec());
+        g_hash_table_iter_init(&it, s->pending);
+        while (g_hash_table_iter_next(&it, NULL, (void **) &p))
+                if (strcmp(p->owner, owner) == 0)
+                        g_hash_table_iter_remove(&it);
+
+        if (g_hash_table_remove(s->expected, owner))
+                service_maybe_unfreeze(s);
+        g_hash_table_remove(s->tracks, owner);
+        service_arm_lease_timer(s);
+        return 0;
+}
+
+/* Follows a caller's connection, so that its grants and waits end when it closes. */
+static int service_track(lock_service *s, const char *owner) {
+        sd_bus_track *t = NULL;
+        tracked *w;
+        int r;
+
+        if (g_hash_table_contains(s->tracks, owner))
+                return 0;
+        w = malloc(sizeof(*w) + strlen(owner) + 1);
+        if (!w)
+                return -ENOMEM;
+        w->service = s;
+        strcpy(w->owner, owner);
+        r = sd_bus_track_new(s->bus, &t, on_owner_gone, w);
+        if (r < 0) {
+                free(w);
+                return r;
+        }
+        sd_bus_track_set_destroy_callback(t, free);
+        r = sd_bus_track_add_name(t, owner);
+        if (r < 0) {
+                sd_bus_track_unref(t);
+                return r;
+        }
+        g_hash_table_insert(s->tracks, g_strdup(owner), t);
+        return 0;
+}
+
+/* ---- methods ---------------------------------------------------------------------------- */
+
+static int method_acquire(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        lock_service *s = userdata;
+        const char *lock, *owner = sd_bus_message_get_sender(m);
+        uint64_t lease, request, token;
+        pending *p;
+        int r;
+
+        r = sd_bus_message_read(m, "st", &lock, &lease);
+        if (r < 0)
+                return r;
+        if (!owner)
+                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "The call has no sender.");
+        r = service_track(s, owner);
+        if (r < 0)
+                return r;
+
+        /* Registered first: an immediate grant is answered from the GRANTED event too. */
+        request = ++s->n_requests;
+        p = malloc(sizeof(*p));
+        if (!p)
+                return -ENOMEM;
+        *p = (pending) {
+                .request = request,
+                .call = sd_bus_message_ref(m),
+                .owner = strdup(owner),
+                .lock = strdup(lock),
+        };
+        if (!p->owner || !p->lock) {
+                pending_free(p);
+                return -ENOMEM;
+        }
+        g_hash_table_insert(s->pending, &p->request, p);
+
+        r = lockqueue_acquire(s->q, lock, owner, request, lease, monotonic_usec(), &token);
+        if (r < 0) {
+                g_hash_table_remove(s->pending, &request);
+                return reply_error(error, r, lock);
+        }
+        service_arm_lease_timer(s);
+        return 1;
+}
+
+static int method_try_acquire(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        lock_service *s = userdata;
+        const char *lock, *owner = sd_bus_message_get_sender(m);
+        uint64_t lease, token = 0;
+        int r;
+
+        r = sd_bus_message_read(m, "st", &lock, &lease);
+        if (r < 0)
+                return r;
+        if (!owner)
+                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "The call has no sender.");
+        r = service_track(s, owner);
+        if (r < 0)
+                return r;
+        /* Request 0 is never registered as pending: the reply is made here. */
+        r = lockqueue_try_acquire(s->q, lock, owner, 0, lease, monotonic_usec(), &token);
+        if (r < 0)
+                return reply_error(error, r, lock);
+        service_arm_lease_timer(s);
+        return sd_bus_reply_method_return(m, "t", token);
+}
+
+static int method_release(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        lock_service *s = userdata;
+        const char *lock, *owner = sd_bus_message_get_sender(m);
+        uint64_t token;
+        int r;
+
+        r = sd_bus_message_read(m, "st", &lock, &token);
+        if (r < 0)
+                return r;
+        r = lockqueue_release(s->q, lock, owner ?: "", token, monotonic_usec());
+        service_arm_lease_timer(s);
+        if (r < 0)
+                return reply_error(error, r, lock);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_cancel(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        lock_service *s = userdata;
+        const char *lock, *owner = sd_bus_message_get_sender(m);
+        GHashTableIter it;
+        pending *p;
+        int r;
+
+        r = sd_bus_message_read(m, "s", &lock);
+        if (r < 0)
+                return r;
+
+        g_hash_table_iter_init(&it, s->pending);
+        while (g_hash_table_iter_next(&it, NULL, (void **) &p)) {
+                if (g_strcmp0(p->owner, owner) != 0 || strcmp(p->lock, lock) != 0)
+                        continue;
+                r = lockqueue_cancel(s->q, lock, owner, p->request);
+                if (r < 0)
+                        break;
+                (void) sd_bus_reply_method_errorf(p->call, LOCK_ERROR_CANCELLED,
+                                                  "The wait for \"%s\" was cancelled.", lock);
+                g_hash_table_iter_remove(&it);
+                return sd_bus_reply_method_return(m, NULL);
+        }
+        return sd_bus_error_setf(error, LOCK_ERROR_NOT_WAITING, "The caller does not wait for \"%s\".", lock);
+}
+
+static int method_reassert(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        lock_service *s = userdata;
+        const char *lock, *owner = sd_bus_message_get_sender(m);
+        uint64_t token, lease_left, now = monotonic_usec();
+        int r;
+
+        if (!owner)
+                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "The call has no sender.");
+        r = service_track(s, owner);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_new_method_return(m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "s");
+        if (r < 0)
+                return r;
+
+        r = sd_bus_message_enter_container(m, 'a', "(stt)");
+        if (r < 0)
+                return r;
+        while ((r = sd_bus_message_read(m, "(stt)", &lock, &token, &lease_left)) > 0) {
+                const char *holder = NULL;
+                uint64_t held_token = 0;
+                int k;
+
+                k = lockqueue_reassert(s->q, lock, owner, token, lease_left, now);
+                if (k == -EPERM && lockqueue_get_holder(s->q, lock, &holder, &held_token, NULL) > 0 &&
+                    strcmp(holder, owner) == 0 && held_token == token)
+                        k = 0;  /* not recovering, and we know of the grant anyway */
+                if (k < 0) {
+                        r = sd_bus_message_append(reply, "s", lock);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        if (r < 0)
+                return r;
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+
+        if (s->recovering) {
+                if (s->have_queue_list) {
+                        if (g_hash_table_remove(s->expected, owner))
+                                service_maybe_unfreeze(s);
+                } else
+                        g_hash_table_add(s->reported, g_strdup(owner));
+        }
+        service_arm_lease_timer(s);
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int method_list_locks(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+        _cleanup_(freep) lockqueue_lock_info *infos = NULL;
+        lock_service *s = userdata;
+        uint64_t now = monotonic_usec();
+        size_t n = 0;
+        int r;
+
+        (void) lockqueue_expire(s->q, now);
+        r = lockqueue_list(s->q, &infos, &n);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_new_method_return(m, &reply);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_open_container(reply, 'a', "(ssttas)");
+        for (size_t i = 0; i < n && r >= 0; i++) {
+                const lockqueue_lock_info *x = &infos[i];
+                uint64_t left = x->deadline == LOCKQUEUE_NO_DEADLINE ? UINT64_MAX
+                                : x->deadline > now                  ? x->deadline - now
+                                                                     : 0;
+
+                r = sd_bus_message_open_container(reply, 'r', "ssttas");
+                if (r >= 0)
+                        r = sd_bus_message_append(reply, "sstt", x->name, x->holder ?: "", x->token,
+                                                  x->holder ? left : 0);
+                if (r >= 0)
+                        r = sd_bus_message_append_strv(reply, (char **) x->waiters);
+                if (r >= 0)
+                        r = sd_bus_message_close_container(reply);
+        }
+        if (r >= 0)
+                r = sd_bus_message_close_container(reply);
+        if (r < 0)
+                return r;
+        return sd_bus_send(NULL, reply, NULL);
+}
+
+static int property_get_recovering(sd_bus *bus, const char *path, const char *interface,
+                                   const char *property, sd_bus_message *reply, void *userdata,
+                                   sd_bus_error *error) {
+        lock_service *s = userdata;
+        return sd_bus_message_append(reply, "b", s->recovering);
+}
+
+static const sd_bus_vtable lock_vtable[] = {
+        SD_BUS_VTABLE_START(0),
+        SD_BUS_METHOD_WITH_ARGS("Acquire", SD_BUS_ARGS("s", lock, "t", lease_usec),
+                                SD_BUS_RESULT("t", token), method_acquire, 0),
+        SD_BUS_METHOD_WITH_ARGS("TryAcquire", SD_BUS_ARGS("s", lock, "t", lease_usec),
+                                SD_BUS_RESULT("t", token), method_try_acquire, 0),
+        SD_BUS_METHOD_WITH_ARGS("Release", SD_BUS_ARGS("s", lock, "t", token), SD_BUS_NO_RESULT,
+                                method_release, 0),
+        SD_BUS_METHOD_WITH_ARGS("Cancel", SD_BUS_ARGS("s", lock), SD_BUS_NO_RESULT, method_cancel, 0),
+        SD_BUS_METHOD_WITH_ARGS("Reassert", SD_BUS_ARGS("a(stt)", holds), SD_BUS_RESULT("as", refused),
+                                method_reassert, 0),
+        SD_BUS_METHOD_WITH_ARGS("ListLocks", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(ssttas)", locks),
+                                method_list_locks, 0),
+        SD_BUS_SIGNAL_WITH_ARGS("LeaseExpired", SD_BUS_ARGS("s", lock, "t", token), 0),
+        SD_BUS_PROPERTY("Recovering", "b", property_get_recovering, 0,
+                        SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_VTABLE_END,
+};
+
+/* ---- recovery --------------------------------------------------------------------------- */
+
+static int on_queued_owners(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        lock_service *s = userdata;
+        const char *owner;
+        int r;
+
+        s->queued_slot = sd_bus_slot_unref(s->queued_slot);
+        if (sd_bus_message_is_method_error(reply, NULL)) {
+                /* Without the list we cannot know who may hold what: stay frozen, but say so. */
+                fprintf(stderr, "ipchannel: lock service cannot list the queue of %s: %s\n", s->name,
+                        sd_bus_message_get_error(reply)->message);
+                return 0;
+        }
+        r = sd_bus_message_enter_container(reply, 'a', "s");
+        while (r >= 0 && (r = sd_bus_message_read_basic(reply, 's', &owner)) > 0) {
+                if (!s->expect_self && g_strcmp0(owner, s->self) == 0)
+                        continue;
+                if (g_hash_table_contains(s->reported, owner))
+                        continue;
+                /* Tracked, so that one who dies before reporting stops holding us up. */
+                if (service_track(s, owner) < 0)
+                        continue;
+                g_hash_table_add(s->expected, g_strdup(owner));
+        }
+        s->have_queue_list = true;
+        service_maybe_unfreeze(s);
+        return 0;
+}
+
+int lock_service_new(lock_service **ret, sd_bus *bus, const char *path, const char *name,
+                     bool expect_self) {
+        lock_service *s;
+        const char *self = NULL;
+        int r;
+
+        s = calloc(1, sizeof(*s));
+        if (!s)
+                return -ENOMEM;
+        *s = (lock_service) {
+                .bus = sd_bus_ref(bus),
+                .event = sd_event_ref(sd_bus_get_event(bus)),
+                .path = strdup(path),
+                .name = strdup(name),
+                .expect_self = expect_self,
+                .tracks = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, track_free),
+                .pending = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, pending_free),
+                .expected = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
+                .reported = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
+                .recovering = true,
+        };
+        if (!s->event) {
+                r = -EINVAL;    /* the bus must run on an sd-event loop */
+                goto fail;
+        }
+        if (!s->path || !s->name) {
+                r = -ENOMEM;
+                goto fail;
+        }
+        r = sd_bus_get_unique_name(bus, &self);
+        if (r < 0)
+                goto fail;
+        s->self = strdup(self);
+
+        r = lockqueue_new(&s->q, on_queue_event, s);
+        if (r < 0)
+                goto fail;
+        r = lockqueue_raise_token_floor(s->q, realtime_usec());
+        if (r < 0)
+                goto fail;
+        r = lockqueue_set_frozen(s->q, true, monotonic_usec());
+        if (r < 0)
+                goto fail;
+
+        r = sd_event_add_time(s->event, &s->lease_timer, CLOCK_MONOTONIC, UINT64_MAX, 0, on_lease_timer, s);
+        if (r < 0)
+                goto fail;
+        (void) sd_event_source_set_enabled(s->lease_timer, SD_EVENT_OFF);
+
+        r = sd_bus_add_object_vtable(bus, &s->vtable_slot, path, IPCHANNEL_LOCK_INTERFACE, lock_vtable, s);
+        if (r < 0)
+                goto fail;
+        r = sd_bus_call_method_async(bus, &s->queued_slot, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                     "org.freedesktop.DBus", "ListQueuedOwners", on_queued_owners, s, "s",
+                                     name);
+        if (r < 0)
+                goto fail;
+
+        *ret = s;
+        return 0;
+
+fail:
+        lock_service_free(s);
+        return r;
+}
+
+lock_service *lock_service_free(lock_service *s) {
+        GHashTableIter it;
+        pending *p;
+
+        if (!s)
+                return NULL;
+
+        /* Whoever waits here asks the next host. */
+        if (s->pending) {
+                g_hash_table_iter_init(&it, s->pending);
+                while (g_hash_table_iter_next(&it, NULL, (void **) &p))
+                        (void) sd_bus_reply_method_errorf(p->call, LOCK_ERROR_SERVICE_MOVED,
+                                                          "The lock service moved; ask again.");
+                g_hash_table_unref(s->pending);
+        }
+        s->vtable_slot = sd_bus_slot_unref(s->vtable_slot);
+        s->queued_slot = sd_bus_slot_unref(s->queued_slot);
+        sd_event_source_disable_unref(s->lease_timer);
+        if (s->tracks)
+                g_hash_table_unref(s->tracks);
+        if (s->expected)
+                g_hash_table_unref(s->expected);
+        if (s->reported)
+                g_hash_table_unref(s->reported);
+        lockqueue_free(s->q);
+        sd_event_unref(s->event);
+        sd_bus_unref(s->bus);
+        free(s->path);
+        free(s->name);
+        free(s->self);
+        free(s);
+        return NULL;
+}

@@ -1,0 +1,32 @@
+/* SPDX-License-Identifier: MIT */
+/* The lock service: org.ipchannel.LockService1 over a lock queue, on one bus connection. */
+#pragma once
+
+#include <stdbool.h>
+
+#include <systemd/sd-bus.h>
+
+typedef struct lock_service lock_service;
+
+/* Named D-Bus errors of org.ipchannel.LockService1. */
+#define LOCK_ERROR_CANCELLED "org.ipchannel.Error.Cancelled"
+#define LOCK_ERROR_SERVICE_MOVED "org.ipchannel.Error.ServiceMoved"
+#define LOCK_ERROR_WOULD_BLOCK "org.ipchannel.Error.WouldBlock"
+#define LOCK_ERROR_NOT_HOLDER "org.ipchannel.Error.NotHolder"
+#define LOCK_ERROR_STALE_TOKEN "org.ipchannel.Error.StaleToken"
+#define LOCK_ERROR_NO_SUCH_LOCK "org.ipchannel.Error.NoSuchLock"
+#define LOCK_ERROR_NOT_WAITING "org.ipchannel.Error.NotWaiting"
+#define LOCK_ERROR_ALREADY_HELD "org.ipchannel.Error.AlreadyHeld"
+#define LOCK_ERROR_ALREADY_WAITING "org.ipchannel.Error.AlreadyWaiting"
+#define LOCK_ERROR_LIMITS_EXCEEDED "org.ipchannel.Error.LimitsExceeded"
+#define LOCK_ERROR_ACCESS_DENIED "org.ipchannel.Error.AccessDenied"
+
+/* Serves the object at path on bus, using the bus's sd-event loop, for the owner of the bus
+ * name `name`. It starts in recovery: it grants nothing until every connection queued for
+ * `name` (its own too when expect_self, i.e. when an agent of this process reports to it over
+ * the bus) has reported its holds with Reassert, or has disconnected. */
+int lock_service_new(lock_service **ret, sd_bus *bus, const char *path, const char *name,
+                     bool expect_self);
+
+/* Waiting Acquire calls get org.ipchannel.Error.ServiceMoved. NULL-safe; returns NULL. */
+lock_service *lock_service_free(lock_service *s);
