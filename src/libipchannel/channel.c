@@ -86,6 +86,7 @@ struct ipchannel {
         int glib_exit_code;
 
         sd_bus *user_bus;       /* given by ipchannel_set_bus(); used for the first connect */
+        bool user_bus_used;
         sd_bus *bus;            /* the connection in use */
         char *address;          /* where to reconnect */
         sd_bus_slot *vtable_slot, *filter_slot, *noc_slot, *catchall_slot;
@@ -113,6 +114,9 @@ struct ipchannel {
         uint64_t reconnect_usec;
 
         /* After connect, queued sends wait this long for their receivers to appear. */
+        lock_client *locks;             /* lock-client.c's state, once locks are used */
+        uint64_t sync_timeout_usec;
+
         loop_timer flush_timer;
         uint64_t flush_wait_usec;
         bool flush_waited;
@@ -725,37 +729,48 @@ fail:
 
 /* ---- the bus connection ----------------------------------------------------------------- */
 
-static int channel_open_bus(ipchannel *ch, sd_bus **ret) {
-        _cleanup_(sd_bus_unrefp) sd_bus *bus = NULL;
-        int r;
-
-        if (ch->user_bus && !ch->address) {
-                /* The caller's connection, the first time; its address serves reconnects. */
-                const char *a = NULL;
-
-                if (sd_bus_get_address(ch->user_bus, &a) >= 0 && a)
-                        ch->address = strdup(a);
-                *ret = sd_bus_ref(ch->user_bus);
-                return 0;
-        }
+/* Where the channel connects: the caller's bus's address, else the user bus when
+ * DBUS_SESSION_BUS_ADDRESS is set, else the system bus. Reconnects go to the same place. */
+int channel_resolve_address(ipchannel *ch, const char **ret) {
+        const char *a = NULL;
 
         if (!ch->address) {
-                const char *a = getenv("DBUS_SESSION_BUS_ADDRESS");
-
-                if (!a || a[0] == '\0') {
+                if (ch->user_bus)
+                        (void) sd_bus_get_address(ch->user_bus, &a);
+                if (!a || a[0] == '\0')
+                        a = getenv("DBUS_SESSION_BUS_ADDRESS");
+                if (!a || a[0] == '\0')
                         a = getenv("DBUS_SYSTEM_BUS_ADDRESS");
-                        if (!a || a[0] == '\0')
-                                a = "unix:path=/run/dbus/system_bus_socket";
-                }
+                if (!a || a[0] == '\0')
+                        a = "unix:path=/run/dbus/system_bus_socket";
                 ch->address = strdup(a);
                 if (!ch->address)
                         return -ENOMEM;
+        }
+        *ret = ch->address;
+        return 0;
+}
+
+static int channel_open_bus(ipchannel *ch, sd_bus **ret) {
+        _cleanup_(sd_bus_unrefp) sd_bus *bus = NULL;
+        const char *address;
+        int r;
+
+        r = channel_resolve_address(ch, &address);
+        if (r < 0)
+                return r;
+
+        if (ch->user_bus && !ch->user_bus_used) {
+                /* The caller's connection, the first time; reconnects make our own. */
+                ch->user_bus_used = true;
+                *ret = sd_bus_ref(ch->user_bus);
+                return 0;
         }
 
         r = sd_bus_new(&bus);
         if (r < 0)
                 return r;
-        r = sd_bus_set_address(bus, ch->address);
+        r = sd_bus_set_address(bus, address);
         if (r < 0)
                 return r;
         r = sd_bus_set_bus_client(bus, true);
@@ -1011,6 +1026,7 @@ _public_ int ipchannel_new(ipchannel **ret, const char *app) {
                 .owner_queries = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL),
                 .queue_max = IPCHANNEL_QUEUE_MAX_DEFAULT,
                 .flush_wait_usec = IPCHANNEL_FLUSH_WAIT_USEC_DEFAULT,
+                .sync_timeout_usec = IPCHANNEL_SYNC_TIMEOUT_USEC_DEFAULT,
         };
         listeners_init(&ch->listeners, on_listeners_change, ch);
         if (!ch->app || !ch->prefix || !ch->path || !ch->ns) {
@@ -1044,6 +1060,7 @@ _public_ ipchannel *ipchannel_ref(ipchannel *ch) {
 }
 
 static void channel_free(ipchannel *ch) {
+        lock_client_free(ch);
         loop_timer_cancel(&ch->reconnect_timer);
         loop_timer_cancel(&ch->flush_timer);
         channel_teardown_bus(ch);
@@ -1085,6 +1102,7 @@ _public_ int ipchannel_set_bus(ipchannel *ch, sd_bus *bus) {
 
         sd_bus_unref(ch->user_bus);
         ch->user_bus = sd_bus_ref(bus);
+        ch->user_bus_used = false;
         free(ch->address);
         ch->address = NULL;
         return 0;
@@ -1166,6 +1184,10 @@ _public_ int ipchannel_connect(ipchannel *ch) {
                 ch->state = STATE_IDLE;
                 return r;
         }
+        /* Every channel queues for the lock service name, to host it when its turn comes. */
+        r = lock_client_start(ch);
+        if (r < 0)
+                channel_emit_error(ch, r, "Cannot start the lock agent: %s", g_strerror(-r));
         return 0;
 }
 
@@ -1189,6 +1211,33 @@ _public_ int ipchannel_is_connected(ipchannel *ch) {
 
 _public_ uint32_t ipchannel_get_peer_id(ipchannel *ch) {
         return channel_usable(ch) ? ch->peer_id : 0;
+}
+
+lock_client **channel_lock_client(ipchannel *ch) {
+        return &ch->locks;
+}
+
+GMainContext *channel_glib(ipchannel *ch) {
+        return ch->glib;
+}
+
+const char *channel_prefix(ipchannel *ch) {
+        return ch->prefix;
+}
+
+uint64_t channel_sync_timeout(ipchannel *ch) {
+        return ch->sync_timeout_usec;
+}
+
+bool channel_check(ipchannel *ch) {
+        return channel_usable(ch) && ch->pid == getpid();
+}
+
+_public_ int ipchannel_set_sync_timeout(ipchannel *ch, uint64_t usec) {
+        assert_channel(ch);
+
+        ch->sync_timeout_usec = usec;
+        return 0;
 }
 
 _public_ const char *ipchannel_get_app(ipchannel *ch) {

@@ -81,10 +81,14 @@ int  ipchannel_synchronize(ipchannel *ch, const char *lock, ipchannel_sync_body_
 int  ipchannel_lock_release(ipchannel_lock *lock, int error);
 uint64_t ipchannel_lock_get_token(ipchannel_lock *lock);     /* fencing token */
 int  ipchannel_set_sync_timeout(ipchannel *ch, uint64_t usec); /* default 5 s; 0 = none */
+#define IPCHANNEL_SYNC_TIMEOUT_USEC_DEFAULT (5 * 1000 * 1000ULL)
 
 /* Blocking form for simple programs and worker threads: runs the channel's loop until the
  * lock is granted or timeout_usec passes (it may be called right after ipchannel_connect(),
- * before "connect" has fired). Release with ipchannel_lock_release(). */
+ * before "connect" has fired). Release with ipchannel_lock_release(). 
+ * Called from a thread other than the one that runs the channel's loop, it waits without
+ * touching the loop. timeout_usec UINT64_MAX waits for ever. Errors: -ETIMEDOUT, -EBUSY
+ * (called from a handler or callback of the channel's own loop), -EINVAL. */
 int  ipchannel_lock_acquire(ipchannel *ch, const char *lock, uint64_t timeout_usec,
                             ipchannel_lock **ret);
 

@@ -1,0 +1,331 @@
+/* SPDX-License-Identifier: MIT */
+/* The lock client: synchronize() and the blocking lock API, on the app's side of the agent. */
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <glib-unix.h>
+#include <glib.h>
+
+#include "channel.h"
+#include "lock-agent.h"
+#include "macro.h"
+#include "names.h"
+
+/* The app's thread runs bodies and "done" callbacks from its own loop, when the agent's
+ * notification fd says a request changed. Every ipchannel_lock holds a reference on its
+ * channel, so the agent (freed with the channel) outlives every lock the app still has. */
+
+struct lock_client {
+        lock_agent *agent;
+        pthread_t loop_thread;          /* the thread that started it: the loop's thread */
+        sd_event_source *event_source;
+        GSource *glib_source;
+};
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
+}
+
+/* The app side is done with l: drops its reference and the one on the channel. */
+static void lock_app_drop(ipchannel_lock *l) {
+        ipchannel *ch = l->ch;
+
+        l->ch = NULL;
+        lock_unref(l);
+        ipchannel_unref(ch);
+}
+
+static void lock_client_dispatch(ipchannel *ch) {
+        lock_client *c = *channel_lock_client(ch);
+        ipchannel_lock *l, *next;
+
+        ipchannel_ref(ch);
+        for (l = lock_agent_take_notifications(c->agent); l; l = next) {
+                uint64_t token;
+                int error;
+                lock_state s = lock_agent_get_state(c->agent, l, &token, &error);
+
+                next = l->notify_next;
+                if (l->body) {
+                        ipchannel_sync_body_t body = l->body;
+
+                        switch (s) {
+                        case LOCK_HELD:
+                                l->body = NULL;         /* runs once */
+                                body(l, l->userdata);
+                                break;
+                        case LOCK_FAILED:
+                                l->body = NULL;
+                                if (l->done)
+                                        l->done(ch, error, l->userdata);
+                                lock_app_drop(l);
+                                break;
+                        default:
+                                break;
+                        }
+                } else if (s == LOCK_RELEASED && l->done_pending) {
+                        l->done_pending = false;
+                        if (l->done)
+                                l->done(ch, l->done_error, l->userdata);
+                        lock_app_drop(l);
+                }
+                lock_unref(l);          /* the notification's reference */
+        }
+        ipchannel_unref(ch);
+}
+
+static int on_notify_event(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
+        lock_client_dispatch(userdata);
+        return 0;
+}
+
+static gboolean on_notify_glib(gint fd, GIOCondition condition, gpointer userdata) {
+        lock_client_dispatch(userdata);
+        return G_SOURCE_CONTINUE;
+}
+
+int lock_client_start(ipchannel *ch) {
+        lock_client **pc = channel_lock_client(ch), *c;
+        const char *address;
+        int r;
+
+        if (*pc)
+                return 0;
+        r = channel_resolve_address(ch, &address);
+        if (r < 0)
+                return r;
+
+        c = calloc(1, sizeof(*c));
+        if (!c)
+                return -ENOMEM;
+        c->loop_thread = pthread_self();
+        r = lock_agent_new(&c->agent, address, channel_prefix(ch), ipchannel_get_app(ch));
+        if (r < 0) {
+                free(c);
+                return r;
+        }
+
+        if (channel_glib(ch)) {
+                c->glib_source = g_unix_fd_source_new(lock_agent_get_notify_fd(c->agent), G_IO_IN);
+                g_source_set_callback(c->glib_source, G_SOURCE_FUNC(on_notify_glib), ch, NULL);
+                g_source_attach(c->glib_source, channel_glib(ch));
+        } else {
+                sd_event *e = ipchannel_get_event(ch);
+
+                if (!e) {
+                        r = sd_event_default(&e);
+                        if (r < 0)
+                                goto fail;
+                        r = ipchannel_attach_event(ch, e, 0);
+                        sd_event_unref(e);
+                        if (r < 0)
+                                goto fail;
+                }
+                r = sd_event_add_io(e, &c->event_source, lock_agent_get_notify_fd(c->agent), EPOLLIN,
+                                    on_notify_event, ch);
+                if (r < 0)
+                        goto fail;
+        }
+        *pc = c;
+        return 0;
+
+fail:
+        lock_agent_free(c->agent);
+        free(c);
+        return r;
+}
+
+void lock_client_free(ipchannel *ch) {
+        lock_client **pc = channel_lock_client(ch), *c = *pc;
+
+        if (!c)
+                return;
+        c->event_source = sd_event_source_disable_unref(c->event_source);
+        if (c->glib_source) {
+                g_source_destroy(c->glib_source);
+                g_source_unref(c->glib_source);
+        }
+        lock_agent_free(c->agent);
+        free(c);
+        *pc = NULL;
+}
+
+static int check_lock_name(const char *lock) {
+        if (!lock || lock[0] == '\0' || strlen(lock) > 255 || !g_utf8_validate(lock, -1, NULL))
+                return -EINVAL;
+        return 0;
+}
+
+static int lock_request(ipchannel *ch, const char *name, ipchannel_lock **ret) {
+        lock_client *c;
+        ipchannel_lock *l;
+        int r;
+
+        r = lock_client_start(ch);
+        if (r < 0)
+                return r;
+        c = *channel_lock_client(ch);
+        l = lock_new(ipchannel_ref(ch), c->agent, name, channel_sync_timeout(ch));
+        if (!l) {
+                ipchannel_unref(ch);
+                return -ENOMEM;
+        }
+        *ret = l;
+        return 0;
+}
+
+_public_ int ipchannel_synchronize(ipchannel *ch, const char *lock, ipchannel_sync_body_t body,
+                                   ipchannel_sync_done_t done, void *userdata) {
+        ipchannel_lock *l;
+        int r;
+
+        assert_return(channel_check(ch), -EINVAL);
+        assert_return(body, -EINVAL);
+        r = check_lock_name(lock);
+        if (r < 0)
+                return r;
+
+        r = lock_request(ch, lock, &l);
+        if (r < 0)
+                return r;
+        l->body = body;
+        l->done = done;
+        l->userdata = userdata;
+        r = lock_agent_submit(l->agent, l);
+        if (r < 0) {
+                lock_app_drop(l);
+                return r;
+        }
+        return 0;
+}
+
+static gboolean wake_up(gpointer userdata) {
+        return G_SOURCE_REMOVE;
+}
+
+/* True when called from a callback of the loop the channel runs on (which cannot nest). */
+static bool in_own_loop_dispatch(ipchannel *ch) {
+        sd_event *e = ipchannel_get_event(ch);
+        int state;
+
+        if (channel_glib(ch))
+                return g_main_context_is_owner(channel_glib(ch)) && g_main_depth() > 0;
+        if (!e)
+                return false;
+        state = sd_event_get_state(e);
+        return state != SD_EVENT_INITIAL && state != SD_EVENT_FINISHED;
+}
+
+/* Whether this thread may run the channel's loop to wait (else it waits on the agent). */
+static bool loop_runnable(ipchannel *ch) {
+        sd_event *e = ipchannel_get_event(ch);
+
+        if (channel_glib(ch))
+                return true;
+        return e && sd_event_get_state(e) == SD_EVENT_INITIAL;
+}
+
+_public_ int ipchannel_lock_acquire(ipchannel *ch, const char *lock, uint64_t timeout_usec,
+                                    ipchannel_lock **ret) {
+        uint64_t deadline, token;
+        ipchannel_lock *l;
+        lock_client *c;
+        lock_state s;
+        int r, error;
+
+        assert_return(channel_check(ch), -EINVAL);
+        assert_return(ret, -EINVAL);
+        r = check_lock_name(lock);
+        if (r < 0)
+                return r;
+
+        r = lock_request(ch, lock, &l);
+        if (r < 0)
+                return r;
+        c = *channel_lock_client(ch);
+        bool loop_thread = pthread_equal(c->loop_thread, pthread_self());
+        if (loop_thread && in_own_loop_dispatch(ch)) {
+                lock_app_drop(l);
+                return -EBUSY;
+        }
+
+        r = lock_agent_submit(l->agent, l);
+        if (r < 0) {
+                lock_app_drop(l);
+                return r;
+        }
+
+        deadline = timeout_usec == UINT64_MAX ? UINT64_MAX : now_usec() + timeout_usec;
+        for (;;) {
+                s = lock_agent_get_state(c->agent, l, &token, &error);
+                if (s != LOCK_NEW && s != LOCK_WAITING)
+                        break;
+                uint64_t now = now_usec();
+                if (deadline != UINT64_MAX && now >= deadline)
+                        break;
+                uint64_t wait = deadline == UINT64_MAX ? UINT64_MAX : deadline - now;
+
+                if (!loop_thread || !loop_runnable(ch))
+                        lock_agent_wait(c->agent, l, deadline);
+                else if (channel_glib(ch)) {
+                        /* The notification source wakes the context; a timer bounds the wait. */
+                        GSource *t = g_timeout_source_new((guint) MIN(wait / 1000 + 1, 1000));
+                        g_source_set_callback(t, wake_up, NULL, NULL);
+                        g_source_attach(t, channel_glib(ch));
+                        g_main_context_iteration(channel_glib(ch), TRUE);
+                        g_source_destroy(t);
+                        g_source_unref(t);
+                } else
+                        (void) sd_event_run(ipchannel_get_event(ch), MIN(wait, 1000000ULL));
+        }
+
+        if (s == LOCK_HELD) {
+                *ret = l;
+                return 0;
+        }
+        if (s == LOCK_NEW || s == LOCK_WAITING) {
+                lock_agent_cancel(c->agent, l);
+                error = -ETIMEDOUT;
+        }
+        lock_app_drop(l);
+        return error < 0 ? error : -EIO;
+}
+
+_public_ int ipchannel_lock_release(ipchannel_lock *l, int error) {
+        lock_state s;
+        uint64_t token;
+        int e, r;
+
+        assert_return(l && l->ch, -EINVAL);
+
+        s = lock_agent_get_state(l->agent, l, &token, &e);
+        r = s == LOCK_EXPIRED ? -ETIME : s == LOCK_HELD ? 0 : -ENOLCK;
+
+        if (l->done) {
+                /* synchronize(): "done" runs from the loop once the agent has released. */
+                l->done_pending = true;
+                l->done_error = r < 0 ? r : error;
+                lock_agent_release(l->agent, l);
+                return r;
+        }
+        lock_agent_release(l->agent, l);
+        if (!l->body)
+                lock_app_drop(l);
+        return r;
+}
+
+_public_ uint64_t ipchannel_lock_get_token(ipchannel_lock *l) {
+        uint64_t token = 0;
+
+        if (!l)
+                return 0;
+        if (lock_agent_get_state(l->agent, l, &token, NULL) != LOCK_HELD)
+                return 0;
+        return token;
+}
