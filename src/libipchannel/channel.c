@@ -957,7 +957,7 @@ static int channel_send(ipchannel *ch, uint32_t to, const char *event, GVariant 
                 return r;
         assert_return(!names_event_is_local(event), -EINVAL);
         if (data) {
-                r = payload_check_type(g_variant_get_type(data), &reason);
+                r = payload_check_value(data, &reason);
                 if (r < 0)
                         return r;
         }

@@ -102,6 +102,45 @@ int payload_check_type(const GVariantType *type, const char **ret_reason) {
         return check_variant_contents(type, 1, ret_reason);
 }
 
+/* Walks only where a variant can hide: values whose type has no 'v' are settled by the type. */
+static int check_value_at(GVariant *value, unsigned depth, const char **ret_reason) {
+        const GVariantType *type = g_variant_get_type(value);
+        int r;
+
+        if (!strchr(g_variant_get_type_string(value), 'v'))
+                return 0;
+        if (g_variant_type_is_variant(type)) {
+                g_autoptr(GVariant) contents = g_variant_get_variant(value);
+
+                r = check_variant_contents(g_variant_get_type(contents), depth + 1, ret_reason);
+                if (r < 0)
+                        return r;
+                return check_value_at(contents, depth + 1, ret_reason);
+        }
+        for (size_t i = 0, n = g_variant_n_children(value); i < n; i++) {
+                g_autoptr(GVariant) child = g_variant_get_child_value(value, i);
+
+                r = check_value_at(child, depth + 1, ret_reason);
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int payload_check_value(GVariant *value, const char **ret_reason) {
+        int r;
+
+        if (!value) {
+                if (ret_reason)
+                        *ret_reason = "no value";
+                return -EINVAL;
+        }
+        r = check_variant_contents(g_variant_get_type(value), 1, ret_reason);
+        if (r < 0)
+                return r;
+        return check_value_at(value, 1, ret_reason);
+}
+
 /* Basic types whose D-Bus and GVariant array encodings are the same packed native-endian
  * elements, so whole arrays can be copied at once. Not 'b': 4 bytes in D-Bus, 1 in GVariant.
  * Not 'h': every fd must be duplicated, and its number is an index on the wire. */

@@ -18,6 +18,10 @@
  * by payload_append_variant(). */
 int payload_check_type(const GVariantType *type, const char **ret_reason);
 
+/* As payload_check_type(), and also the types of the variants nested inside value, which its
+ * declared type cannot tell. What passes can be appended by payload_append_variant(). */
+int payload_check_value(GVariant *value, const char **ret_reason);
+
 /* Appends one D-Bus variant ("v") holding value; a floating value is consumed. value must pass
  * payload_check_type(), and so must the contents of every variant nested in it, counting their
  * depth from the carrying variant: -EINVAL otherwise.

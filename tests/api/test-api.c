@@ -54,6 +54,11 @@ int main(void) {
         CHECK(ipchannel_emit(ch, 1, "connect", NULL) == -EINVAL);
         CHECK(ipchannel_emit(ch, 1, "error", NULL) == -EINVAL);
         CHECK(ipchannel_send(ch, 1, g_variant_new_maybe(G_VARIANT_TYPE_INT32, NULL)) == -EINVAL);
+        /* Also when the bad type hides inside a variant: refused now, not when flushed. */
+        CHECK(ipchannel_set_queue_max(ch, 100) == 0);
+        CHECK(ipchannel_send(ch, 1, g_variant_new_variant(g_variant_new_maybe(G_VARIANT_TYPE_INT32, NULL))) ==
+              -EINVAL);
+        CHECK(ipchannel_send(ch, 1, g_variant_new_variant(g_variant_new_int32(7))) == 0);
 
         CHECK(ipchannel_ref(ch) == ch);
         CHECK(ipchannel_unref(ch) == NULL);

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <ipchannel.h>
@@ -20,7 +21,8 @@
  * already there means two sections overlap.
  *
  * Modes: sync (ipchannel_synchronize), acquire (ipchannel_lock_acquire), none (no lock).
- * Output: "started", then "section N TOKEN" lines if --verbose, and "done SECTIONS OVERLAPS".
+ * Output: "started"; with --verbose, "enter TOKEN USEC" and "leave TOKEN USEC" around each
+ * section (CLOCK_MONOTONIC, comparable across processes); "done SECTIONS OVERLAPS".
  * --hold-usec makes each section last longer; --pause-file F makes the first section wait,
  * holding the lock, until F exists (so tests can kill a holder at a known moment).
  */
@@ -74,10 +76,19 @@ static void write_counter(long v) {
         close(fd);
 }
 
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
+}
+
 static void section(uint64_t token) {
         g_autofree char *inside = g_strdup_printf("%s.inside", arg_file);
         int fd = open(inside, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0644);
 
+        if (arg_verbose)
+                out("enter %" PRIu64 " %" PRIu64, token, now_usec());
         if (fd < 0)
                 n_overlaps++;
         else
@@ -101,7 +112,7 @@ static void section(uint64_t token) {
                 unlink(inside);
         n_done++;
         if (arg_verbose)
-                out("section %u %" PRIu64, n_done, token);
+                out("leave %" PRIu64 " %" PRIu64, token, now_usec());
 }
 
 static ipchannel *ch;

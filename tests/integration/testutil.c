@@ -32,17 +32,15 @@ static long long now_ms(void) {
         return (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-peer *peer_start_env(const char *const *env, const char *arg, ...) {
-        const char *argv[64] = { TEST_PEER_PATH };
+static peer *proc_startv(const char *path, const char *ready, const char *const *env, const char *arg,
+                         va_list ap) {
+        const char *argv[64] = { path };
         int in[2], out[2];
         size_t n = 1;
-        va_list ap;
         peer *p;
 
-        va_start(ap, arg);
         for (const char *a = arg; a && n < 63; a = va_arg(ap, const char *))
                 argv[n++] = a;
-        va_end(ap);
         argv[n] = NULL;
 
         ck_assert_int_eq(pipe2(in, O_CLOEXEC), 0);
@@ -72,7 +70,27 @@ peer *peer_start_env(const char *const *env, const char *arg, ...) {
                         break;
                 }
 
-        ck_assert_msg(peer_expect(p, "ready", PEER_TIMEOUT_MS), "test-peer did not start");
+        ck_assert_msg(peer_expect(p, ready, PEER_TIMEOUT_MS), "%s did not start", path);
+        return p;
+}
+
+peer *peer_start_env(const char *const *env, const char *arg, ...) {
+        va_list ap;
+        peer *p;
+
+        va_start(ap, arg);
+        p = proc_startv(TEST_PEER_PATH, "ready", env, arg, ap);
+        va_end(ap);
+        return p;
+}
+
+peer *proc_start(const char *path, const char *ready, const char *arg, ...) {
+        va_list ap;
+        peer *p;
+
+        va_start(ap, arg);
+        p = proc_startv(path, ready, NULL, arg, ap);
+        va_end(ap);
         return p;
 }
 

@@ -21,6 +21,9 @@ typedef struct peer {
 peer *peer_start_env(const char *const *env, const char *arg, ...) __attribute__((sentinel));
 #define peer_start(...) peer_start_env(NULL, __VA_ARGS__, NULL)
 
+/* Starts any program the same way; waits for a line starting with `ready`. */
+peer *proc_start(const char *path, const char *ready, const char *arg, ...) __attribute__((sentinel));
+
 void peer_cmd(peer *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Reads lines until one starts with prefix; returns it (static buffer, valid until the next

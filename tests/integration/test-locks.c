@@ -1,0 +1,378 @@
+/* SPDX-License-Identifier: MIT */
+/* Integration tests of synchronize: real processes contending for locks on a private bus. */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <check.h>
+#include <glib.h>
+#include <systemd/sd-bus.h>
+
+#include "testutil.h"
+
+#ifndef TEST_LOCKER_PATH
+#error "TEST_LOCKER_PATH must name the test-locker binary"
+#endif
+#ifndef LOCKD_PATH
+#error "LOCKD_PATH must name ipchannel-lockd"
+#endif
+
+static char dir[] = "/tmp/ipchannel-locks-XXXXXX";
+
+static void setup(void) {
+        ck_assert_ptr_nonnull(mkdtemp(strcpy(dir, "/tmp/ipchannel-locks-XXXXXX")));
+}
+
+static void teardown(void) {
+        char cmd[256];
+
+        peers_cleanup();
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+        (void) !system(cmd);
+}
+
+static char *path_in_dir(const char *name) {
+        static char paths[8][512];
+        static unsigned k;
+        char *p = paths[k++ % 8];
+
+        snprintf(p, 512, "%s/%s", dir, name);
+        return p;
+}
+
+static long read_counter(const char *path) {
+        char buf[64] = "";
+        FILE *f = fopen(path, "re");
+
+        if (!f)
+                return -1;
+        if (!fgets(buf, sizeof(buf), f))
+                buf[0] = '\0';
+        fclose(f);
+        return strtol(buf, NULL, 10);
+}
+
+static uint64_t now_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
+}
+
+static peer *locker(const char *app, const char *mode, const char *count, const char *extra1,
+                    const char *extra2) {
+        return proc_start(TEST_LOCKER_PATH, "started", "--app", app, "--file", path_in_dir("counter"),
+                          "--mode", mode, "--count", count, extra1, extra2, NULL);
+}
+
+/* extra1, extra2: more arguments, or NULL. Without --verbose among them a locker prints little,
+ * so its pipe never fills while the test reads another's. */
+
+/* Reads "done N OVERLAPS" and checks it. */
+static void expect_done(peer *p, unsigned n, bool no_overlap) {
+        const char *line = peer_expect(p, "done ", 120000);
+        unsigned done = 0, overlaps = 0;
+
+        ck_assert_msg(line, "a locker did not finish");
+        ck_assert_int_eq(sscanf(line, "done %u %u", &done, &overlaps), 2);
+        ck_assert_uint_eq(done, n);
+        if (no_overlap) {
+                ck_assert_msg(overlaps == 0, "sections overlapped %u times", overlaps);
+                ck_assert_msg(!strstr(line, "tokens-went-back"), "fencing tokens went backwards");
+        }
+        ck_assert_int_eq(peer_wait(p, 10000), 0);
+}
+
+static void counter_test(const char *app, const char *mode) {
+        peer *p[4];
+
+        for (int i = 0; i < 4; i++)
+                p[i] = locker(app, mode, "1000", "--hold-usec", "20");
+        for (int i = 0; i < 4; i++)
+                expect_done(p[i], 1000, true);
+        ck_assert_int_eq(read_counter(path_in_dir("counter")), 4000);
+}
+
+START_TEST(test_counter_is_exact_under_synchronize) {
+        counter_test("ctrsync", "sync");
+}
+END_TEST
+
+START_TEST(test_counter_is_exact_under_lock_acquire) {
+        counter_test("ctracq", "acquire");
+}
+END_TEST
+
+START_TEST(test_counter_loses_updates_without_the_lock) {
+        peer *p[4];
+        long v;
+
+        for (int i = 0; i < 4; i++)
+                p[i] = locker("ctrnone", "none", "1000", "--hold-usec", "20");
+        for (int i = 0; i < 4; i++)
+                expect_done(p[i], 1000, false);
+        v = read_counter(path_in_dir("counter"));
+        ck_assert_msg(v < 4000, "without the lock the counter is %ld: the test could not fail", v);
+}
+END_TEST
+
+START_TEST(test_single_process_hosts_its_own_service) {
+        peer *p = locker("alone", "sync", "200", NULL, NULL);
+
+        expect_done(p, 200, true);
+        ck_assert_int_eq(read_counter(path_in_dir("counter")), 200);
+}
+END_TEST
+
+/* Parses "enter TOKEN USEC" / "leave TOKEN USEC". */
+static uint64_t expect_stamp(peer *p, const char *what, uint64_t *ret_token) {
+        const char *line = peer_expect(p, what, PEER_TIMEOUT_MS * 3);
+        uint64_t token = 0, usec = 0;
+        char word[16];
+
+        ck_assert_msg(line, "no \"%s\" line", what);
+        ck_assert_int_eq(sscanf(line, "%15s %" SCNu64 " %" SCNu64, word, &token, &usec), 3);
+        if (ret_token)
+                *ret_token = token;
+        return usec;
+}
+
+START_TEST(test_killed_holder_passes_the_lock_at_once) {
+        /* A third process hosts the service, so this is the holder dying, not a takeover. */
+        peer *host = peer_start("--app", "killholder", "--connect", NULL);
+        ck_assert_uint_eq(peer_wait_connect(host), 1);
+
+        /* Its own counter file: it dies inside its section, leaving its overlap marker behind. */
+        peer *a = proc_start(TEST_LOCKER_PATH, "started", "--app", "killholder", "--file",
+                             path_in_dir("counter-a"), "--count", "1", "--lease-usec", "30000000",
+                             "--pause-file", path_in_dir("never"), NULL);
+        ck_assert_ptr_nonnull(peer_expect(a, "holding", PEER_TIMEOUT_MS));
+        peer *b = locker("killholder", "sync", "1", "--verbose", NULL);
+        usleep(200 * 1000);     /* b is waiting now */
+
+        uint64_t killed = now_usec();
+        peer_kill(a, SIGKILL);
+        uint64_t granted = expect_stamp(b, "enter", NULL);
+        ck_assert_msg(granted - killed < 100 * 1000,
+                      "the next waiter got the lock %" PRIu64 " us after the holder died", granted - killed);
+        expect_done(b, 1, true);
+}
+END_TEST
+
+START_TEST(test_killed_service_host_is_taken_over_safely) {
+        peer *host = peer_start("--app", "killhost", "--connect", NULL);
+        peer *p[4];
+
+        ck_assert_uint_eq(peer_wait_connect(host), 1);
+        for (int i = 0; i < 4; i++)
+                p[i] = proc_start(TEST_LOCKER_PATH, "started", "--app", "killhost", "--file",
+                                  path_in_dir("counter"), "--mode", i % 2 ? "acquire" : "sync", "--count",
+                                  "300", "--hold-usec", "1000", "--verbose", NULL);
+
+        /* Kill the host while the others hold and wait. */
+        ck_assert_ptr_nonnull(peer_expect(p[0], "leave", PEER_TIMEOUT_MS));
+        usleep(100 * 1000);
+        peer_kill(host, SIGKILL);
+
+        for (int i = 0; i < 4; i++)
+                expect_done(p[i], 300, true);
+        ck_assert_int_eq(read_counter(path_in_dir("counter")), 1200);
+}
+END_TEST
+
+START_TEST(test_late_release_does_not_release_the_next_holder) {
+        peer *host = peer_start("--app", "late", "--connect", NULL);
+        ck_assert_uint_eq(peer_wait_connect(host), 1);
+        uint64_t ta, tb, tc;
+
+        /* a's lease is 200 ms but its section takes 600 ms. */
+        peer *a = proc_start(TEST_LOCKER_PATH, "started", "--app", "late", "--file", path_in_dir("counter"),
+                             "--mode", "acquire", "--count", "1", "--lease-usec", "200000", "--hold-usec",
+                             "600000", "--verbose", NULL);
+        expect_stamp(a, "enter", &ta);
+        peer *b = proc_start(TEST_LOCKER_PATH, "started", "--app", "late", "--file", path_in_dir("counter"),
+                             "--mode", "acquire", "--count", "1", "--hold-usec", "800000", "--verbose", NULL);
+        usleep(50 * 1000);
+        peer *c = proc_start(TEST_LOCKER_PATH, "started", "--app", "late", "--file", path_in_dir("counter"),
+                             "--mode", "acquire", "--count", "1", "--verbose", NULL);
+
+        uint64_t b_in = expect_stamp(b, "enter", &tb);
+        /* a is told its release came too late. */
+        const char *line = peer_expect(a, "error", PEER_TIMEOUT_MS);
+        ck_assert_ptr_nonnull(line);
+        ck_assert_int_eq(atoi(line + strlen("error ")), -ETIME);
+        uint64_t b_out = expect_stamp(b, "leave", NULL);
+        uint64_t c_in = expect_stamp(c, "enter", &tc);
+
+        ck_assert_uint_gt(tb, ta);
+        ck_assert_uint_gt(tc, tb);
+        /* c got the lock only when b left, not when a released late (while b was inside). */
+        ck_assert_msg(c_in >= b_out, "c entered %" PRIu64 " us before b left", b_out - c_in);
+        ck_assert_uint_gt(b_out - b_in, 700 * 1000);
+}
+END_TEST
+
+START_TEST(test_lease_expiry_is_reported_to_the_holder) {
+        peer *a = proc_start(TEST_LOCKER_PATH, "started", "--app", "expiry", "--file", path_in_dir("counter"),
+                             "--mode", "sync", "--count", "1", "--lease-usec", "100000", "--hold-usec",
+                             "400000", NULL);
+        const char *line = peer_expect(a, "error", PEER_TIMEOUT_MS);
+
+        ck_assert_ptr_nonnull(line);
+        ck_assert_int_eq(atoi(line + strlen("error ")), -ETIME);
+}
+END_TEST
+
+/* How many wait for `lock`, as the service lists them. */
+static int n_waiters(sd_bus *bus, const char *app, const char *lock) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        char name[256], path[256];
+        const char *l, *holder;
+        uint64_t token, left;
+        int n = -1, r;
+
+        snprintf(name, sizeof(name), "org.ipchannel.%s.Locks", app);
+        snprintf(path, sizeof(path), "/org/ipchannel/%s/Locks", app);
+        r = sd_bus_call_method(bus, name, path, "org.ipchannel.LockService1", "ListLocks", &error, &reply, NULL);
+        sd_bus_error_free(&error);
+        if (r < 0)
+                return -1;
+        ck_assert_int_ge(sd_bus_message_enter_container(reply, 'a', "(ssttas)"), 0);
+        while (sd_bus_message_enter_container(reply, 'r', "ssttas") > 0) {
+                char **waiters = NULL;
+
+                ck_assert_int_ge(sd_bus_message_read(reply, "sstt", &l, &holder, &token, &left), 0);
+                ck_assert_int_ge(sd_bus_message_read_strv(reply, &waiters), 0);
+                if (strcmp(l, lock) == 0)
+                        n = (int) g_strv_length(waiters);
+                g_strfreev(waiters);
+                ck_assert_int_ge(sd_bus_message_exit_container(reply), 0);
+        }
+        sd_bus_message_unref(reply);
+        return n;
+}
+
+START_TEST(test_grants_follow_acquire_arrival_order) {
+        peer *host = peer_start("--app", "fifo", "--connect", NULL);
+        peer *w[5];
+        sd_bus *bus = NULL;
+        uint64_t last = 0;
+
+        ck_assert_uint_eq(peer_wait_connect(host), 1);
+        ck_assert_int_ge(sd_bus_open_user(&bus), 0);
+
+        peer *holder = proc_start(TEST_LOCKER_PATH, "started", "--app", "fifo", "--file", path_in_dir("counter"),
+                                  "--count", "1", "--pause-file", path_in_dir("go"), NULL);
+        ck_assert_ptr_nonnull(peer_expect(holder, "holding", PEER_TIMEOUT_MS));
+
+        for (int i = 0; i < 5; i++) {
+                w[i] = locker("fifo", i % 2 ? "acquire" : "sync", "1", "--verbose", NULL);
+                /* The next one starts only when this one's Acquire is queued at the service. */
+                int n = -1;
+                for (int k = 0; k < 500 && (n = n_waiters(bus, "fifo", "counter")) != i + 1; k++)
+                        usleep(10 * 1000);
+                ck_assert_int_eq(n, i + 1);
+        }
+
+        close(open(path_in_dir("go"), O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+        for (int i = 0; i < 5; i++) {
+                uint64_t token, t = expect_stamp(w[i], "enter", &token);
+                ck_assert_msg(t >= last, "waiter %d was granted out of order", i);
+                last = t;
+        }
+        sd_bus_unref(bus);
+}
+END_TEST
+
+START_TEST(test_peers_use_lockd_and_take_over_when_it_stops) {
+        peer *lockd = proc_start(LOCKD_PATH, "READY", "--app", "withlockd", "--user", "--print-ready", NULL);
+        sd_bus *bus = NULL;
+        const char *owner = NULL;
+        char *lockd_name = NULL;
+        peer *p[3];
+
+        ck_assert_int_ge(sd_bus_open_user(&bus), 0);
+        {
+                sd_bus_creds *creds = NULL;
+                ck_assert_int_ge(sd_bus_get_name_creds(bus, "org.ipchannel.withlockd.Locks",
+                                                       SD_BUS_CREDS_UNIQUE_NAME | SD_BUS_CREDS_PID, &creds),
+                                 0);
+                ck_assert_int_ge(sd_bus_creds_get_unique_name(creds, &owner), 0);
+                lockd_name = strdup(owner);
+                pid_t pid = 0;
+                ck_assert_int_ge(sd_bus_creds_get_pid(creds, &pid), 0);
+                ck_assert_int_eq(pid, lockd->pid);
+                sd_bus_creds_unref(creds);
+        }
+
+        for (int i = 0; i < 3; i++)
+                p[i] = proc_start(TEST_LOCKER_PATH, "started", "--app", "withlockd", "--file",
+                                  path_in_dir("counter"), "--mode", "sync", "--count", "400", "--hold-usec",
+                                  "500", "--verbose", NULL);
+        ck_assert_ptr_nonnull(peer_expect(p[0], "leave", PEER_TIMEOUT_MS));
+
+        /* The peers use lockd: it still owns the name while they run. */
+        {
+                sd_bus_creds *creds = NULL;
+                ck_assert_int_ge(sd_bus_get_name_creds(bus, "org.ipchannel.withlockd.Locks",
+                                                       SD_BUS_CREDS_UNIQUE_NAME, &creds),
+                                 0);
+                ck_assert_int_ge(sd_bus_creds_get_unique_name(creds, &owner), 0);
+                ck_assert_str_eq(owner, lockd_name);
+                sd_bus_creds_unref(creds);
+        }
+
+        /* Stop it cleanly, as systemd would: a peer takes over, with no overlap. */
+        peer_kill(lockd, SIGTERM);
+        ck_assert_int_eq(peer_wait(lockd, PEER_TIMEOUT_MS), 0);
+        for (int i = 0; i < 3; i++)
+                expect_done(p[i], 400, true);
+        ck_assert_int_eq(read_counter(path_in_dir("counter")), 1200);
+        free(lockd_name);
+        sd_bus_unref(bus);
+}
+END_TEST
+
+int main(void) {
+        Suite *s = suite_create("locks");
+        TCase *tc;
+        SRunner *sr;
+        int failed;
+
+        tc = tcase_create("mutual exclusion");
+        tcase_add_checked_fixture(tc, setup, teardown);
+        tcase_set_timeout(tc, 180);
+        tcase_add_test(tc, test_counter_is_exact_under_synchronize);
+        tcase_add_test(tc, test_counter_is_exact_under_lock_acquire);
+        tcase_add_test(tc, test_counter_loses_updates_without_the_lock);
+        tcase_add_test(tc, test_single_process_hosts_its_own_service);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("failures");
+        tcase_add_checked_fixture(tc, setup, teardown);
+        tcase_set_timeout(tc, 180);
+        tcase_add_test(tc, test_killed_holder_passes_the_lock_at_once);
+        tcase_add_test(tc, test_killed_service_host_is_taken_over_safely);
+        tcase_add_test(tc, test_late_release_does_not_release_the_next_holder);
+        tcase_add_test(tc, test_lease_expiry_is_reported_to_the_holder);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("order and hosts");
+        tcase_add_checked_fixture(tc, setup, teardown);
+        tcase_set_timeout(tc, 180);
+        tcase_add_test(tc, test_grants_follow_acquire_arrival_order);
+        tcase_add_test(tc, test_peers_use_lockd_and_take_over_when_it_stops);
+        suite_add_tcase(s, tc);
+
+        sr = srunner_create(s);
+        srunner_run_all(sr, CK_VERBOSE);
+        failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
