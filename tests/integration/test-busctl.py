@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: MIT
-# Checks what busctl users see: the interface XML matches live introspection, busctl
-# introspect lists the members, and busctl monitor shows payloads as real variants.
+# Checks what busctl users see: the interface XML files match live introspection, busctl
+# introspect lists the members, busctl monitor shows payloads as real variants, and busctl
+# shows the lock service's listing.
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import xml.etree.ElementTree as ET
 
-TEST_PEER, XML_FILE = sys.argv[1], sys.argv[2]
+TEST_PEER, PEER_XML, LOCK_XML, TEST_LOCKER = sys.argv[1:5]
 APP = "busctltest"
 NAME = f"org.ipchannel.{APP}.Peer1"
 PATH = f"/org/ipchannel/{APP}"
@@ -39,10 +41,10 @@ def expect(p, prefix, timeout=10.0):
     return None
 
 
-def interface_summary(root):
-    """The members of org.ipchannel.Peer1, in a form that ignores order and whitespace."""
+def interface_summary(root, name):
+    """The members of an interface, in a form that ignores order and whitespace."""
     for iface in root.iter("interface"):
-        if iface.get("name") != "org.ipchannel.Peer1":
+        if iface.get("name") != name:
             continue
         out = set()
         for m in iface:
@@ -60,16 +62,23 @@ def interface_summary(root):
 peer = start_peer("--listen", "message", "--connect")
 check(expect(peer, "connect ") == "connect 1", "a peer connects as peer 1")
 
-# 1. The XML file in the tree describes what the live object says.
-live = subprocess.run(["busctl", "--user", "introspect", "--xml-interface", NAME, PATH],
-                      capture_output=True, text=True, check=True).stdout
-want = interface_summary(ET.parse(XML_FILE).getroot())
-got = interface_summary(ET.fromstring(live))
-check(want is not None and want == got,
-      "dbus-interfaces/org.ipchannel.Peer1.xml matches the live introspection")
-if want != got:
-    print("  in the file only:", sorted(map(str, (want or set()) - (got or set()))))
-    print("  live only:       ", sorted(map(str, (got or set()) - (want or set()))))
+# 1. The XML files in the tree describe what the live objects say.
+def compare_xml(xml_file, interface, name, path):
+    live = subprocess.run(["busctl", "--user", "introspect", "--xml-interface", name, path],
+                          capture_output=True, text=True, check=True).stdout
+    want = interface_summary(ET.parse(xml_file).getroot(), interface)
+    got = interface_summary(ET.fromstring(live), interface)
+    check(want is not None and want == got,
+          f"dbus-interfaces/{interface}.xml matches the live introspection of {name}")
+    if want != got:
+        print("  in the file only:", sorted(map(str, (want or set()) - (got or set()))))
+        print("  live only:       ", sorted(map(str, (got or set()) - (want or set()))))
+
+
+compare_xml(PEER_XML, "org.ipchannel.Peer1", NAME, PATH)
+# The peer, alone, hosts its app's lock service.
+LOCKS, LOCKS_PATH = f"org.ipchannel.{APP}.Locks", f"{PATH}/Locks"
+compare_xml(LOCK_XML, "org.ipchannel.LockService1", LOCKS, LOCKS_PATH)
 
 # 2. busctl introspect shows the members.
 table = subprocess.run(["busctl", "--user", "introspect", NAME, PATH, "org.ipchannel.Peer1"],
@@ -109,6 +118,31 @@ if seen:
     check(len(data) == 2 and data[0] == "message", "its first argument is the event")
     check(len(data) == 2 and data[1] == {"type": "(si)", "data": ["hello", 42]},
           f"its second is a variant of type (si) holding ['hello', 42] (got {data[1:]!r})")
+
+# 4. busctl shows who holds a lock and who waits.
+tmp = tempfile.mkdtemp()
+holder = subprocess.Popen([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/c", "--count", "1",
+                           "--pause-file", f"{tmp}/go"], stdout=subprocess.PIPE, text=True)
+check(expect(holder, "holding") is not None, "a locker holds the lock 'counter'")
+waiter = subprocess.Popen([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/c", "--count", "1"],
+                          stdout=subprocess.PIPE, text=True)
+listing = None
+for _ in range(200):
+    out = subprocess.run(["busctl", "--user", "--json=short", "call", LOCKS, LOCKS_PATH,
+                          "org.ipchannel.LockService1", "ListLocks"],
+                         capture_output=True, text=True, check=True).stdout
+    locks = json.loads(out)["data"][0]
+    if locks and len(locks[0][4]) == 1:
+        listing = locks
+        break
+    time.sleep(0.02)
+check(listing is not None and listing[0][0] == "counter" and listing[0][1].startswith(":")
+      and listing[0][2] > 0 and len(listing[0][4]) == 1,
+      f"busctl call ListLocks shows the lock, its holder, token and one waiter (got {listing!r})")
+open(f"{tmp}/go", "w").close()
+check(holder.wait(timeout=10) == 0 and waiter.wait(timeout=10) == 0, "both lockers finish")
+with open(f"{tmp}/c") as f:
+    check(f.read().strip() == "2", "and the counter they share is 2")
 
 peer.stdin.close()
 peer.wait(timeout=10)

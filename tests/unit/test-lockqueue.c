@@ -883,7 +883,8 @@ START_TEST(test_invalid_names_are_refused) {
 
         for (size_t i = 0; i < G_N_ELEMENTS(bad_locks); i++) {
                 ck_assert_int_eq(lockqueue_acquire(f.q, bad_locks[i], ":1.1", 1, 0, 0, NULL), -EINVAL);
-                ck_assert_int_eq(lockqueue_try_acquire(f.q, bad_locks[i], ":1.1", 1, 0, 0, NULL), -EINVAL);
+                ck_assert_int_eq(lockqueue_try_acquire(f.q, bad_locks[i], ":1.1", 1, 0, 0, NULL),
+                                 -EINVAL);
                 ck_assert_int_eq(lockqueue_release(f.q, bad_locks[i], ":1.1", 1, 0), -EINVAL);
                 ck_assert_int_eq(lockqueue_cancel(f.q, bad_locks[i], ":1.1", 1), -EINVAL);
         }
@@ -1239,7 +1240,8 @@ static void random_check_state(lockqueue *q, model *m) {
                 if (ml->holder < 0)
                         RCHECK(m, !infos[i].holder && infos[i].token == 0);
                 else {
-                        RCHECK(m, infos[i].holder && strcmp(infos[i].holder, r_owner_names[ml->holder]) == 0);
+                        RCHECK(m, infos[i].holder &&
+                                          strcmp(infos[i].holder, r_owner_names[ml->holder]) == 0);
                         RCHECK(m, infos[i].token == ml->token);
                         RCHECK(m, infos[i].deadline == ml->deadline);
                 }
@@ -1272,6 +1274,16 @@ static void random_check_state(lockqueue *q, model *m) {
         RCHECK(m, m->n_queued == m->n_granted_from_queue + m->n_cancelled + m->n_dropped + n_waiting);
 }
 
+/* In [1, end), end > 1. */
+static uint64_t random_below(GRand *rand, uint64_t end) {
+        return (uint64_t) g_rand_int_range(rand, 1, (gint32) MIN(end, (uint64_t) G_MAXINT32));
+}
+
+/* No lease one time in four, else 1..max-1. */
+static uint64_t random_lease(GRand *rand, uint64_t max) {
+        return g_rand_int_range(rand, 0, 4) == 0 ? 0 : random_below(rand, max);
+}
+
 static void random_begin(model *m, int op, int l, int o) {
         m->op = op;
         m->op_lock = l;
@@ -1294,7 +1306,7 @@ static void random_expire(lockqueue *q, model *m) {
 
 static void random_acquire(lockqueue *q, model *m, GRand *rand, bool try, uint64_t *request) {
         int l = g_rand_int_range(rand, 0, R_LOCKS), o = g_rand_int_range(rand, 0, R_OWNERS);
-        uint64_t lease = g_rand_int_range(rand, 0, 4) == 0 ? 0 : (uint64_t) g_rand_int_range(rand, 1, 200);
+        uint64_t lease = random_lease(rand, 200);
         mlock *ml = &m->locks[l];
         uint64_t token = UINT64_MAX;
         bool grantable = !m->frozen && ml->holder < 0 && ml->n_waits == 0;
@@ -1350,7 +1362,7 @@ static void random_release(lockqueue *q, model *m, GRand *rand) {
                                                                  : g_rand_int_range(rand, 0, R_OWNERS);
         switch (g_rand_int_range(rand, 0, 10)) {
         case 0:
-                token = (uint64_t) g_rand_int_range(rand, 1, (gint32) MIN(m->last_token + 2, 1000000));
+                token = random_below(rand, m->last_token + 2);
                 break;
         case 1:
         case 2:
@@ -1441,7 +1453,7 @@ static void random_unfreeze(lockqueue *q, model *m) {
 
 static void random_reassert(lockqueue *q, model *m, GRand *rand) {
         int l = g_rand_int_range(rand, 0, R_LOCKS), o = g_rand_int_range(rand, 0, R_OWNERS), expected;
-        uint64_t lease = g_rand_int_range(rand, 0, 3) == 0 ? 0 : (uint64_t) g_rand_int_range(rand, 1, 300);
+        uint64_t lease = random_lease(rand, 300);
         mlock *ml = &m->locks[l];
         uint64_t token;
 
@@ -1456,8 +1468,7 @@ static void random_reassert(lockqueue *q, model *m, GRand *rand) {
                 /* fall through */
         case 2:
         case 3:         /* from before this queue's grants */
-                token = m->settled > 1 ? (uint64_t) g_rand_int_range(rand, 1, (gint32) MIN(m->settled, 1000000))
-                                       : 1;
+                token = m->settled > 1 ? random_below(rand, m->settled) : 1;
                 break;
         default:        /* fresh, as a survivor of the old host would report */
                 token = m->last_token + (uint64_t) g_rand_int_range(rand, 1, 5);
@@ -1537,7 +1548,7 @@ START_TEST(test_random_operations_keep_invariants) {
                         random_unfreeze(q, &m);
                 else if (pick < 94) {
                         uint64_t floor = g_rand_boolean(rand) ? m.last_token / 2
-                                                              : m.last_token + (uint64_t) g_rand_int_range(rand, 1, 4);
+                                                              : m.last_token + random_below(rand, 4);
 
                         random_begin(&m, OP_FLOOR, -1, -1);
                         RCHECK(&m, lockqueue_raise_token_floor(q, floor) == 0);
