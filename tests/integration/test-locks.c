@@ -228,6 +228,42 @@ START_TEST(test_lease_expiry_is_reported_to_the_holder) {
 }
 END_TEST
 
+START_TEST(test_waiter_outlasts_the_default_method_call_timeout) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus *bus = NULL;
+        uint64_t t0, t1;
+        int r;
+
+        /* Shrink sd-bus's default method call timeout (25 s) to 1 s for this process and the
+         * waiter: a client that relied on it would give up after 1 s. */
+        ck_assert_int_eq(setenv("SYSTEMD_BUS_TIMEOUT", "1s", 1), 0);
+
+        peer *holder = proc_start(TEST_LOCKER_PATH, "started", "--app", "longwait", "--file",
+                                  path_in_dir("counter"), "--count", "1", "--hold-usec", "3000000", "--verbose",
+                                  NULL);
+        expect_stamp(holder, "enter", NULL);
+
+        /* A plain call with the default timeout does give up. */
+        ck_assert_int_ge(sd_bus_open_user(&bus), 0);
+        t0 = now_usec();
+        r = sd_bus_call_method(bus, "org.ipchannel.longwait.Locks", "/org/ipchannel/longwait/Locks",
+                               "org.ipchannel.LockService1", "Acquire", &error, NULL, "st", "counter",
+                               (uint64_t) 0);
+        t1 = now_usec();
+        ck_assert_int_eq(r, -ETIMEDOUT);
+        ck_assert_uint_lt(t1 - t0, 2500 * 1000);
+        sd_bus_error_free(&error);
+        sd_bus_flush_close_unref(bus);
+
+        /* The library's waiter waits as long as it takes. */
+        peer *waiter = locker("longwait", "sync", "1", "--verbose", NULL);
+        uint64_t in = expect_stamp(waiter, "enter", NULL);
+        ck_assert_uint_gt(in - t0, 2 * 1000 * 1000);
+        expect_done(waiter, 1, true);
+        expect_done(holder, 1, true);
+}
+END_TEST
+
 /* How many wait for `lock`, as the service lists them. */
 static int n_waiters(sd_bus *bus, const char *app, const char *lock) {
         sd_bus_error error = SD_BUS_ERROR_NULL;
@@ -361,6 +397,7 @@ int main(void) {
         tcase_add_test(tc, test_killed_service_host_is_taken_over_safely);
         tcase_add_test(tc, test_late_release_does_not_release_the_next_holder);
         tcase_add_test(tc, test_lease_expiry_is_reported_to_the_holder);
+        tcase_add_test(tc, test_waiter_outlasts_the_default_method_call_timeout);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("order and hosts");
