@@ -7,10 +7,13 @@
 
 #include <ipchannel.h>
 
+#define TAKE_LOCK(d) ({ ipchannel_lock *_l = (d)->lock; (d)->lock = NULL; _l; })
+
 /* What each peer does, as in the seed: peer 1 listens, 2 sends to 1, 3 emits a custom event
  * to 1, 4 sends and emits to everyone. Each waits until the whole fleet is up before it acts,
- * so nobody misses a message; when peer 1 has heard from everyone it broadcasts "bye" and
- * every peer exits. */
+ * so nobody misses a message. Then every peer takes the cluster-wide lock "demo" (the seed's
+ * synchronize), holds it for a moment without blocking its loop, and tells peer 1 when it is
+ * done; when peer 1 has heard from everyone it broadcasts "bye" and every peer exits. */
 
 static const char *arg_app = "demo";
 static unsigned arg_fleet = 4;
@@ -18,9 +21,11 @@ static unsigned arg_timeout_sec = 20;
 
 typedef struct {
         ipchannel *ch;
-        unsigned n_received;    /* by peer 1: messages and custom events from the others */
+        unsigned n_received;    /* by peer 1: messages, custom events and "locked" reports */
         unsigned n_expected;
         int acted;
+        ipchannel_lock *lock;   /* held while the section runs */
+        sd_event_source *hold;
 } demo;
 
 static void print_data(const char *what, uint32_t self, uint32_t sender, GVariant *data) {
@@ -32,7 +37,7 @@ static void print_data(const char *what, uint32_t self, uint32_t sender, GVarian
 
 static void maybe_done(demo *d) {
         if (ipchannel_get_peer_id(d->ch) == 1 && d->n_received == d->n_expected) {
-                printf("peer 1: heard from every peer; saying bye to all\n");
+                printf("peer 1: heard from every peer, and every peer had the lock; saying bye to all\n");
                 fflush(stdout);
                 ipchannel_emit(d->ch, IPCHANNEL_ALL, "bye", NULL);
         }
@@ -56,6 +61,48 @@ static void on_custom_event(ipchannel *ch, uint32_t sender, const char *event, G
         print_data("custom-event", ipchannel_get_peer_id(ch), sender, data);
         d->n_received++;
         maybe_done(d);
+}
+
+static void on_locked(ipchannel *ch, uint32_t sender, const char *event, GVariant *data,
+                      void *userdata) {
+        demo *d = userdata;
+
+        d->n_received++;
+        maybe_done(d);
+}
+
+/* The section ends asynchronously, from the loop: the lock is released when the work is done,
+ * not when the body returns. */
+static int on_hold_done(sd_event_source *s, uint64_t usec, void *userdata) {
+        demo *d = userdata;
+
+        d->hold = sd_event_source_unref(d->hold);
+        printf("peer %" PRIu32 ": releasing the lock\n", ipchannel_get_peer_id(d->ch));
+        fflush(stdout);
+        ipchannel_lock_release(TAKE_LOCK(d), 0);
+        return 0;
+}
+
+static void lock_body(ipchannel_lock *lock, void *userdata) {
+        demo *d = userdata;
+
+        printf("peer %" PRIu32 ": holds the lock \"demo\" (fencing token %" PRIu64 "); nobody else does\n",
+               ipchannel_get_peer_id(d->ch), ipchannel_lock_get_token(lock));
+        fflush(stdout);
+        d->lock = lock;
+        sd_event_add_time_relative(ipchannel_get_event(d->ch), &d->hold, CLOCK_MONOTONIC, 100 * 1000, 0,
+                                   on_hold_done, d);
+}
+
+static void lock_done(ipchannel *ch, int error, void *userdata) {
+        if (error < 0) {
+                fprintf(stderr, "peer %" PRIu32 ": the section failed: %s\n", ipchannel_get_peer_id(ch),
+                        strerror(-error));
+                ipchannel_exit(ch, EXIT_FAILURE);
+                return;
+        }
+        /* Queued sends keep their order: peer 1 hears this after the messages above. */
+        ipchannel_emit(ch, 1, "locked", NULL);
 }
 
 static void on_bye(ipchannel *ch, uint32_t sender, const char *event, GVariant *data,
@@ -103,6 +150,11 @@ static void act_when_fleet_is_up(demo *d) {
         default:
                 break;
         }
+
+        /* Everyone, peer 1 included, takes the lock once; the bodies run one at a time. */
+        int r = ipchannel_synchronize(ch, "demo", lock_body, lock_done, d);
+        if (r < 0)
+                fprintf(stderr, "peer %" PRIu32 ": cannot synchronize: %s\n", self, strerror(-r));
 }
 
 static void on_peer_join(ipchannel *ch, uint32_t sender, const char *event, GVariant *data,
@@ -120,8 +172,9 @@ static void on_connect(ipchannel *ch, uint32_t sender, const char *event, GVaria
         fflush(stdout);
 
         if (self == 1) {
-                /* Peer 1 hears from 2 (message), 3 (custom-event) and 4 (both, broadcast). */
-                d->n_expected = arg_fleet >= 4 ? 4 : arg_fleet - 1;
+                /* Peer 1 hears from 2 (message), 3 (custom-event) and 4 (both, broadcast), and
+                 * from every peer (itself too) when its section is done. */
+                d->n_expected = (arg_fleet >= 4 ? 4 : arg_fleet - 1) + arg_fleet;
                 ipchannel_on(ch, "custom-event", on_custom_event, d, NULL);
                 maybe_done(d);
         }
@@ -224,6 +277,7 @@ int main(int argc, char *argv[]) {
         ipchannel_on(ch, IPCHANNEL_EVENT_PEER_JOIN, on_peer_join, &d, NULL);
         ipchannel_on(ch, IPCHANNEL_EVENT_ERROR, on_error, &d, NULL);
         ipchannel_on(ch, "bye", on_bye, &d, NULL);
+        ipchannel_on(ch, "locked", on_locked, &d, NULL);
 
         r = ipchannel_connect(ch);
         if (r < 0) {

@@ -334,6 +334,26 @@ static void agent_pump(lock_agent *a) {
         }
 }
 
+static int on_reassert_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        lock_agent *a = userdata;
+        const char *name;
+
+        if (sd_bus_message_is_method_error(reply, NULL) ||
+            sd_bus_message_enter_container(reply, 'a', "s") < 0)
+                return 0;
+        /* The new host gave these to someone else first: our grants of them are void. */
+        while (sd_bus_message_read_basic(reply, 's', &name) > 0)
+                for (ipchannel_lock *l = a->locks; l; l = l->agent_next) {
+                        uint64_t token;
+                        int error;
+
+                        if (strcmp(l->name, name) == 0 &&
+                            lock_agent_get_state(a, l, &token, &error) == LOCK_HELD)
+                                lock_set_state(a, l, LOCK_EXPIRED, token, -ETIME);
+                }
+        return 0;
+}
+
 /* Tells a (new) host what this process holds, so it can grant safely. Sent on every owner
  * change, also when empty: the host waits for a report from every queued connection. */
 static void agent_reassert(lock_agent *a) {
@@ -361,7 +381,7 @@ static void agent_reassert(lock_agent *a) {
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         if (r >= 0)
-                (void) sd_bus_call_async(a->bus, NULL, m, NULL, NULL, UINT64_MAX);
+                (void) sd_bus_call_async(a->bus, NULL, m, on_reassert_reply, a, UINT64_MAX);
 }
 
 static void agent_set_host(lock_agent *a, const char *host) {
