@@ -1465,7 +1465,7 @@ static void random_reassert(lockqueue *q, model *m, GRand *rand) {
                         token = ml->token;
                         break;
                 }
-                /* fall through */
+                G_GNUC_FALLTHROUGH;
         case 2:
         case 3:         /* from before this queue's grants */
                 token = m->settled > 1 ? random_below(rand, m->settled) : 1;
