@@ -655,8 +655,9 @@ static int on_owner_query_reply(sd_bus_message *reply, void *userdata, sd_bus_er
         gpointer id;
 
         if (ch->state != STATE_DISCOVERING || sd_bus_message_get_reply_cookie(reply, &cookie) < 0 ||
-            !g_hash_table_steal_extended(ch->owner_queries, &cookie, NULL, &id))
+            !g_hash_table_lookup_extended(ch->owner_queries, &cookie, NULL, &id))
                 return 0;
+        g_hash_table_remove(ch->owner_queries, &cookie);
 
         /* An error means the name went away meanwhile; its NameOwnerChanged came first. */
         if (!sd_bus_message_is_method_error(reply, NULL) && sd_bus_message_read(reply, "s", &owner) >= 0)

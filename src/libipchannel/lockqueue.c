@@ -841,7 +841,8 @@ int lockqueue_list(lockqueue *q, lockqueue_lock_info **ret_infos, size_t *ret_n_
                         return -ENOMEM;
         }
         infos = block;
-        slots = (const char **) (infos + n_locks);
+        /* No arithmetic on a NULL block (there is nothing to fill when there are no locks). */
+        slots = infos ? (const char **) (infos + n_locks) : NULL;
 
         for (lq_lock *lock = q->first_lock; lock; lock = lock->next, i++) {
                 infos[i] = (lockqueue_lock_info) {

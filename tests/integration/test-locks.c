@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: MIT */
 /* Integration tests of synchronize: real processes contending for locks on a private bus. */
 #include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -21,6 +22,8 @@
 #ifndef LOCKD_PATH
 #error "LOCKD_PATH must name ipchannel-lockd"
 #endif
+
+#define _cleanup_bus_message_ __attribute__((cleanup(sd_bus_message_unrefp)))
 
 static char dir[] = "/tmp/ipchannel-locks-XXXXXX";
 
@@ -206,6 +209,7 @@ START_TEST(test_late_release_does_not_release_the_next_holder) {
         const char *line = peer_expect(a, "error", PEER_TIMEOUT_MS);
         ck_assert_ptr_nonnull(line);
         ck_assert_int_eq(atoi(line + strlen("error ")), -ETIME);
+        ck_assert_int_eq(peer_wait(a, PEER_TIMEOUT_MS), 1);
         uint64_t b_out = expect_stamp(b, "leave", NULL);
         uint64_t c_in = expect_stamp(c, "enter", &tc);
 
@@ -225,6 +229,7 @@ START_TEST(test_lease_expiry_is_reported_to_the_holder) {
 
         ck_assert_ptr_nonnull(line);
         ck_assert_int_eq(atoi(line + strlen("error ")), -ETIME);
+        ck_assert_int_eq(peer_wait(a, PEER_TIMEOUT_MS), 1);
 }
 END_TEST
 
@@ -293,6 +298,199 @@ static int n_waiters(sd_bus *bus, const char *app, const char *lock) {
         sd_bus_message_unref(reply);
         return n;
 }
+
+static sd_bus *raw_bus(void) {
+        sd_bus *bus = NULL;
+
+        ck_assert_int_ge(sd_bus_open_user(&bus), 0);
+        return bus;
+}
+
+static int call_lock(sd_bus *bus, const char *app, const char *method, sd_bus_error *error,
+                     sd_bus_message **reply, const char *types, ...) {
+        _cleanup_bus_message_ sd_bus_message *m = NULL;
+        char name[256], path[256];
+        va_list ap;
+        int r;
+
+        snprintf(name, sizeof(name), "org.ipchannel.%s.Locks", app);
+        snprintf(path, sizeof(path), "/org/ipchannel/%s/Locks", app);
+        ck_assert_int_ge(sd_bus_message_new_method_call(bus, &m, name, path, "org.ipchannel.LockService1",
+                                                        method),
+                         0);
+        va_start(ap, types);
+        r = sd_bus_message_appendv(m, types, ap);
+        va_end(ap);
+        ck_assert_int_ge(r, 0);
+        return sd_bus_call(bus, m, 0, error, reply);
+}
+
+static uint64_t reply_token(sd_bus_message *reply) {
+        uint64_t token = 0;
+
+        ck_assert_int_ge(sd_bus_message_read(reply, "t", &token), 0);
+        sd_bus_message_unref(reply);
+        return token;
+}
+
+static int on_async_acquire(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        uint64_t *token = userdata;
+
+        if (sd_bus_message_is_method_error(m, NULL))
+                *token = UINT64_MAX;
+        else
+                ck_assert_int_ge(sd_bus_message_read(m, "t", token), 0);
+        return 0;
+}
+
+/* Waits until the app's lock service is up and out of recovery. */
+static void wait_service_ready(sd_bus *bus, const char *app) {
+        char name[256], path[256];
+        int recovering = 1;
+
+        snprintf(name, sizeof(name), "org.ipchannel.%s.Locks", app);
+        snprintf(path, sizeof(path), "/org/ipchannel/%s/Locks", app);
+        for (int k = 0; k < 500; k++) {
+                sd_bus_error error = SD_BUS_ERROR_NULL;
+                int r = sd_bus_get_property_trivial(bus, name, path, "org.ipchannel.LockService1", "Recovering",
+                                                    &error, 'b', &recovering);
+                sd_bus_error_free(&error);
+                if (r >= 0 && !recovering)
+                        return;
+                usleep(10 * 1000);
+        }
+        ck_abort_msg("the lock service of %s did not come up", app);
+}
+
+START_TEST(test_service_answers_with_named_errors) {
+        peer *host = peer_start("--app", "raw", "--connect", NULL);
+        sd_bus *r1 = raw_bus(), *r2 = raw_bus(), *r3 = raw_bus();
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        uint64_t t1, t2 = 0, t3 = 0;
+
+        ck_assert_uint_eq(peer_wait_connect(host), 1);
+        wait_service_ready(r1, "raw");
+
+        /* TryAcquire: granted when free, WouldBlock when not. */
+        ck_assert_int_ge(call_lock(r1, "raw", "TryAcquire", &error, &reply, "st", "x", (uint64_t) 0), 0);
+        t1 = reply_token(reply);
+        ck_assert_uint_gt(t1, 0);
+        ck_assert_int_lt(call_lock(r2, "raw", "TryAcquire", &error, NULL, "st", "x", (uint64_t) 0), 0);
+        ck_assert_str_eq(error.name, "org.ipchannel.Error.WouldBlock");
+        sd_bus_error_free(&error);
+
+        /* Only the holder releases, and only with the current token. */
+        ck_assert_int_lt(call_lock(r2, "raw", "Release", &error, NULL, "st", "x", t1), 0);
+        ck_assert_str_eq(error.name, "org.ipchannel.Error.NotHolder");
+        sd_bus_error_free(&error);
+        ck_assert_int_lt(call_lock(r1, "raw", "Release", &error, NULL, "st", "x", t1 - 1), 0);
+        ck_assert_str_eq(error.name, "org.ipchannel.Error.StaleToken");
+        sd_bus_error_free(&error);
+        ck_assert_int_lt(call_lock(r1, "raw", "Release", &error, NULL, "st", "nosuch", t1), 0);
+        ck_assert_str_eq(error.name, "org.ipchannel.Error.NoSuchLock");
+        sd_bus_error_free(&error);
+        ck_assert_int_lt(call_lock(r1, "raw", "Acquire", &error, NULL, "st", "x", (uint64_t) 0), 0);
+        ck_assert_str_eq(error.name, "org.ipchannel.Error.AlreadyHeld");
+        sd_bus_error_free(&error);
+        ck_assert_int_lt(call_lock(r1, "raw", "Cancel", &error, NULL, "s", "x"), 0);
+        ck_assert_str_eq(error.name, "org.ipchannel.Error.NotWaiting");
+        sd_bus_error_free(&error);
+
+        /* r2 and then r3 wait; r2 goes away, so r3 is next. */
+        ck_assert_int_ge(sd_bus_call_method_async(r2, NULL, "org.ipchannel.raw.Locks", "/org/ipchannel/raw/Locks",
+                                                  "org.ipchannel.LockService1", "Acquire", on_async_acquire, &t2,
+                                                  "st", "x", (uint64_t) 0),
+                         0);
+        ck_assert_int_ge(sd_bus_flush(r2), 0);
+        for (int k = 0; k < 500 && n_waiters(r1, "raw", "x") != 1; k++)
+                usleep(10 * 1000);
+        ck_assert_int_ge(sd_bus_call_method_async(r3, NULL, "org.ipchannel.raw.Locks", "/org/ipchannel/raw/Locks",
+                                                  "org.ipchannel.LockService1", "Acquire", on_async_acquire, &t3,
+                                                  "st", "x", (uint64_t) 0),
+                         0);
+        ck_assert_int_ge(sd_bus_flush(r3), 0);
+        for (int k = 0; k < 500 && n_waiters(r1, "raw", "x") != 2; k++)
+                usleep(10 * 1000);
+        ck_assert_int_eq(n_waiters(r1, "raw", "x"), 2);
+        sd_bus_flush_close_unref(r2);
+        for (int k = 0; k < 500 && n_waiters(r1, "raw", "x") != 1; k++)
+                usleep(10 * 1000);
+        ck_assert_int_eq(n_waiters(r1, "raw", "x"), 1);
+
+        ck_assert_int_ge(call_lock(r1, "raw", "Release", &error, NULL, "st", "x", t1), 0);
+        for (int k = 0; k < 500 && t3 == 0; k++) {
+                ck_assert_int_ge(sd_bus_wait(r3, 10 * 1000), 0);
+                while (sd_bus_process(r3, NULL) > 0)
+                        ;
+        }
+        ck_assert_uint_gt(t3, t1);
+        ck_assert_uint_ne(t3, UINT64_MAX);
+
+        /* A waiter that cancels gets Cancelled on its Acquire. */
+        sd_bus *r4 = raw_bus();
+        uint64_t t4 = 0;
+        ck_assert_int_ge(sd_bus_call_method_async(r4, NULL, "org.ipchannel.raw.Locks", "/org/ipchannel/raw/Locks",
+                                                  "org.ipchannel.LockService1", "Acquire", on_async_acquire, &t4,
+                                                  "st", "x", (uint64_t) 0),
+                         0);
+        ck_assert_int_ge(sd_bus_flush(r4), 0);
+        for (int k = 0; k < 500 && n_waiters(r1, "raw", "x") != 1; k++)
+                usleep(10 * 1000);
+        ck_assert_int_ge(call_lock(r4, "raw", "Cancel", &error, NULL, "s", "x"), 0);
+        for (int k = 0; k < 500 && t4 == 0; k++) {
+                ck_assert_int_ge(sd_bus_wait(r4, 10 * 1000), 0);
+                while (sd_bus_process(r4, NULL) > 0)
+                        ;
+        }
+        ck_assert_uint_eq(t4, UINT64_MAX);
+        ck_assert_int_eq(n_waiters(r1, "raw", "x"), 0);
+
+        sd_bus_flush_close_unref(r1);
+        sd_bus_flush_close_unref(r3);
+        sd_bus_flush_close_unref(r4);
+}
+END_TEST
+
+START_TEST(test_blocking_acquire_from_loop_threads_and_workers) {
+        peer *a = peer_start("--app", "blocking", "--connect", NULL);
+        peer *b = peer_start("--app", "blocking", "--connect", NULL);
+        const char *line;
+
+        ck_assert_uint_eq(peer_wait_connect(a), 1);
+        ck_assert_uint_eq(peer_wait_connect(b), 2);
+
+        /* From a command handler, a callback of the channel's own loop: the loop cannot nest. */
+        peer_cmd(a, "acquire x 1000000");
+        line = peer_expect(a, "result acquire", PEER_TIMEOUT_MS);
+        ck_assert_ptr_nonnull(line);
+        ck_assert_int_eq(atoi(line + strlen("result acquire ")), -EBUSY);
+
+        /* From a worker thread it works, while the loop keeps running. */
+        peer_cmd(a, "acquire-thread x 5000000");
+        line = peer_expect(a, "result acquire-thread", PEER_TIMEOUT_MS);
+        ck_assert_ptr_nonnull(line);
+        ck_assert_int_eq(atoi(line + strlen("result acquire-thread ")), 0);
+
+        /* Held by a: b's worker times out, and its wait is withdrawn from the service. */
+        peer_cmd(b, "acquire-thread x 300000");
+        line = peer_expect(b, "result acquire-thread", PEER_TIMEOUT_MS);
+        ck_assert_ptr_nonnull(line);
+        ck_assert_int_eq(atoi(line + strlen("result acquire-thread ")), -ETIMEDOUT);
+        sd_bus *bus = raw_bus();
+        int n = -1;
+        for (int k = 0; k < 500 && (n = n_waiters(bus, "blocking", "x")) != 0; k++)
+                usleep(10 * 1000);
+        ck_assert_int_eq(n, 0);
+        sd_bus_flush_close_unref(bus);
+
+        peer_cmd(a, "release");
+        ck_assert_str_eq(peer_expect(a, "result release", PEER_TIMEOUT_MS), "result release 0");
+        peer_cmd(b, "acquire-thread x 5000000");
+        line = peer_expect(b, "result acquire-thread", PEER_TIMEOUT_MS);
+        ck_assert_int_eq(atoi(line + strlen("result acquire-thread ")), 0);
+}
+END_TEST
 
 START_TEST(test_grants_follow_acquire_arrival_order) {
         peer *host = peer_start("--app", "fifo", "--connect", NULL);
@@ -405,6 +603,8 @@ int main(void) {
         tcase_set_timeout(tc, 180);
         tcase_add_test(tc, test_grants_follow_acquire_arrival_order);
         tcase_add_test(tc, test_peers_use_lockd_and_take_over_when_it_stops);
+        tcase_add_test(tc, test_service_answers_with_named_errors);
+        tcase_add_test(tc, test_blocking_acquire_from_loop_threads_and_workers);
         suite_add_tcase(s, tc);
 
         sr = srunner_create(s);

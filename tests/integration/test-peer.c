@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <pthread.h>
 #include <signal.h>
 
 #include <glib-unix.h>
@@ -22,6 +23,10 @@
  *   count                   prints "count N": Broadcast signals this connection received
  *   state                   prints "state ID CONNECTED"
  *   has ID                  prints "has ID R"
+ *   acquire LOCK USEC       ipchannel_lock_acquire() from this (loop) thread; prints
+ *                           "result acquire R TOKEN"
+ *   acquire-thread LOCK USEC  the same from a new thread, while the loop keeps running
+ *   release                 releases the lock last acquired; prints "result release R"
  * Output lines:
  *   ready | connect ID | disconnect | error ERRNO MESSAGE | state ID CONNECTED
  *   recv SENDER EVENT TEXT  (TEXT: GVariant text, or "null")
@@ -54,11 +59,13 @@ static void out(const char *fmt, ...) G_GNUC_PRINTF(1, 2);
 static void out(const char *fmt, ...) {
         va_list ap;
 
+        flockfile(stdout);      /* whole lines, also from the acquire thread */
         va_start(ap, fmt);
         vprintf(fmt, ap);
         va_end(ap);
         putchar('\n');
         fflush(stdout);
+        funlockfile(stdout);
 }
 
 static int on_bus_message(sd_bus_message *m, void *userdata, sd_bus_error *error) {
@@ -143,6 +150,27 @@ static void remove_listener(const char *event) {
         out("result off %d", -ENOENT);
 }
 
+static ipchannel_lock *held;
+
+typedef struct {
+        char *lock;
+        uint64_t usec;
+} acquire_args;
+
+static void *acquire_thread(void *userdata) {
+        acquire_args *a = userdata;
+        ipchannel_lock *l = NULL;
+        int r = ipchannel_lock_acquire(ch, a->lock, a->usec, &l);
+
+        /* Printed from this thread: stdout is line-buffered by out(), one write per line. */
+        out("result acquire-thread %d %" PRIu64, r, r >= 0 ? ipchannel_lock_get_token(l) : 0);
+        if (r >= 0)
+                held = l;
+        g_free(a->lock);
+        g_free(a);
+        return NULL;
+}
+
 static void run_command(char *line) {
         g_auto(GStrv) w = g_strsplit(line, " ", 4);
         size_t n = g_strv_length(w);
@@ -161,7 +189,25 @@ static void run_command(char *line) {
                 out("state %" PRIu32 " %d", ipchannel_get_peer_id(ch), ipchannel_is_connected(ch));
         else if (strcmp(w[0], "has") == 0 && n >= 2)
                 out("has %s %d", w[1], ipchannel_has_peer(ch, (uint32_t) atoi(w[1])));
-        else if (strcmp(w[0], "count") == 0)
+        else if (strcmp(w[0], "acquire") == 0 && n >= 3) {
+                ipchannel_lock *l = NULL;
+                r = ipchannel_lock_acquire(ch, w[1], strtoull(w[2], NULL, 10), &l);
+                out("result acquire %d %" PRIu64, r, r >= 0 ? ipchannel_lock_get_token(l) : 0);
+                if (r >= 0)
+                        held = l;
+        } else if (strcmp(w[0], "acquire-thread") == 0 && n >= 3) {
+                acquire_args *a = g_new(acquire_args, 1);
+                pthread_t t;
+
+                a->lock = g_strdup(w[1]);
+                a->usec = strtoull(w[2], NULL, 10);
+                pthread_create(&t, NULL, acquire_thread, a);
+                pthread_detach(t);
+        } else if (strcmp(w[0], "release") == 0) {
+                r = held ? ipchannel_lock_release(held, 0) : -ENOLCK;
+                held = NULL;
+                out("result release %d", r);
+        } else if (strcmp(w[0], "count") == 0)
                 out("count %" PRIu64, n_broadcast_signals);
         else if (strcmp(w[0], "on") == 0 && n >= 2)
                 add_listener(w[1], false);

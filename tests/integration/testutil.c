@@ -164,8 +164,10 @@ unsigned peer_wait_connect(peer *p) {
 }
 
 void peer_kill(peer *p, int sig) {
-        if (p->pid > 0)
+        if (p->pid > 0) {
+                p->killed = true;
                 kill(p->pid, sig);
+        }
 }
 
 int peer_wait(peer *p, int timeout_ms) {
@@ -197,7 +199,8 @@ void peer_free(peer *p) {
                 kill(p->pid, SIGKILL);
                 waitpid(p->pid, NULL, 0);
         }
-        close(p->in);
+        if (p->in >= 0)
+                close(p->in);
         close(p->out);
         for (size_t i = 0; i < MAX_PEERS; i++)
                 if (peers[i] == p)
@@ -206,9 +209,25 @@ void peer_free(peer *p) {
 }
 
 void peers_cleanup(void) {
+        int bad = 0;
+
         for (size_t i = 0; i < MAX_PEERS; i++)
-                if (peers[i])
-                        peer_free(peers[i]);
+                if (peers[i] && peers[i]->pid > 0 && !peers[i]->killed)
+                        close(peers[i]->in), peers[i]->in = -1;
+        for (size_t i = 0; i < MAX_PEERS; i++) {
+                peer *p = peers[i];
+                if (!p)
+                        continue;
+                if (p->pid > 0 && !p->killed) {
+                        int status = peer_wait(p, 5000);
+                        if (status != 0) {
+                                fprintf(stderr, "a peer ended with status %d\n", status);
+                                bad++;
+                        }
+                }
+                peer_free(p);
+        }
+        ck_assert_msg(bad == 0, "%d peer(s) did not exit cleanly", bad);
 }
 
 const char *bus_address(void) {

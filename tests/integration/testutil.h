@@ -14,6 +14,7 @@ typedef struct peer {
         int out;                /* its stdout */
         char buf[1 << 16];
         size_t len;
+        bool killed;            /* by the test: an abnormal end is expected */
 } peer;
 
 /* Starts test-peer with these arguments (NULL-terminated), extra environment "K=V" entries
@@ -44,7 +45,9 @@ void peer_kill(peer *p, int sig);
 int peer_wait(peer *p, int timeout_ms);
 void peer_free(peer *p);
 
-/* Kills and frees every peer still running (call at the end of each test). */
+/* Ends every peer still running (call at the end of each test): closes its stdin, which
+ * makes test-peer exit cleanly, and fails the test if one then exits with an error (a
+ * sanitizer's report, for one); kills what does not exit in time. */
 void peers_cleanup(void);
 
 /* The private bus's address (from DBUS_SESSION_BUS_ADDRESS). */
