@@ -861,9 +861,11 @@ static int channel_open(ipchannel *ch) {
         if (r < 0)
                 goto fail;
 
-        noc = g_strdup_printf("type='signal',sender='org.freedesktop.DBus',"
-                              "interface='org.freedesktop.DBus',member='NameOwnerChanged',"
-                              "arg0namespace='%s'", ch->ns);
+        noc = names_owner_changed_match(ch->ns, true);
+        if (!noc) {
+                r = -ENOMEM;
+                goto fail;
+        }
         r = sd_bus_add_match_async(ch->bus, &ch->noc_slot, noc, on_name_owner_changed, NULL, ch);
         if (r < 0)
                 goto fail;

@@ -92,13 +92,6 @@ struct lock_agent {
         ipchannel_lock *locks_tail;
 };
 
-static uint64_t now_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
-}
-
 static void fd_signal(int fd) {
         uint64_t one = 1;
 
@@ -277,7 +270,7 @@ static int on_acquire_reply(sd_bus_message *reply, void *userdata, sd_bus_error 
 
         free(l->granted_by);
         l->granted_by = strdup(a->host);
-        l->granted_at = now_usec();
+        l->granted_at = clock_usec(CLOCK_MONOTONIC);
         lock_set_state(a, l, LOCK_HELD, token, 0);
         return 0;
 }
@@ -358,7 +351,7 @@ static int on_reassert_reply(sd_bus_message *reply, void *userdata, sd_bus_error
  * change, also when empty: the host waits for a report from every queued connection. */
 static void agent_reassert(lock_agent *a) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
-        uint64_t now = now_usec();
+        uint64_t now = clock_usec(CLOCK_MONOTONIC);
         int r;
 
         r = sd_bus_message_new_method_call(a->bus, &m, a->service_name, a->service_path,
@@ -571,8 +564,7 @@ static int agent_connect(lock_agent *a) {
         r = sd_bus_add_filter(a->bus, &a->filter_slot, on_filter, a);
         if (r < 0)
                 goto fail;
-        noc = g_strdup_printf("type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
-                              "member='NameOwnerChanged',arg0='%s'", a->service_name);
+        noc = names_owner_changed_match(a->service_name, false);
         r = sd_bus_add_match_async(a->bus, &a->noc_slot, noc, on_lock_name_owner_changed, NULL, a);
         if (r < 0)
                 goto fail;
@@ -844,7 +836,7 @@ void lock_agent_wait(lock_agent *a, ipchannel_lock *l, uint64_t deadline) {
         /* pthread_cond_timedwait() takes CLOCK_REALTIME; convert the monotonic deadline. */
         pthread_mutex_lock(&a->mutex);
         while (l->state == LOCK_NEW || l->state == LOCK_WAITING) {
-                uint64_t now = now_usec();
+                uint64_t now = clock_usec(CLOCK_MONOTONIC);
                 if (deadline != UINT64_MAX && now >= deadline)
                         break;
                 clock_gettime(CLOCK_REALTIME, &ts);

@@ -25,13 +25,6 @@ struct lock_client {
         GSource *glib_source;
 };
 
-static uint64_t now_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
-}
-
 /* The app side is done with l: drops its reference and the one on the channel. */
 static void lock_app_drop(ipchannel_lock *l) {
         ipchannel *ch = l->ch;
@@ -156,12 +149,6 @@ void lock_client_free(ipchannel *ch) {
         *pc = NULL;
 }
 
-static int check_lock_name(const char *lock) {
-        if (!lock || lock[0] == '\0' || strlen(lock) > 255 || !g_utf8_validate(lock, -1, NULL))
-                return -EINVAL;
-        return 0;
-}
-
 static int lock_request(ipchannel *ch, const char *name, ipchannel_lock **ret) {
         lock_client *c;
         ipchannel_lock *l;
@@ -187,7 +174,7 @@ _public_ int ipchannel_synchronize(ipchannel *ch, const char *lock, ipchannel_sy
 
         assert_return(channel_check(ch), -EINVAL);
         assert_return(body, -EINVAL);
-        r = check_lock_name(lock);
+        r = names_check_lock(lock);
         if (r < 0)
                 return r;
 
@@ -241,7 +228,7 @@ _public_ int ipchannel_lock_acquire(ipchannel *ch, const char *lock, uint64_t ti
 
         assert_return(channel_check(ch), -EINVAL);
         assert_return(ret, -EINVAL);
-        r = check_lock_name(lock);
+        r = names_check_lock(lock);
         if (r < 0)
                 return r;
 
@@ -261,12 +248,12 @@ _public_ int ipchannel_lock_acquire(ipchannel *ch, const char *lock, uint64_t ti
                 return r;
         }
 
-        deadline = timeout_usec == UINT64_MAX ? UINT64_MAX : now_usec() + timeout_usec;
+        deadline = timeout_usec == UINT64_MAX ? UINT64_MAX : clock_usec(CLOCK_MONOTONIC) + timeout_usec;
         for (;;) {
                 s = lock_agent_get_state(c->agent, l, &token, &error);
                 if (s != LOCK_NEW && s != LOCK_WAITING)
                         break;
-                uint64_t now = now_usec();
+                uint64_t now = clock_usec(CLOCK_MONOTONIC);
                 if (deadline != UINT64_MAX && now >= deadline)
                         break;
                 uint64_t wait = deadline == UINT64_MAX ? UINT64_MAX : deadline - now;

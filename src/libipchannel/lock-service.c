@@ -59,20 +59,6 @@ struct lock_service {
         GHashTable *reported;           /* owners that reported before we had the list */
 };
 
-static uint64_t monotonic_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
-}
-
-static uint64_t realtime_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_REALTIME, &ts);
-        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
-}
-
 static void pending_free(void *p) {
         pending *x = p;
 
@@ -135,7 +121,7 @@ static void service_arm_lease_timer(lock_service *s) {
 static int on_lease_timer(sd_event_source *source, uint64_t usec, void *userdata) {
         lock_service *s = userdata;
 
-        (void) lockqueue_expire(s->q, monotonic_usec());
+        (void) lockqueue_expire(s->q, clock_usec(CLOCK_MONOTONIC));
         service_arm_lease_timer(s);
         return 0;
 }
@@ -174,7 +160,7 @@ static void service_maybe_unfreeze(lock_service *s) {
                 return;
         s->recovering = false;
         g_hash_table_remove_all(s->reported);
-        (void) lockqueue_set_frozen(s->q, false, monotonic_usec());
+        (void) lockqueue_set_frozen(s->q, false, clock_usec(CLOCK_MONOTONIC));
         service_arm_lease_timer(s);
         (void) sd_bus_emit_properties_changed(s->bus, s->path, IPCHANNEL_LOCK_INTERFACE, "Recovering",
                                               NULL);
@@ -193,7 +179,7 @@ static int on_owner_gone(sd_bus_track *t, void *userdata) {
         pending *p;
 
         /* Its grants go at once, and its waits with them. */
-        (void) lockqueue_drop_owner(s->q, owner, monotonic_usec());
+        (void) lockqueue_drop_owner(s->q, owner, clock_usec(CLOCK_MONOTONIC));
         g_hash_table_iter_init(&it, s->pending);
         while (g_hash_table_iter_next(&it, NULL, (void **) &p))
                 if (strcmp(p->owner, owner) == 0)
@@ -269,7 +255,7 @@ static int method_acquire(sd_bus_message *m, void *userdata, sd_bus_error *error
         }
         g_hash_table_insert(s->pending, &p->request, p);
 
-        r = lockqueue_acquire(s->q, lock, owner, request, lease, monotonic_usec(), &token);
+        r = lockqueue_acquire(s->q, lock, owner, request, lease, clock_usec(CLOCK_MONOTONIC), &token);
         if (r < 0) {
                 g_hash_table_remove(s->pending, &request);
                 return reply_error(error, r, lock);
@@ -293,7 +279,7 @@ static int method_try_acquire(sd_bus_message *m, void *userdata, sd_bus_error *e
         if (r < 0)
                 return r;
         /* Request 0 is never registered as pending: the reply is made here. */
-        r = lockqueue_try_acquire(s->q, lock, owner, 0, lease, monotonic_usec(), &token);
+        r = lockqueue_try_acquire(s->q, lock, owner, 0, lease, clock_usec(CLOCK_MONOTONIC), &token);
         if (r < 0)
                 return reply_error(error, r, lock);
         service_arm_lease_timer(s);
@@ -309,7 +295,7 @@ static int method_release(sd_bus_message *m, void *userdata, sd_bus_error *error
         r = sd_bus_message_read(m, "st", &lock, &token);
         if (r < 0)
                 return r;
-        r = lockqueue_release(s->q, lock, owner ?: "", token, monotonic_usec());
+        r = lockqueue_release(s->q, lock, owner ?: "", token, clock_usec(CLOCK_MONOTONIC));
         service_arm_lease_timer(s);
         if (r < 0)
                 return reply_error(error, r, lock);
@@ -346,7 +332,7 @@ static int method_reassert(sd_bus_message *m, void *userdata, sd_bus_error *erro
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         lock_service *s = userdata;
         const char *lock, *owner = sd_bus_message_get_sender(m);
-        uint64_t token, lease_left, now = monotonic_usec();
+        uint64_t token, lease_left, now = clock_usec(CLOCK_MONOTONIC);
         int r;
 
         if (!owner)
@@ -403,7 +389,7 @@ static int method_list_locks(sd_bus_message *m, void *userdata, sd_bus_error *er
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(freep) lockqueue_lock_info *infos = NULL;
         lock_service *s = userdata;
-        uint64_t now = monotonic_usec();
+        uint64_t now = clock_usec(CLOCK_MONOTONIC);
         size_t n = 0;
         int r;
 
@@ -530,10 +516,10 @@ int lock_service_new(lock_service **ret, sd_bus *bus, const char *path, const ch
         r = lockqueue_new(&s->q, on_queue_event, s);
         if (r < 0)
                 goto fail;
-        r = lockqueue_raise_token_floor(s->q, realtime_usec());
+        r = lockqueue_raise_token_floor(s->q, clock_usec(CLOCK_REALTIME));
         if (r < 0)
                 goto fail;
-        r = lockqueue_set_frozen(s->q, true, monotonic_usec());
+        r = lockqueue_set_frozen(s->q, true, clock_usec(CLOCK_MONOTONIC));
         if (r < 0)
                 goto fail;
 

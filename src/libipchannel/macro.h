@@ -3,7 +3,9 @@
 #pragma once
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 
 #define _public_ __attribute__((visibility("default")))
@@ -40,3 +42,11 @@ static inline void closep(int *fd) {
                 if (__builtin_expect(!(expr), 0)) \
                         return (err);      \
         } while (0)
+
+/* Now on clock, in microseconds. */
+static inline uint64_t clock_usec(clockid_t clock) {
+        struct timespec ts;
+
+        clock_gettime(clock, &ts);
+        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
+}

@@ -101,6 +101,20 @@ int names_check_event(const char *event, const char **ret_reason) {
         return 0;
 }
 
+int names_check_lock(const char *lock) {
+        /* The same rules as event names: a lock is a string another process sends us. */
+        return names_check_event(lock, NULL);
+}
+
+char *names_owner_changed_match(const char *name, bool below) {
+        char *s;
+
+        if (asprintf(&s, "type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
+                         "member='NameOwnerChanged',%s='%s'", below ? "arg0namespace" : "arg0", name) < 0)
+                return NULL;
+        return s;
+}
+
 bool names_event_is_local(const char *event) {
         static const char *const local[] = {
                 IPCHANNEL_EVENT_CONNECT,   IPCHANNEL_EVENT_DISCONNECT, IPCHANNEL_EVENT_ERROR,

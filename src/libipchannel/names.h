@@ -29,6 +29,13 @@ char *names_locks_path(const char *prefix, const char *app);         /* .../<app
  * without leading zeros, else 0. */
 uint32_t names_parse_peer(const char *prefix, const char *app, const char *name);
 
+/* 0 or -EINVAL: a lock name is non-empty UTF-8 of at most 255 bytes. */
+int names_check_lock(const char *lock);
+
+/* A match rule for NameOwnerChanged of the bus name `name`, or of every name below it when
+ * below is true (arg0namespace). */
+char *names_owner_changed_match(const char *name, bool below);
+
 /* A match rule for the app's broadcasts of event, or NULL if the event cannot be written
  * into a match rule safely (then the caller matches every broadcast and filters itself). */
 char *names_broadcast_match(const char *path, const char *event);

@@ -210,8 +210,9 @@ static int setup(lockd *d) {
         if (r < 0)
                 return r;
 
-        noc = g_strdup_printf("type='signal',sender='org.freedesktop.DBus',interface='org.freedesktop.DBus',"
-                              "member='NameOwnerChanged',arg0='%s'", d->name);
+        noc = names_owner_changed_match(d->name, false);
+        if (!noc)
+                return -ENOMEM;
         r = sd_bus_add_match_async(d->bus, &d->noc_slot, noc, on_name_owner_changed, NULL, d);
         if (r < 0)
                 return r;
