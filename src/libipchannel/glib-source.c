@@ -6,7 +6,8 @@
 
 /* sd-bus changes what it waits for as it goes (POLLOUT only while its write queue is not
  * empty, a timeout only while a method call awaits its reply, timeout 0 while messages wait
- * in its read queue), so prepare() asks it afresh before every poll instead of caching. */
+ * in its read queue), so prepare() asks it afresh before every poll (fd, events, timeout)
+ * instead of caching. */
 
 /* How many messages one dispatch may process before it lets other sources run. */
 #define DISPATCH_BATCH 64
@@ -14,6 +15,7 @@
 typedef struct {
         GSource source;
         sd_bus *bus;
+        int fd;
         gpointer tag;
         uint64_t deadline;              /* CLOCK_MONOTONIC usec; UINT64_MAX = none */
         glib_bus_error_t on_error;
@@ -24,6 +26,15 @@ static gboolean bus_source_prepare(GSource *source, gint *timeout) {
         BusSource *s = (BusSource *) source;
         uint64_t t = UINT64_MAX;
         int events, r;
+
+        /* The fd is the connection's for its whole life today; asking costs nothing and keeps
+         * the source right should sd-bus ever swap it. */
+        int fd = sd_bus_get_fd(s->bus);
+        if (fd >= 0 && fd != s->fd) {
+                g_source_remove_unix_fd(source, s->tag);
+                s->fd = fd;
+                s->tag = g_source_add_unix_fd(source, fd, 0);
+        }
 
         events = sd_bus_get_events(s->bus);
         if (events < 0)
@@ -99,7 +110,8 @@ GSource *glib_bus_source_new(sd_bus *bus, glib_bus_error_t on_error, void *userd
         s->on_error = on_error;
         s->userdata = userdata;
         s->deadline = UINT64_MAX;
-        s->tag = g_source_add_unix_fd(source, sd_bus_get_fd(bus), 0);
+        s->fd = sd_bus_get_fd(bus);
+        s->tag = g_source_add_unix_fd(source, s->fd, 0);
         g_source_set_name(source, "ipchannel bus");
         return source;
 }

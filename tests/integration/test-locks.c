@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <check.h>
@@ -525,8 +527,28 @@ START_TEST(test_grants_follow_acquire_arrival_order) {
 END_TEST
 
 START_TEST(test_peers_use_lockd_and_take_over_when_it_stops) {
-        peer *lockd = proc_start(LOCKD_PATH, "READY", "--app", "withlockd", "--user", "--print-ready", NULL);
+        /* A notify socket, as systemd gives a Type=notify service. */
+        struct sockaddr_un sa = { .sun_family = AF_UNIX };
+        int notify = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        char env_notify[sizeof(sa.sun_path) + 32], msg[512];
+        ssize_t n;
+
+        ck_assert_int_ge(notify, 0);
+        snprintf(sa.sun_path, sizeof(sa.sun_path), "%s", path_in_dir("notify"));
+        ck_assert_int_eq(bind(notify, (struct sockaddr *) &sa, sizeof(sa)), 0);
+        snprintf(env_notify, sizeof(env_notify), "NOTIFY_SOCKET=%s", sa.sun_path);
+        const char *env[] = { env_notify, NULL };
+
+        peer *lockd = proc_start_env(LOCKD_PATH, "READY", env, "--app", "withlockd", "--user", "--print-ready",
+                                     NULL);
         sd_bus *bus = NULL;
+
+        /* It told systemd it is ready, once it owned the name (checked just below). */
+        n = recv(notify, msg, sizeof(msg) - 1, 0);
+        ck_assert_int_gt(n, 0);
+        msg[n] = '\0';
+        ck_assert_msg(strstr(msg, "READY=1"), "lockd sent \"%s\"", msg);
+        close(notify);
         const char *owner = NULL;
         char *lockd_name = NULL;
         peer *p[3];

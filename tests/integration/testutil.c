@@ -94,6 +94,16 @@ peer *proc_start(const char *path, const char *ready, const char *arg, ...) {
         return p;
 }
 
+peer *proc_start_env(const char *path, const char *ready, const char *const *env, const char *arg, ...) {
+        va_list ap;
+        peer *p;
+
+        va_start(ap, arg);
+        p = proc_startv(path, ready, env, arg, ap);
+        va_end(ap);
+        return p;
+}
+
 void peer_cmd(peer *p, const char *fmt, ...) {
         char line[4096];
         va_list ap;

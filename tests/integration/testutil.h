@@ -24,6 +24,8 @@ peer *peer_start_env(const char *const *env, const char *arg, ...) __attribute__
 
 /* Starts any program the same way; waits for a line starting with `ready`. */
 peer *proc_start(const char *path, const char *ready, const char *arg, ...) __attribute__((sentinel));
+peer *proc_start_env(const char *path, const char *ready, const char *const *env, const char *arg, ...)
+        __attribute__((sentinel));
 
 void peer_cmd(peer *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
