@@ -394,12 +394,14 @@ static void channel_flush(ipchannel *ch) {
                                 return;
                 }
 
+                r = channel_send_now(ch, p->to, p->event, p->data);
+                if (r == -ENOTCONN || r == -ECONNRESET)
+                        return;         /* the bus is going: keep it for the reconnect */
+
                 ch->queue = p->next;
                 if (!ch->queue)
                         ch->queue_tail = NULL;
                 ch->n_queued--;
-
-                r = channel_send_now(ch, p->to, p->event, p->data);
                 if (r == -ENXIO)
                         channel_emit_error(ch, r, "A message queued for peer %" PRIu32
                                            " (event \"%s\") was not delivered: no such peer",

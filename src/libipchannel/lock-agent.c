@@ -49,19 +49,8 @@
 
 #define DBUS_NAME_FLAG_ALLOW_REPLACEMENT 1u
 
-typedef enum {
-        OP_SUBMIT,
-        OP_RELEASE,
-        OP_CANCEL,
-} op_kind;
-
-typedef struct op {
-        struct op *next;
-        op_kind kind;
-        ipchannel_lock *lock;
-} op;
-
 struct lock_agent {
+        unsigned n_ref;                 /* atomic */
         pthread_t thread;
         bool thread_started;
         pthread_mutex_t mutex;
@@ -71,8 +60,10 @@ struct lock_agent {
 
         /* Under mutex. */
         bool quit;
-        op *ops, *ops_tail;
-        ipchannel_lock *notify_head, *notify_tail;
+        bool stopped;                   /* the thread is gone: no more ops */
+        int error;                      /* sticky: why we could not join the service's queue */
+        lock_op *ops, *ops_tail;
+        GPtrArray *notifications;       /* ipchannel_lock *, each with a reference */
 
         /* Agent thread only. */
         char *address;
@@ -84,8 +75,11 @@ struct lock_agent {
         uint64_t reconnect_usec;
         sd_bus *bus;
         sd_bus_slot *filter_slot, *noc_slot, *expired_slot, *request_slot, *owner_slot;
+        sd_bus_slot *reassert_slot;
+        sd_event_source *retry_source;  /* re-sends a failed Reassert, re-queues after a failure */
         char *unique_name;
         char *host;                     /* owner of the service name; NULL if unknown/none */
+        char *reasserted_to;            /* the host our last report went to */
         bool queued;                    /* we are in the service name's queue */
         lock_service *service;          /* while we own the service name */
         ipchannel_lock *locks;          /* live requests, oldest first */
@@ -106,20 +100,22 @@ static void fd_drain(int fd) {
 
 /* ---- requests --------------------------------------------------------------------------- */
 
-ipchannel_lock *lock_new(ipchannel *ch, lock_agent *a, const char *name, uint64_t lease_usec) {
+ipchannel_lock *lock_new(lock_agent *a, const char *name, uint64_t lease_usec) {
         ipchannel_lock *l = calloc(1, sizeof(*l));
 
         if (!l)
                 return NULL;
         *l = (ipchannel_lock) {
                 .n_ref = 1,
-                .ch = ch,
-                .agent = a,
+                .agent = lock_agent_ref(a),
                 .name = strdup(name),
                 .lease_usec = lease_usec,
                 .state = LOCK_NEW,
         };
+        for (unsigned k = 0; k < _OP_MAX; k++)
+                l->ops[k] = (lock_op) { .kind = (lock_op_kind) k, .lock = l };
         if (!l->name) {
+                lock_agent_unref(l->agent);
                 free(l);
                 return NULL;
         }
@@ -127,6 +123,8 @@ ipchannel_lock *lock_new(ipchannel *ch, lock_agent *a, const char *name, uint64_
 }
 
 static void lock_free(ipchannel_lock *l) {
+        lock_agent_unref(l->agent);
+        free(l->sent_to);
         free(l->name);
         free(l->granted_by);
         free(l);
@@ -143,7 +141,7 @@ void lock_unref(ipchannel_lock *l) {
         last = --l->n_ref == 0;
         pthread_mutex_unlock(&a->mutex);
         if (last)
-                lock_free(l);
+                lock_free(l);   /* may drop the agent's last reference: after the unlock */
 }
 
 /* Called with the mutex held. */
@@ -155,12 +153,7 @@ static void lock_set_state_locked(lock_agent *a, ipchannel_lock *l, lock_state s
         if (!l->notified && !l->cancelled) {
                 l->notified = true;
                 l->n_ref++;
-                l->notify_next = NULL;
-                if (a->notify_tail)
-                        a->notify_tail->notify_next = l;
-                else
-                        a->notify_head = l;
-                a->notify_tail = l;
+                g_ptr_array_add(a->notifications, l);
                 fd_signal(a->notify_fd);
         }
         pthread_cond_broadcast(&a->cond);
@@ -193,16 +186,19 @@ static void agent_list_remove(lock_agent *a, ipchannel_lock *l) {
         else
                 a->locks_tail = l->agent_prev;
         l->agent_next = l->agent_prev = NULL;
+        l->on_list = false;
         l->call_slot = sd_bus_slot_unref(l->call_slot);
+        l->sent_to = (free(l->sent_to), NULL);
         lock_unref(l);          /* the agent's reference */
 }
 
 /* ---- talking to the service ------------------------------------------------------------- */
 
 static void agent_pump(lock_agent *a);
+static void agent_lost(lock_agent *a);
 
 static bool agent_ready(lock_agent *a) {
-        return a->bus && a->queued && a->host;
+        return a->bus && a->queued && a->host && sd_bus_is_open(a->bus) > 0;
 }
 
 static int errno_of_reply(sd_bus_message *reply) {
@@ -228,6 +224,8 @@ static int on_acquire_reply(sd_bus_message *reply, void *userdata, sd_bus_error 
         l->call_slot = sd_bus_slot_unref(l->call_slot);
         lock_get_state(a, l, &cancelled);
 
+        g_autofree char *sent_to = TAKE_PTR(l->sent_to);
+
         e = sd_bus_message_get_error(reply);
         if (e) {
                 if (cancelled || sd_bus_error_has_name(e, LOCK_ERROR_CANCELLED)) {
@@ -236,9 +234,15 @@ static int on_acquire_reply(sd_bus_message *reply, void *userdata, sd_bus_error 
                 } else if (sd_bus_error_has_names(e, LOCK_ERROR_SERVICE_MOVED, SD_BUS_ERROR_NO_REPLY,
                                                   SD_BUS_ERROR_SERVICE_UNKNOWN,
                                                   SD_BUS_ERROR_NAME_HAS_NO_OWNER,
-                                                  SD_BUS_ERROR_DISCONNECTED)) {
-                        /* The host went away or moved: ask whoever serves next. */
-                        agent_pump(a);
+                                                  SD_BUS_ERROR_DISCONNECTED,
+                                                  SD_BUS_ERROR_UNKNOWN_OBJECT,
+                                                  SD_BUS_ERROR_UNKNOWN_METHOD)) {
+                        /* The host went away, moved, or does not serve yet: the request stays,
+                         * and goes to whoever serves next. If the owner change came before
+                         * this reply, it went by while the call was out: send it now; else
+                         * the change, or the reconnect, will. */
+                        if (g_strcmp0(sent_to, a->host) != 0)
+                                agent_pump(a);
                 } else {
                         lock_set_state(a, l, LOCK_FAILED, 0, errno_of_reply(reply));
                         agent_list_remove(a, l);
@@ -254,16 +258,16 @@ static int on_acquire_reply(sd_bus_message *reply, void *userdata, sd_bus_error 
                 return 0;
         }
 
-        if (!a->host || g_strcmp0(sd_bus_message_get_sender(reply), a->host) != 0) {
-                /* Granted by a host that no longer owns the name: it does not count. */
-                agent_pump(a);
-                return 0;
-        }
         if (cancelled) {
                 /* The app stopped waiting just before the grant came: give it back. */
                 agent_send_release(a, l->name, token);
                 lock_set_state(a, l, LOCK_FAILED, 0, -ETIMEDOUT);
                 agent_list_remove(a, l);
+                agent_pump(a);
+                return 0;
+        }
+        if (!a->host || g_strcmp0(sd_bus_message_get_sender(reply), a->host) != 0) {
+                /* Granted by a host that no longer owns the name: it does not count. */
                 agent_pump(a);
                 return 0;
         }
@@ -292,6 +296,8 @@ static int agent_send_acquire(lock_agent *a, ipchannel_lock *l) {
         if (r < 0)
                 return r;
         l->call_slot = slot;
+        free(l->sent_to);
+        l->sent_to = strdup(a->host);
         lock_set_state(a, l, LOCK_WAITING, 0, 0);
         return 0;
 }
@@ -306,12 +312,19 @@ static void agent_pump(lock_agent *a) {
         busy = g_hash_table_new(g_str_hash, g_str_equal);
 
         for (ipchannel_lock *l = a->locks, *next; l; l = next) {
-                lock_state s = lock_get_state(a, l, NULL);
+                bool cancelled;
+                lock_state s = lock_get_state(a, l, &cancelled);
                 int r;
 
                 next = l->agent_next;
                 if (s == LOCK_EXPIRED)
                         continue;       /* no longer at the service */
+                if (cancelled && !l->call_slot && s != LOCK_HELD) {
+                        /* The app gave up while the request was between hosts. */
+                        lock_set_state(a, l, LOCK_FAILED, 0, -ETIMEDOUT);
+                        agent_list_remove(a, l);
+                        continue;
+                }
                 if (g_hash_table_contains(busy, l->name))
                         continue;
                 g_hash_table_add(busy, l->name);
@@ -319,6 +332,8 @@ static void agent_pump(lock_agent *a) {
                         continue;
 
                 r = agent_send_acquire(a, l);
+                if (r == -ENOTCONN || r == -ECONNRESET)
+                        return;         /* the bus is going: the reconnect sends it again */
                 if (r < 0) {
                         lock_set_state(a, l, LOCK_FAILED, 0, r);
                         g_hash_table_remove(busy, l->name);
@@ -327,12 +342,31 @@ static void agent_pump(lock_agent *a) {
         }
 }
 
+static void agent_reassert(lock_agent *a);
+
+static int on_retry_reassert(sd_event_source *s, uint64_t usec, void *userdata) {
+        lock_agent *a = userdata;
+
+        a->retry_source = sd_event_source_unref(a->retry_source);
+        if (a->host && a->queued)
+                agent_reassert(a);
+        return 0;
+}
+
 static int on_reassert_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
         lock_agent *a = userdata;
         const char *name;
 
-        if (sd_bus_message_is_method_error(reply, NULL) ||
-            sd_bus_message_enter_container(reply, 'a', "s") < 0)
+        a->reassert_slot = sd_bus_slot_unref(a->reassert_slot);
+        if (sd_bus_message_is_method_error(reply, NULL)) {
+                /* The host must hear from us before it grants anything: try again, unless the
+                 * host changes meanwhile (then we report to the new one anyway). */
+                if (!a->retry_source)
+                        (void) sd_event_add_time_relative(a->event, &a->retry_source, CLOCK_MONOTONIC,
+                                                          100 * 1000, 0, on_retry_reassert, a);
+                return 0;
+        }
+        if (sd_bus_message_enter_container(reply, 'a', "s") < 0)
                 return 0;
         /* The new host gave these to someone else first: our grants of them are void. */
         while (sd_bus_message_read_basic(reply, 's', &name) > 0)
@@ -367,14 +401,46 @@ static void agent_reassert(lock_agent *a) {
                         continue;
                 /* Counted from when we read the grant, which is after the host made it: the new
                  * host's deadline is, if anything, later than the old one, never earlier. */
-                r = sd_bus_message_append(m, "(stt)", l->name, token,
-                                          l->lease_usec == 0 ? 0
-                                          : MAX(l->granted_at + l->lease_usec, now + 1) - now);
+                uint64_t left = 0;      /* 0: no lease */
+                if (l->lease_usec != 0) {
+                        uint64_t end = l->granted_at + l->lease_usec;
+                        if (end < l->granted_at)
+                                left = 0;       /* beyond any clock: as good as none */
+                        else
+                                left = MAX(end, now + 1) - now;
+                }
+                r = sd_bus_message_append(m, "(stt)", l->name, token, left);
         }
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
-        if (r >= 0)
-                (void) sd_bus_call_async(a->bus, NULL, m, on_reassert_reply, a, UINT64_MAX);
+        if (r < 0)
+                return;
+        /* Replaces a report still in flight to an earlier host. */
+        a->reassert_slot = sd_bus_slot_unref(a->reassert_slot);
+        (void) sd_bus_call_async(a->bus, &a->reassert_slot, m, on_reassert_reply, a, UINT64_MAX);
+        free(a->reasserted_to);
+        a->reasserted_to = strdup(a->host);
+}
+
+/* Once we are in the queue and know the host: report to it (once per host) and send what
+ * waits. */
+static void agent_host_known(lock_agent *a) {
+        if (!a->host || !a->queued)
+                return;
+        if (g_strcmp0(a->reasserted_to, a->host) != 0)
+                agent_reassert(a);
+        agent_pump(a);
+}
+
+static int agent_request_name(lock_agent *a);
+
+static int on_requeue(sd_event_source *s, uint64_t usec, void *userdata) {
+        lock_agent *a = userdata;
+
+        a->retry_source = sd_event_source_unref(a->retry_source);
+        if (a->bus && agent_request_name(a) < 0)
+                agent_lost(a);
+        return 0;
 }
 
 static void agent_set_host(lock_agent *a, const char *host) {
@@ -395,14 +461,22 @@ static void agent_set_host(lock_agent *a, const char *host) {
                 a->service = lock_service_free(a->service);
         if (is_self && !a->service) {
                 r = lock_service_new(&a->service, a->bus, a->service_path, a->service_name, true);
-                if (r < 0)
+                if (r < 0) {
+                        /* Holding the name without serving it would stall everyone: give it to
+                         * the next in the queue, and queue again a little later. */
                         fprintf(stderr, "ipchannel: cannot serve the lock service: %s\n", strerror(-r));
+                        (void) sd_bus_call_method_async(a->bus, NULL, "org.freedesktop.DBus",
+                                                        "/org/freedesktop/DBus", "org.freedesktop.DBus",
+                                                        "ReleaseName", NULL, NULL, "s", a->service_name);
+                        a->queued = false;
+                        a->retry_source = sd_event_source_disable_unref(a->retry_source);
+                        (void) sd_event_add_time_relative(a->event, &a->retry_source, CLOCK_MONOTONIC,
+                                                          1000 * 1000, 0, on_requeue, a);
+                        return;
+                }
         }
 
-        if (a->host && a->queued) {
-                agent_reassert(a);
-                agent_pump(a);
-        }
+        agent_host_known(a);
 }
 
 static int on_lock_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
@@ -447,10 +521,7 @@ static int on_get_owner_reply(sd_bus_message *reply, void *userdata, sd_bus_erro
                 (void) sd_bus_message_read(reply, "s", &owner);
         /* NameOwnerChanged may have told us already; the reply is as recent as what came first. */
         agent_set_host(a, owner);
-        if (a->host) {
-                agent_reassert(a);
-                agent_pump(a);
-        }
+        agent_host_known(a);
         return 0;
 }
 
@@ -460,12 +531,19 @@ static int on_request_name_reply(sd_bus_message *reply, void *userdata, sd_bus_e
 
         a->request_slot = sd_bus_slot_unref(a->request_slot);
         if (e) {
-                /* Without a place in the queue we may not ask for locks (see the invariants). */
+                /* Without a place in the queue we may not ask for locks (see the invariants);
+                 * most likely the bus's policy forbids it, which will not change: say so to
+                 * every request, now and later. */
+                int error = errno_of_reply(reply);
+
                 fprintf(stderr, "ipchannel: cannot queue for %s: %s\n", a->service_name,
                         e->message ?: e->name);
+                pthread_mutex_lock(&a->mutex);
+                a->error = error;
+                pthread_mutex_unlock(&a->mutex);
                 for (ipchannel_lock *l = a->locks, *next; l; l = next) {
                         next = l->agent_next;
-                        lock_set_state(a, l, LOCK_FAILED, 0, errno_of_reply(reply));
+                        lock_set_state(a, l, LOCK_FAILED, 0, error);
                         agent_list_remove(a, l);
                 }
                 return 0;
@@ -504,6 +582,9 @@ static void agent_disconnect(lock_agent *a) {
         a->expired_slot = sd_bus_slot_unref(a->expired_slot);
         a->request_slot = sd_bus_slot_unref(a->request_slot);
         a->owner_slot = sd_bus_slot_unref(a->owner_slot);
+        a->reassert_slot = sd_bus_slot_unref(a->reassert_slot);
+        a->retry_source = sd_event_source_disable_unref(a->retry_source);
+        a->reasserted_to = (free(a->reasserted_to), NULL);
         if (a->bus) {
                 (void) sd_bus_detach_event(a->bus);
                 a->bus = sd_bus_flush_close_unref(a->bus);
@@ -537,6 +618,15 @@ static int on_filter(sd_bus_message *m, void *userdata, sd_bus_error *ret_error)
         if (sd_bus_message_is_signal(m, "org.freedesktop.DBus.Local", "Disconnected"))
                 agent_lost(a);
         return 0;
+}
+
+/* Queues for the service name, allowing replacement so that ipchannel-lockd can take over. */
+static int agent_request_name(lock_agent *a) {
+        a->request_slot = sd_bus_slot_unref(a->request_slot);
+        return sd_bus_call_method_async(a->bus, &a->request_slot, "org.freedesktop.DBus",
+                                        "/org/freedesktop/DBus", "org.freedesktop.DBus", "RequestName",
+                                        on_request_name_reply, a, "su", a->service_name,
+                                        DBUS_NAME_FLAG_ALLOW_REPLACEMENT);
 }
 
 static int agent_connect(lock_agent *a) {
@@ -573,10 +663,7 @@ static int agent_connect(lock_agent *a) {
         r = sd_bus_add_match_async(a->bus, &a->expired_slot, expired, on_lease_expired, NULL, a);
         if (r < 0)
                 goto fail;
-        r = sd_bus_call_method_async(a->bus, &a->request_slot, "org.freedesktop.DBus",
-                                     "/org/freedesktop/DBus", "org.freedesktop.DBus", "RequestName",
-                                     on_request_name_reply, a, "su", a->service_name,
-                                     DBUS_NAME_FLAG_ALLOW_REPLACEMENT);
+        r = agent_request_name(a);
         if (r < 0)
                 goto fail;
         /* Blocks until Hello is answered; the agent's thread can afford it. */
@@ -597,7 +684,7 @@ fail:
 
 /* ---- ops from the app ------------------------------------------------------------------- */
 
-static void agent_do_op(lock_agent *a, op *o) {
+static void agent_do_op(lock_agent *a, lock_op *o) {
         ipchannel_lock *l = o->lock;
         uint64_t token;
         int error;
@@ -611,20 +698,22 @@ static void agent_do_op(lock_agent *a, op *o) {
                 else
                         a->locks = l;
                 a->locks_tail = l;
+                l->on_list = true;
                 l = NULL;       /* the op's reference is now the list's */
                 break;
 
         case OP_RELEASE:
-                if (!l->agent_next && !l->agent_prev && a->locks != l)
-                        break;  /* already off the list */
-                if (lock_agent_get_state(a, l, &token, &error) == LOCK_HELD)
+                if (lock_agent_get_state(a, l, &token, &error) == LOCK_HELD && l->on_list)
                         agent_send_release(a, l->name, token);
+                /* Also when it is no longer ours (failed, expired): the app's "done" waits
+                 * for this state. */
                 lock_set_state(a, l, LOCK_RELEASED, token, 0);
-                agent_list_remove(a, l);
+                if (l->on_list)
+                        agent_list_remove(a, l);
                 break;
 
         case OP_CANCEL:
-                if (!l->agent_next && !l->agent_prev && a->locks != l)
+                if (!l->on_list)
                         break;
                 switch (lock_agent_get_state(a, l, &token, &error)) {
                 case LOCK_HELD:
@@ -651,28 +740,33 @@ static void agent_do_op(lock_agent *a, op *o) {
                         break;
                 }
                 break;
+
+        default:
+                break;
         }
         if (l)
-                lock_unref(l);
-        free(o);
+                lock_unref(l);  /* the op's reference */
         agent_pump(a);
 }
 
 static int on_wake(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         lock_agent *a = userdata;
-        op *ops;
+        lock_op *ops;
         bool quit;
 
         fd_drain(a->wake_fd);
         pthread_mutex_lock(&a->mutex);
         ops = a->ops;
         a->ops = a->ops_tail = NULL;
+        for (lock_op *o = ops; o; o = o->next)
+                o->posted = false;
         quit = a->quit;
         pthread_mutex_unlock(&a->mutex);
 
         while (ops) {
-                op *o = ops;
+                lock_op *o = ops;
                 ops = o->next;
+                o->next = NULL;
                 agent_do_op(a, o);
         }
         if (quit)
@@ -690,7 +784,24 @@ static void *agent_thread(void *userdata) {
         }
         (void) sd_event_loop(a->event);
 
+        /* From here on the app's ops are refused; those already posted are answered. */
+        pthread_mutex_lock(&a->mutex);
+        a->stopped = true;
+        lock_op *ops = a->ops;
+        a->ops = a->ops_tail = NULL;
+        pthread_mutex_unlock(&a->mutex);
         agent_disconnect(a);
+        while (ops) {
+                lock_op *o = ops;
+                ops = o->next;
+                o->next = NULL;
+                o->posted = false;
+                if (o->kind == OP_SUBMIT)
+                        lock_set_state(a, o->lock, LOCK_FAILED, 0, -ECONNRESET);
+                else if (o->kind == OP_RELEASE)
+                        lock_set_state(a, o->lock, LOCK_RELEASED, 0, 0);
+                lock_unref(o->lock);
+        }
         while (a->locks) {
                 ipchannel_lock *l = a->locks;
                 lock_set_state(a, l, LOCK_FAILED, 0, -ECONNRESET);
@@ -709,8 +820,10 @@ int lock_agent_new(lock_agent **ret, const char *address, const char *prefix, co
         if (!a)
                 return -ENOMEM;
         *a = (lock_agent) {
+                .n_ref = 1,
                 .wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
                 .notify_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
+                .notifications = g_ptr_array_new(),
                 .address = strdup(address),
                 .service_name = names_locks(prefix, app),
                 .service_path = names_locks_path(prefix, app),
@@ -737,34 +850,36 @@ int lock_agent_new(lock_agent **ret, const char *address, const char *prefix, co
         return 0;
 
 fail:
-        lock_agent_free(a);
+        lock_agent_unref(a);
         return r;
 }
 
-lock_agent *lock_agent_free(lock_agent *a) {
-        if (!a)
-                return NULL;
+void lock_agent_stop(lock_agent *a) {
+        g_autoptr(GPtrArray) left = NULL;
 
-        if (a->thread_started) {
+        if (a->thread_started && !a->stopped) {
                 pthread_mutex_lock(&a->mutex);
                 a->quit = true;
                 pthread_mutex_unlock(&a->mutex);
                 fd_signal(a->wake_fd);
                 pthread_join(a->thread, NULL);
         }
+        pthread_mutex_lock(&a->mutex);
+        a->stopped = true;
+        pthread_mutex_unlock(&a->mutex);
 
-        /* Ops the thread never saw, and notifications the app never took. */
-        while (a->ops) {
-                op *o = a->ops;
-                a->ops = o->next;
-                lock_unref(o->lock);
-                free(o);
-        }
-        while (a->notify_head) {
-                ipchannel_lock *l = a->notify_head;
-                a->notify_head = l->notify_next;
-                lock_unref(l);
-        }
+        /* Nobody will dispatch these any more. */
+        left = lock_agent_take_notifications(a);
+        for (guint i = 0; left && i < left->len; i++)
+                lock_unref(g_ptr_array_index(left, i));
+}
+
+/* Every request and every op or notification about one holds a reference on the agent
+ * through its request, so by now there are none; lock_agent_stop() has joined the thread. */
+static void agent_free(lock_agent *a) {
+        lock_agent_stop(a);
+        if (a->notifications)
+                g_ptr_array_unref(a->notifications);
 
         sd_event_source_disable_unref(a->wake_source);
         sd_event_source_disable_unref(a->reconnect_source);
@@ -777,6 +892,17 @@ lock_agent *lock_agent_free(lock_agent *a) {
         free(a->service_name);
         free(a->service_path);
         free(a);
+}
+
+lock_agent *lock_agent_ref(lock_agent *a) {
+        if (a)
+                __atomic_add_fetch(&a->n_ref, 1, __ATOMIC_RELAXED);
+        return a;
+}
+
+lock_agent *lock_agent_unref(lock_agent *a) {
+        if (a && __atomic_sub_fetch(&a->n_ref, 1, __ATOMIC_ACQ_REL) == 0)
+                agent_free(a);
         return NULL;
 }
 
@@ -784,37 +910,46 @@ int lock_agent_get_notify_fd(lock_agent *a) {
         return a->notify_fd;
 }
 
-ipchannel_lock *lock_agent_take_notifications(lock_agent *a) {
-        ipchannel_lock *head;
+GPtrArray *lock_agent_take_notifications(lock_agent *a) {
+        GPtrArray *taken = NULL;
 
         fd_drain(a->notify_fd);
         pthread_mutex_lock(&a->mutex);
-        head = a->notify_head;
-        a->notify_head = a->notify_tail = NULL;
-        for (ipchannel_lock *l = head; l; l = l->notify_next)
-                l->notified = false;
+        if (a->notifications->len > 0) {
+                taken = a->notifications;
+                a->notifications = g_ptr_array_new();
+                for (guint i = 0; i < taken->len; i++)
+                        ((ipchannel_lock *) g_ptr_array_index(taken, i))->notified = false;
+        }
         pthread_mutex_unlock(&a->mutex);
-        return head;
+        return taken;
 }
 
-static int agent_post(lock_agent *a, op_kind kind, ipchannel_lock *l) {
-        op *o = malloc(sizeof(*o));
+static int agent_post(lock_agent *a, lock_op_kind kind, ipchannel_lock *l) {
+        lock_op *o = &l->ops[kind];
+        int r = 0;
 
-        if (!o)
-                return -ENOMEM;
         pthread_mutex_lock(&a->mutex);
-        *o = (op) { .kind = kind, .lock = l };
-        l->n_ref++;
-        if (kind == OP_CANCEL)
-                l->cancelled = true;
-        if (a->ops_tail)
-                a->ops_tail->next = o;
-        else
-                a->ops = o;
-        a->ops_tail = o;
+        if (a->stopped)
+                r = -ECONNRESET;        /* the channel is gone; so are its grants */
+        else if (kind == OP_SUBMIT && a->error < 0)
+                r = a->error;
+        else if (!o->posted) {
+                o->posted = true;
+                o->next = NULL;
+                l->n_ref++;
+                if (kind == OP_CANCEL)
+                        l->cancelled = true;
+                if (a->ops_tail)
+                        a->ops_tail->next = o;
+                else
+                        a->ops = o;
+                a->ops_tail = o;
+        }
         pthread_mutex_unlock(&a->mutex);
-        fd_signal(a->wake_fd);
-        return 0;
+        if (r == 0)
+                fd_signal(a->wake_fd);
+        return r;
 }
 
 int lock_agent_submit(lock_agent *a, ipchannel_lock *l) {

@@ -9,6 +9,23 @@
 #include "ipchannel.h"
 
 typedef struct lock_agent lock_agent;
+typedef struct lock_op lock_op;
+
+typedef enum {
+        OP_SUBMIT,
+        OP_RELEASE,
+        OP_CANCEL,
+        _OP_MAX,
+} lock_op_kind;
+
+/* A request's message to the agent. Each request carries one of each kind, so handing one
+ * over never allocates (and so never fails). */
+struct lock_op {
+        lock_op *next;
+        lock_op_kind kind;
+        ipchannel_lock *lock;
+        bool posted;
+};
 
 typedef enum {
         LOCK_NEW,               /* not yet submitted */
@@ -21,10 +38,10 @@ typedef enum {
 
 /* One request for a lock, from ipchannel_synchronize() or ipchannel_lock_acquire(); it is the
  * public ipchannel_lock. Shared by the app's thread and the agent's: the fields marked
- * "agent lock" change only under the agent's mutex. */
+ * "agent lock" change only under the agent's mutex. It holds a reference on the agent, not on
+ * the channel, so a worker thread can drop it without touching the channel's count. */
 struct ipchannel_lock {
-        unsigned n_ref;                 /* agent lock: one for the app, one for the agent */
-        ipchannel *ch;                  /* app side; NULL once the channel is gone */
+        unsigned n_ref;                 /* agent lock: the app's, the agent's, notifications' */
         lock_agent *agent;
         char *name;
         uint64_t lease_usec;
@@ -36,34 +53,46 @@ struct ipchannel_lock {
         bool cancelled;                 /* agent lock: the app gave up waiting */
         bool done_pending;              /* agent lock: "done" waits for the app's loop */
         int done_error;
+        lock_op ops[_OP_MAX];           /* agent lock */
 
         /* Agent thread only. */
         void *call_slot;                /* sd_bus_slot * of the Acquire call in flight */
         char *granted_by;               /* unique name of the host that granted it */
+        char *sent_to;                  /* the host the Acquire in flight went to */
         uint64_t granted_at;            /* CLOCK_MONOTONIC usec when the grant was read */
+        bool on_list;
         ipchannel_lock *agent_next;     /* the agent's list of live requests */
         ipchannel_lock *agent_prev;
 
-        /* App thread only. */
-        ipchannel_sync_body_t body;     /* NULL for the blocking form */
+        /* App side only. */
+        ipchannel *ch;                  /* for "done"; used only from the channel's loop */
+        bool async;                     /* from ipchannel_synchronize() */
+        bool body_ran;
+        bool released;                  /* ipchannel_lock_release() was called */
+        ipchannel_sync_body_t body;
         ipchannel_sync_done_t done;
         void *userdata;
-        ipchannel_lock *notify_next;    /* agent lock: the app's notification list */
 };
 
 /* Starts the agent thread: it connects to the bus at address, queues for the app's lock
  * service name (serving it when the bus hands it over) and answers the app's requests. */
 int lock_agent_new(lock_agent **ret, const char *address, const char *prefix, const char *app);
-/* Stops and joins the thread. Requests still open fail with -ECONNRESET. */
-lock_agent *lock_agent_free(lock_agent *a);
+/* The agent lives while the channel or any request holds a reference; the last unref stops
+ * and joins the thread (requests still open fail with -ECONNRESET). Thread-safe. */
+lock_agent *lock_agent_ref(lock_agent *a);
+lock_agent *lock_agent_unref(lock_agent *a);
+/* Stops the thread now (the channel is going): open requests fail with -ECONNRESET, their
+ * grants end with the agent's connection, and later ops are refused. From the app's thread. */
+void lock_agent_stop(lock_agent *a);
 
 /* An fd that becomes readable when lock_agent_take_notifications() has something. */
 int lock_agent_get_notify_fd(lock_agent *a);
-/* Returns the requests whose state changed since the last call (each with a reference the
- * caller drops with lock_unref()), linked through notify_next. */
-ipchannel_lock *lock_agent_take_notifications(lock_agent *a);
+/* Returns the requests whose state changed since the last call, each with a reference the
+ * caller drops with lock_unref(); NULL if none. Free the array with g_ptr_array_unref(). */
+GPtrArray *lock_agent_take_notifications(lock_agent *a);
 
-/* Hands a request to the agent (takes its own reference). */
+/* Hands a request to the agent (takes its own reference). Fails with the agent's sticky error
+ * if it could not join the service's queue. */
 int lock_agent_submit(lock_agent *a, ipchannel_lock *l);
 /* The holder is done with it: the agent releases the grant. */
 void lock_agent_release(lock_agent *a, ipchannel_lock *l);
@@ -76,5 +105,5 @@ void lock_agent_wait(lock_agent *a, ipchannel_lock *l, uint64_t deadline);
 /* Reads state/token/error consistently. */
 lock_state lock_agent_get_state(lock_agent *a, ipchannel_lock *l, uint64_t *ret_token, int *ret_error);
 
-ipchannel_lock *lock_new(ipchannel *ch, lock_agent *a, const char *name, uint64_t lease_usec);
+ipchannel_lock *lock_new(lock_agent *a, const char *name, uint64_t lease_usec);
 void lock_unref(ipchannel_lock *l);

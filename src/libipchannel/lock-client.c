@@ -15,8 +15,9 @@
 #include "names.h"
 
 /* The app's thread runs bodies and "done" callbacks from its own loop, when the agent's
- * notification fd says a request changed. Every ipchannel_lock holds a reference on its
- * channel, so the agent (freed with the channel) outlives every lock the app still has. */
+ * notification fd says a request changed. A request holds a reference on the agent, never on
+ * the channel, so worker threads that acquire and release never touch the channel's count;
+ * "done" is called only from the channel's loop, which exists as long as the channel does. */
 
 struct lock_client {
         lock_agent *agent;
@@ -25,48 +26,51 @@ struct lock_client {
         GSource *glib_source;
 };
 
-/* The app side is done with l: drops its reference and the one on the channel. */
-static void lock_app_drop(ipchannel_lock *l) {
-        ipchannel *ch = l->ch;
-
-        l->ch = NULL;
-        lock_unref(l);
-        ipchannel_unref(ch);
+/* The async form is over: "done" once, then the app side lets go. */
+static void lock_finish(ipchannel *ch, ipchannel_lock *l, int error) {
+        l->body = NULL;
+        if (l->done) {
+                ipchannel_sync_done_t done = l->done;
+                l->done = NULL;
+                done(ch, error, l->userdata);
+        }
+        lock_unref(l);          /* the app's reference */
 }
 
 static void lock_client_dispatch(ipchannel *ch) {
         lock_client *c = *channel_lock_client(ch);
-        ipchannel_lock *l, *next;
+        g_autoptr(GPtrArray) changed = lock_agent_take_notifications(c->agent);
 
         ipchannel_ref(ch);
-        for (l = lock_agent_take_notifications(c->agent); l; l = next) {
+        for (guint i = 0; changed && i < changed->len; i++) {
+                ipchannel_lock *l = g_ptr_array_index(changed, i);
                 uint64_t token;
                 int error;
                 lock_state s = lock_agent_get_state(c->agent, l, &token, &error);
 
-                next = l->notify_next;
-                if (l->body) {
-                        ipchannel_sync_body_t body = l->body;
-
+                if (l->async && s == LOCK_RELEASED && l->done_pending) {
+                        l->done_pending = false;
+                        lock_finish(ch, l, l->done_error);
+                } else if (l->async && !l->body_ran && l->body) {
                         switch (s) {
                         case LOCK_HELD:
-                                l->body = NULL;         /* runs once */
-                                body(l, l->userdata);
+                                l->body_ran = true;
+                                l->body(l, l->userdata);
                                 break;
                         case LOCK_FAILED:
-                                l->body = NULL;
-                                if (l->done)
-                                        l->done(ch, error, l->userdata);
-                                lock_app_drop(l);
+                                lock_finish(ch, l, error);
+                                break;
+                        case LOCK_EXPIRED:
+                                /* Lost before the body could start: say so, and let it go. */
+                                l->body_ran = true;
+                                l->released = true;
+                                l->done_pending = true;
+                                l->done_error = -ETIME;
+                                lock_agent_release(c->agent, l);
                                 break;
                         default:
                                 break;
                         }
-                } else if (s == LOCK_RELEASED && l->done_pending) {
-                        l->done_pending = false;
-                        if (l->done)
-                                l->done(ch, l->done_error, l->userdata);
-                        lock_app_drop(l);
                 }
                 lock_unref(l);          /* the notification's reference */
         }
@@ -129,7 +133,8 @@ int lock_client_start(ipchannel *ch) {
         return 0;
 
 fail:
-        lock_agent_free(c->agent);
+        lock_agent_stop(c->agent);
+        lock_agent_unref(c->agent);
         free(c);
         return r;
 }
@@ -144,7 +149,8 @@ void lock_client_free(ipchannel *ch) {
                 g_source_destroy(c->glib_source);
                 g_source_unref(c->glib_source);
         }
-        lock_agent_free(c->agent);
+        lock_agent_stop(c->agent);
+        lock_agent_unref(c->agent);
         free(c);
         *pc = NULL;
 }
@@ -158,11 +164,9 @@ static int lock_request(ipchannel *ch, const char *name, ipchannel_lock **ret) {
         if (r < 0)
                 return r;
         c = *channel_lock_client(ch);
-        l = lock_new(ipchannel_ref(ch), c->agent, name, channel_sync_timeout(ch));
-        if (!l) {
-                ipchannel_unref(ch);
+        l = lock_new(c->agent, name, channel_sync_timeout(ch));
+        if (!l)
                 return -ENOMEM;
-        }
         *ret = l;
         return 0;
 }
@@ -181,12 +185,14 @@ _public_ int ipchannel_synchronize(ipchannel *ch, const char *lock, ipchannel_sy
         r = lock_request(ch, lock, &l);
         if (r < 0)
                 return r;
+        l->ch = ch;
+        l->async = true;
         l->body = body;
         l->done = done;
         l->userdata = userdata;
         r = lock_agent_submit(l->agent, l);
         if (r < 0) {
-                lock_app_drop(l);
+                lock_unref(l);  /* the callbacks never run */
                 return r;
         }
         return 0;
@@ -238,13 +244,13 @@ _public_ int ipchannel_lock_acquire(ipchannel *ch, const char *lock, uint64_t ti
         c = *channel_lock_client(ch);
         bool loop_thread = pthread_equal(c->loop_thread, pthread_self());
         if (loop_thread && in_own_loop_dispatch(ch)) {
-                lock_app_drop(l);
+                lock_unref(l);
                 return -EBUSY;
         }
 
         r = lock_agent_submit(l->agent, l);
         if (r < 0) {
-                lock_app_drop(l);
+                lock_unref(l);
                 return r;
         }
 
@@ -279,32 +285,38 @@ _public_ int ipchannel_lock_acquire(ipchannel *ch, const char *lock, uint64_t ti
         if (s == LOCK_NEW || s == LOCK_WAITING) {
                 lock_agent_cancel(c->agent, l);
                 error = -ETIMEDOUT;
+        } else if (s == LOCK_EXPIRED) {
+                /* Granted and lost before we saw it: take it off the agent's list. */
+                lock_agent_release(c->agent, l);
+                error = -ETIME;
         }
-        lock_app_drop(l);
+        lock_unref(l);
         return error < 0 ? error : -EIO;
 }
 
 _public_ int ipchannel_lock_release(ipchannel_lock *l, int error) {
         lock_state s;
-        uint64_t token;
-        int e, r;
+        int e;
 
-        assert_return(l && l->ch, -EINVAL);
+        assert_return(l, -EINVAL);
+        assert_return(!l->released, -EALREADY);
+        assert_return(!l->async || l->body_ran, -EINVAL);
 
-        s = lock_agent_get_state(l->agent, l, &token, &e);
-        r = s == LOCK_EXPIRED ? -ETIME : s == LOCK_HELD ? 0 : -ENOLCK;
+        l->released = true;
+        s = lock_agent_get_state(l->agent, l, NULL, &e);
 
-        if (l->done) {
-                /* synchronize(): "done" runs from the loop once the agent has released. */
+        if (l->async) {
+                /* synchronize(): "done" runs from the loop once the agent has released; it
+                 * gets -ETIME if the grant was lost before this release. */
                 l->done_pending = true;
-                l->done_error = r < 0 ? r : error;
+                l->done_error = s == LOCK_HELD ? error : -ETIME;
                 lock_agent_release(l->agent, l);
-                return r;
+                return 0;
         }
+
         lock_agent_release(l->agent, l);
-        if (!l->body)
-                lock_app_drop(l);
-        return r;
+        lock_unref(l);          /* the caller's reference */
+        return s == LOCK_HELD ? 0 : -ETIME;
 }
 
 _public_ uint64_t ipchannel_lock_get_token(ipchannel_lock *l) {

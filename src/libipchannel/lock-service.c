@@ -25,10 +25,29 @@
  * when every possible earlier holder has reclaimed it, released it or died; a reclaimed lease
  * keeps running from what its holder had left.
  *
+ * Only connections in the name's queue may hold or claim locks (Acquire, TryAcquire,
+ * Reassert): a connection outside it would be unknown to the next host, which could then grant
+ * its lock to someone else. ipchannel's lock agents and ipchannel-lockd queue before they ask;
+ * anyone else gets org.ipchannel.Error.NotQueued. ListLocks, Release and Cancel are open.
+ *
  * Tokens keep increasing across hosts: the new host starts above a clock-based epoch (the
  * CLOCK_REALTIME microsecond, which an earlier host's counter, one per grant, cannot have
  * passed unless it granted more than once a microsecond) and above every token reported.
  */
+
+typedef int (*method_t)(sd_bus_message *m, void *userdata, sd_bus_error *error);
+
+typedef struct held_call {
+        sd_bus_message *call;
+        method_t method;
+} held_call;
+
+static void held_call_free(void *p) {
+        held_call *h = p;
+
+        sd_bus_message_unref(h->call);
+        free(h);
+}
 
 typedef struct pending {
         uint64_t request;
@@ -51,6 +70,14 @@ struct lock_service {
         GHashTable *tracks;             /* owner → sd_bus_track * */
         GHashTable *pending;            /* request (uint64_t *) → pending * */
         uint64_t n_requests;
+
+        /* Who may hold locks: connections seen in the service name's queue (see the takeover
+         * comment). Calls from others wait in `held` while the queue is read again. */
+        GHashTable *members;
+        GPtrArray *held;                /* held_call * */
+        sd_bus_slot *check_slot;
+        sd_event_source *check_retry;
+        sd_event_source *recovery_retry;
 
         /* Recovery. */
         bool recovering;
@@ -187,6 +214,7 @@ static int on_owner_gone(sd_bus_track *t, void *userdata) {
 
         if (g_hash_table_remove(s->expected, owner))
                 service_maybe_unfreeze(s);
+        g_hash_table_remove(s->members, owner);
         g_hash_table_remove(s->tracks, owner);
         service_arm_lease_timer(s);
         return 0;
@@ -220,6 +248,93 @@ static int service_track(lock_service *s, const char *owner) {
         return 0;
 }
 
+/* ---- admission -------------------------------------------------------------------------- */
+
+static void service_check_queue(lock_service *s);
+
+static int on_check_retry(sd_event_source *source, uint64_t usec, void *userdata) {
+        lock_service *s = userdata;
+
+        s->check_retry = sd_event_source_unref(s->check_retry);
+        service_check_queue(s);
+        return 0;
+}
+
+static void service_add_members(lock_service *s, sd_bus_message *reply) {
+        const char *owner;
+
+        if (sd_bus_message_enter_container(reply, 'a', "s") < 0)
+                return;
+        while (sd_bus_message_read_basic(reply, 's', &owner) > 0)
+                g_hash_table_add(s->members, g_strdup(owner));
+        (void) sd_bus_message_rewind(reply, true);
+}
+
+/* Runs the calls that waited for the queue check, or refuses them. */
+static int on_check_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
+        lock_service *s = userdata;
+        g_autoptr(GPtrArray) held = NULL;
+
+        s->check_slot = sd_bus_slot_unref(s->check_slot);
+        if (sd_bus_message_is_method_error(reply, NULL)) {
+                /* The callers may well be members: ask again shortly rather than refuse. */
+                (void) sd_event_add_time_relative(s->event, &s->check_retry, CLOCK_MONOTONIC, 100 * 1000, 0,
+                                                  on_check_retry, s);
+                return 0;
+        }
+        service_add_members(s, reply);
+
+        held = s->held;
+        s->held = g_ptr_array_new_with_free_func(held_call_free);
+        for (guint i = 0; i < held->len; i++) {
+                held_call *h = g_ptr_array_index(held, i);
+                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+                int r;
+
+                if (!g_hash_table_contains(s->members, sd_bus_message_get_sender(h->call))) {
+                        (void) sd_bus_reply_method_errorf(h->call, LOCK_ERROR_NOT_QUEUED,
+                                                          "Only connections queued for %s may hold its "
+                                                          "locks (ipchannel's lock agents do).", s->name);
+                        continue;
+                }
+                r = h->method(h->call, s, &error);
+                if (r < 0) {
+                        if (sd_bus_error_is_set(&error))
+                                (void) sd_bus_reply_method_error(h->call, &error);
+                        else
+                                (void) sd_bus_reply_method_errno(h->call, r, NULL);
+                }
+        }
+        return 0;
+}
+
+static void service_check_queue(lock_service *s) {
+        if (s->check_slot || s->check_retry)
+                return;
+        if (sd_bus_call_method_async(s->bus, &s->check_slot, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                     "org.freedesktop.DBus", "ListQueuedOwners", on_check_reply, s, "s",
+                                     s->name) < 0)
+                (void) sd_event_add_time_relative(s->event, &s->check_retry, CLOCK_MONOTONIC, 100 * 1000, 0,
+                                                  on_check_retry, s);
+}
+
+/* 1 if the caller is known to be in the name's queue; 0 if the call now waits for a check of
+ * the queue (it is run again, or refused, when the answer comes). */
+static int service_admit(lock_service *s, sd_bus_message *m, method_t method) {
+        const char *owner = sd_bus_message_get_sender(m);
+        held_call *h;
+
+        if (owner && g_hash_table_contains(s->members, owner))
+                return 1;
+        h = malloc(sizeof(*h));
+        if (!h)
+                return -ENOMEM;
+        *h = (held_call) { .call = sd_bus_message_ref(m), .method = method };
+        g_ptr_array_add(s->held, h);
+        service_check_queue(s);
+        return 0;
+}
+
 /* ---- methods ---------------------------------------------------------------------------- */
 
 static int method_acquire(sd_bus_message *m, void *userdata, sd_bus_error *error) {
@@ -228,6 +343,10 @@ static int method_acquire(sd_bus_message *m, void *userdata, sd_bus_error *error
         uint64_t lease, request, token;
         pending *p;
         int r;
+
+        r = service_admit(s, m, method_acquire);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* answered when the queue check comes back */
 
         r = sd_bus_message_read(m, "st", &lock, &lease);
         if (r < 0)
@@ -269,6 +388,10 @@ static int method_try_acquire(sd_bus_message *m, void *userdata, sd_bus_error *e
         const char *lock, *owner = sd_bus_message_get_sender(m);
         uint64_t lease, token = 0;
         int r;
+
+        r = service_admit(s, m, method_try_acquire);
+        if (r <= 0)
+                return r < 0 ? r : 1;
 
         r = sd_bus_message_read(m, "st", &lock, &lease);
         if (r < 0)
@@ -334,6 +457,10 @@ static int method_reassert(sd_bus_message *m, void *userdata, sd_bus_error *erro
         const char *lock, *owner = sd_bus_message_get_sender(m);
         uint64_t token, lease_left, now = clock_usec(CLOCK_MONOTONIC);
         int r;
+
+        r = service_admit(s, m, method_reassert);
+        if (r <= 0)
+                return r < 0 ? r : 1;
 
         if (!owner)
                 return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "The call has no sender.");
@@ -451,6 +578,18 @@ static const sd_bus_vtable lock_vtable[] = {
 
 /* ---- recovery --------------------------------------------------------------------------- */
 
+static int service_list_queue(lock_service *s);
+
+static int on_recovery_retry(sd_event_source *source, uint64_t usec, void *userdata) {
+        lock_service *s = userdata;
+
+        s->recovery_retry = sd_event_source_unref(s->recovery_retry);
+        if (service_list_queue(s) < 0)
+                (void) sd_event_add_time_relative(s->event, &s->recovery_retry, CLOCK_MONOTONIC, 100 * 1000,
+                                                  0, on_recovery_retry, s);
+        return 0;
+}
+
 static int on_queued_owners(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
         lock_service *s = userdata;
         const char *owner;
@@ -458,25 +597,35 @@ static int on_queued_owners(sd_bus_message *reply, void *userdata, sd_bus_error 
 
         s->queued_slot = sd_bus_slot_unref(s->queued_slot);
         if (sd_bus_message_is_method_error(reply, NULL)) {
-                /* Without the list we cannot know who may hold what: stay frozen, but say so. */
+                /* Without the list we cannot know who may hold what: stay frozen, ask again. */
                 fprintf(stderr, "ipchannel: lock service cannot list the queue of %s: %s\n", s->name,
                         sd_bus_message_get_error(reply)->message);
+                (void) sd_event_add_time_relative(s->event, &s->recovery_retry, CLOCK_MONOTONIC, 100 * 1000,
+                                                  0, on_recovery_retry, s);
                 return 0;
         }
+        service_add_members(s, reply);
         r = sd_bus_message_enter_container(reply, 'a', "s");
         while (r >= 0 && (r = sd_bus_message_read_basic(reply, 's', &owner)) > 0) {
                 if (!s->expect_self && g_strcmp0(owner, s->self) == 0)
                         continue;
                 if (g_hash_table_contains(s->reported, owner))
                         continue;
-                /* Tracked, so that one who dies before reporting stops holding us up. */
-                if (service_track(s, owner) < 0)
-                        continue;
+                /* Tracked, so that one who dies before reporting stops holding us up. A failure
+                 * to track is no proof that it is gone: it stays expected. */
+                (void) service_track(s, owner);
                 g_hash_table_add(s->expected, g_strdup(owner));
         }
         s->have_queue_list = true;
         service_maybe_unfreeze(s);
         return 0;
+}
+
+/* Who must report before anything is granted: every connection queued for the name. */
+static int service_list_queue(lock_service *s) {
+        return sd_bus_call_method_async(s->bus, &s->queued_slot, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                        "org.freedesktop.DBus", "ListQueuedOwners", on_queued_owners, s, "s",
+                                        s->name);
 }
 
 int lock_service_new(lock_service **ret, sd_bus *bus, const char *path, const char *name,
@@ -498,6 +647,8 @@ int lock_service_new(lock_service **ret, sd_bus *bus, const char *path, const ch
                 .pending = g_hash_table_new_full(g_int64_hash, g_int64_equal, NULL, pending_free),
                 .expected = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
                 .reported = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
+                .members = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
+                .held = g_ptr_array_new_with_free_func(held_call_free),
                 .recovering = true,
         };
         if (!s->event) {
@@ -531,9 +682,7 @@ int lock_service_new(lock_service **ret, sd_bus *bus, const char *path, const ch
         r = sd_bus_add_object_vtable(bus, &s->vtable_slot, path, IPCHANNEL_LOCK_INTERFACE, lock_vtable, s);
         if (r < 0)
                 goto fail;
-        r = sd_bus_call_method_async(bus, &s->queued_slot, "org.freedesktop.DBus", "/org/freedesktop/DBus",
-                                     "org.freedesktop.DBus", "ListQueuedOwners", on_queued_owners, s, "s",
-                                     name);
+        r = service_list_queue(s);
         if (r < 0)
                 goto fail;
 
@@ -560,6 +709,18 @@ lock_service *lock_service_free(lock_service *s) {
                                                           "The lock service moved; ask again.");
                 g_hash_table_unref(s->pending);
         }
+        if (s->held) {
+                for (guint i = 0; i < s->held->len; i++)
+                        (void) sd_bus_reply_method_errorf(((held_call *) g_ptr_array_index(s->held, i))->call,
+                                                          LOCK_ERROR_SERVICE_MOVED,
+                                                          "The lock service moved; ask again.");
+                g_ptr_array_unref(s->held);
+        }
+        if (s->members)
+                g_hash_table_unref(s->members);
+        s->check_slot = sd_bus_slot_unref(s->check_slot);
+        sd_event_source_disable_unref(s->check_retry);
+        sd_event_source_disable_unref(s->recovery_retry);
         s->vtable_slot = sd_bus_slot_unref(s->vtable_slot);
         s->queued_slot = sd_bus_slot_unref(s->queued_slot);
         sd_event_source_disable_unref(s->lease_timer);

@@ -54,7 +54,8 @@ static void help(void) {
                "      --system        use the system bus\n"
                "                      (default: the user bus if DBUS_SESSION_BUS_ADDRESS is\n"
                "                      set, else the system bus)\n"
-               "      --print-ready   print READY on stdout once the name is owned\n"
+               "      --print-ready   print READY on stdout once the name is owned (and\n"
+               "                      QUEUED while another daemon owns it)\n"
                "  -h, --help          show this help\n"
                "      --version       show the version\n"
                "\n"
@@ -144,6 +145,11 @@ static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error
                 return 0;
         if (strcmp(new_owner, d->unique_name) == 0)
                 lockd_serve(d);
+        else if (new_owner[0] != '\0' && !d->service)
+                /* We wait in the queue behind another host, which waits for a report from
+                 * every queued connection before it grants: ours holds nothing. */
+                (void) sd_bus_call_method_async(d->bus, NULL, d->name, d->path, IPCHANNEL_LOCK_INTERFACE,
+                                                "Reassert", NULL, NULL, "a(stt)", 0);
         else if (strcmp(old_owner, d->unique_name) == 0) {
                 /* Another daemon took the name over: it serves now. */
                 fprintf(stderr, "ipchannel-lockd: %s was taken over by %s; exiting\n", d->name, new_owner);
@@ -166,8 +172,13 @@ static int on_request_name(sd_bus_message *reply, void *userdata, sd_bus_error *
         (void) sd_bus_message_read(reply, "u", &ret);
         if (ret == DBUS_REQUEST_NAME_REPLY_PRIMARY_OWNER)
                 lockd_serve(d);
-        else if (ret == DBUS_REQUEST_NAME_REPLY_IN_QUEUE)
+        else if (ret == DBUS_REQUEST_NAME_REPLY_IN_QUEUE) {
                 (void) sd_notifyf(false, "STATUS=Waiting for %s (another daemon serves it)", d->name);
+                if (arg_print_ready) {
+                        printf("QUEUED\n");
+                        fflush(stdout);
+                }
+        }
         return 0;
 }
 
@@ -227,8 +238,13 @@ static int run(lockd *d) {
 
         r = sd_event_loop(d->event);
         (void) sd_notify(false, "STOPPING=1");
-        /* Waiters are told the service moved, so they ask whoever serves next. */
+        /* Hand the name on first, then tell the waiters the service moved: they ask again and
+         * reach the next host, not us. */
+        if (d->service)
+                (void) sd_bus_call_method(d->bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                          "org.freedesktop.DBus", "ReleaseName", NULL, NULL, "s", d->name);
         d->service = lock_service_free(d->service);
+        (void) sd_bus_flush(d->bus);
         return r;
 }
 

@@ -235,6 +235,23 @@ START_TEST(test_lease_expiry_is_reported_to_the_holder) {
 }
 END_TEST
 
+static sd_bus *raw_bus(void) {
+        sd_bus *bus = NULL;
+
+        ck_assert_int_ge(sd_bus_open_user(&bus), 0);
+        return bus;
+}
+
+/* A raw client that may hold locks: it queues for the service name, as lock agents do. */
+static sd_bus *raw_client(const char *app) {
+        sd_bus *bus = raw_bus();
+        char name[256];
+
+        snprintf(name, sizeof(name), "org.ipchannel.%s.Locks", app);
+        ck_assert_int_ge(sd_bus_request_name(bus, name, SD_BUS_NAME_QUEUE), 0);
+        return bus;
+}
+
 START_TEST(test_waiter_outlasts_the_default_method_call_timeout) {
         sd_bus_error error = SD_BUS_ERROR_NULL;
         sd_bus *bus = NULL;
@@ -251,7 +268,7 @@ START_TEST(test_waiter_outlasts_the_default_method_call_timeout) {
         expect_stamp(holder, "enter", NULL);
 
         /* A plain call with the default timeout does give up. */
-        ck_assert_int_ge(sd_bus_open_user(&bus), 0);
+        bus = raw_client("longwait");
         t0 = now_usec();
         r = sd_bus_call_method(bus, "org.ipchannel.longwait.Locks", "/org/ipchannel/longwait/Locks",
                                "org.ipchannel.LockService1", "Acquire", &error, NULL, "st", "counter",
@@ -299,13 +316,6 @@ static int n_waiters(sd_bus *bus, const char *app, const char *lock) {
         }
         sd_bus_message_unref(reply);
         return n;
-}
-
-static sd_bus *raw_bus(void) {
-        sd_bus *bus = NULL;
-
-        ck_assert_int_ge(sd_bus_open_user(&bus), 0);
-        return bus;
 }
 
 static int call_lock(sd_bus *bus, const char *app, const char *method, sd_bus_error *error,
@@ -366,13 +376,16 @@ static void wait_service_ready(sd_bus *bus, const char *app) {
 
 START_TEST(test_service_answers_with_named_errors) {
         peer *host = peer_start("--app", "raw", "--connect", NULL);
-        sd_bus *r1 = raw_bus(), *r2 = raw_bus(), *r3 = raw_bus();
         sd_bus_error error = SD_BUS_ERROR_NULL;
         sd_bus_message *reply = NULL;
         uint64_t t1, t2 = 0, t3 = 0;
 
         ck_assert_uint_eq(peer_wait_connect(host), 1);
-        wait_service_ready(r1, "raw");
+        /* Queued owners must report to a recovering host: queue only once it serves. */
+        sd_bus *watch = raw_bus();
+        wait_service_ready(watch, "raw");
+        sd_bus_flush_close_unref(watch);
+        sd_bus *r1 = raw_client("raw"), *r2 = raw_client("raw"), *r3 = raw_client("raw");
 
         /* TryAcquire: granted when free, WouldBlock when not. */
         ck_assert_int_ge(call_lock(r1, "raw", "TryAcquire", &error, &reply, "st", "x", (uint64_t) 0), 0);
@@ -430,7 +443,7 @@ START_TEST(test_service_answers_with_named_errors) {
         ck_assert_uint_ne(t3, UINT64_MAX);
 
         /* A waiter that cancels gets Cancelled on its Acquire. */
-        sd_bus *r4 = raw_bus();
+        sd_bus *r4 = raw_client("raw");
         uint64_t t4 = 0;
         ck_assert_int_ge(sd_bus_call_method_async(r4, NULL, "org.ipchannel.raw.Locks", "/org/ipchannel/raw/Locks",
                                                   "org.ipchannel.LockService1", "Acquire", on_async_acquire, &t4,
@@ -448,9 +461,71 @@ START_TEST(test_service_answers_with_named_errors) {
         ck_assert_uint_eq(t4, UINT64_MAX);
         ck_assert_int_eq(n_waiters(r1, "raw", "x"), 0);
 
+        /* A connection outside the name's queue may not hold locks: a new host would not know
+         * to wait for it. */
+        sd_bus *outsider = raw_bus();
+        ck_assert_int_lt(call_lock(outsider, "raw", "Acquire", &error, NULL, "st", "y", (uint64_t) 0), 0);
+        ck_assert_str_eq(error.name, "org.ipchannel.Error.NotQueued");
+        sd_bus_error_free(&error);
+        ck_assert_int_lt(call_lock(outsider, "raw", "Reassert", &error, NULL, "a(stt)", 1, "y", (uint64_t) 99,
+                                   (uint64_t) 0),
+                         0);
+        ck_assert_str_eq(error.name, "org.ipchannel.Error.NotQueued");
+        sd_bus_error_free(&error);
+        sd_bus_flush_close_unref(outsider);
+
         sd_bus_flush_close_unref(r1);
         sd_bus_flush_close_unref(r3);
         sd_bus_flush_close_unref(r4);
+}
+END_TEST
+
+START_TEST(test_second_lockd_in_the_queue_does_not_stall_a_takeover) {
+        peer *lockd1 = proc_start(LOCKD_PATH, "READY", "--app", "twolockd", "--user", "--print-ready", NULL);
+        peer *p = peer_start("--app", "twolockd", "--connect", NULL);
+        ck_assert_uint_eq(peer_wait_connect(p), 1);
+        /* lockd2 queues too (behind lockd1 on both brokers, and behind or before the peer). */
+        peer *lockd2 = proc_start(LOCKD_PATH, "QUEUED", "--app", "twolockd", "--user", "--print-ready", NULL);
+        sd_bus *bus = raw_bus();
+        usleep(200 * 1000);
+
+        peer_kill(lockd1, SIGTERM);
+        ck_assert_int_eq(peer_wait(lockd1, PEER_TIMEOUT_MS), 0);
+        /* Whoever serves now (the peer's agent or lockd2) leaves recovery and grants. */
+        wait_service_ready(bus, "twolockd");
+        peer_cmd(p, "acquire-thread x 5000000");
+        const char *line = peer_expect(p, "result acquire-thread", PEER_TIMEOUT_MS);
+        ck_assert_ptr_nonnull(line);
+        ck_assert_int_eq(atoi(line + strlen("result acquire-thread ")), 0);
+        peer_cmd(p, "release");
+        ck_assert_str_eq(peer_expect(p, "result release", PEER_TIMEOUT_MS), "result release 0");
+        sd_bus_flush_close_unref(bus);
+        peer_kill(lockd2, SIGTERM);
+        ck_assert_int_eq(peer_wait(lockd2, PEER_TIMEOUT_MS), 0);
+}
+END_TEST
+
+START_TEST(test_grant_without_lease_survives_a_takeover) {
+        peer *host = peer_start("--app", "endless", "--connect", NULL);
+        ck_assert_uint_eq(peer_wait_connect(host), 1);
+
+        /* UINT64_MAX: a lease no clock reaches; it must not wrap into a 1 us one. */
+        peer *a = proc_start(TEST_LOCKER_PATH, "started", "--app", "endless", "--file", path_in_dir("counter-a"),
+                             "--count", "1", "--lease-usec", "18446744073709551615", "--pause-file",
+                             path_in_dir("go"), NULL);
+        ck_assert_ptr_nonnull(peer_expect(a, "holding", PEER_TIMEOUT_MS));
+        peer *b = locker("endless", "sync", "1", "--verbose", NULL);
+        usleep(100 * 1000);
+
+        peer_kill(host, SIGKILL);
+        /* The new host knows a holds the lock: b keeps waiting. */
+        ck_assert(peer_quiet(b, "enter", 1000));
+        uint64_t released = now_usec();
+        close(open(path_in_dir("go"), O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+        uint64_t in = expect_stamp(b, "enter", NULL);
+        ck_assert_uint_ge(in, released);
+        expect_done(a, 1, true);
+        expect_done(b, 1, true);
 }
 END_TEST
 
@@ -626,6 +701,8 @@ int main(void) {
         tcase_add_test(tc, test_grants_follow_acquire_arrival_order);
         tcase_add_test(tc, test_peers_use_lockd_and_take_over_when_it_stops);
         tcase_add_test(tc, test_service_answers_with_named_errors);
+        tcase_add_test(tc, test_second_lockd_in_the_queue_does_not_stall_a_takeover);
+        tcase_add_test(tc, test_grant_without_lease_survives_a_takeover);
         tcase_add_test(tc, test_blocking_acquire_from_loop_threads_and_workers);
         suite_add_tcase(s, tc);
 

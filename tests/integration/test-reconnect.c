@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <check.h>
@@ -15,14 +16,23 @@ static void teardown(void) {
         peers_cleanup();
 }
 
-/* Asks tests/harness/with-bus to kill the broker and start it again on the same address. */
+/* Asks tests/harness/with-bus to kill the broker and start it again on the same address;
+ * returns the number of the restart (tests run in forked processes: count the harness's
+ * files, not calls). */
 static unsigned restart_bus(void) {
-        static unsigned n_restarts;
         const char *pid = getenv("IPCHANNEL_TEST_HARNESS_PID");
+        const char *dir = getenv("IPCHANNEL_TEST_HARNESS_DIR");
+        char path[4096];
+        unsigned n = 1;
 
-        ck_assert_msg(pid && pid[0], "run under tests/harness/with-bus: it restarts the bus");
+        ck_assert_msg(pid && pid[0] && dir, "run under tests/harness/with-bus: it restarts the bus");
+        for (;; n++) {
+                snprintf(path, sizeof(path), "%s/restarted.%u", dir, n);
+                if (access(path, F_OK) < 0)
+                        break;
+        }
         ck_assert_int_eq(kill((pid_t) atoi(pid), SIGUSR1), 0);
-        return ++n_restarts;
+        return n;
 }
 
 static void wait_bus_restarted(unsigned n) {
@@ -79,6 +89,44 @@ START_TEST(test_peers_reconnect_after_bus_restart_on_glib) {
 }
 END_TEST
 
+/* Holders lose their grants with the bus (the service saw their connections close); waiters
+ * keep waiting across the restart and are served by the new host. */
+START_TEST(test_lock_waiters_survive_bus_restart) {
+        char dir[] = "/tmp/ipchannel-reconnect-XXXXXX", file[64], file_a[64], go[64];
+
+        ck_assert_ptr_nonnull(mkdtemp(dir));
+        snprintf(file, sizeof(file), "%s/counter", dir);
+        snprintf(file_a, sizeof(file_a), "%s/counter-a", dir);
+        snprintf(go, sizeof(go), "%s/go", dir);
+
+        /* a stays inside its section after its grant is gone (it cannot know until it
+         * releases): its own file, so that b's overlap detector sees only real overlaps. */
+        peer *a = proc_start(TEST_LOCKER_PATH, "started", "--app", "reconnectlock", "--file", file_a, "--count",
+                             "1", "--pause-file", go, NULL);
+        ck_assert_ptr_nonnull(peer_expect(a, "holding", PEER_TIMEOUT_MS));
+        peer *b = proc_start(TEST_LOCKER_PATH, "started", "--app", "reconnectlock", "--file", file, "--count",
+                             "1", "--verbose", NULL);
+        ck_assert(peer_quiet(b, "enter", 300));
+
+        unsigned n = restart_bus();
+        wait_bus_restarted(n);
+        ck_assert_ptr_nonnull(peer_expect(b, "enter", PEER_TIMEOUT_MS));
+        ck_assert_ptr_nonnull(peer_expect(b, "done 1 0", PEER_TIMEOUT_MS));
+        ck_assert_int_eq(peer_wait(b, PEER_TIMEOUT_MS), 0);
+
+        /* a learns, when it releases, that its grant was lost meanwhile. */
+        close(open(go, O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+        const char *line = peer_expect(a, "error", PEER_TIMEOUT_MS);
+        ck_assert_ptr_nonnull(line);
+        ck_assert_int_eq(atoi(line + strlen("error ")), -ETIME);
+        ck_assert_int_eq(peer_wait(a, PEER_TIMEOUT_MS), 1);
+
+        char cmd[128];
+        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+        (void) !system(cmd);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("reconnect");
         TCase *tc = tcase_create("reconnect");
@@ -89,6 +137,7 @@ int main(void) {
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, test_peers_reconnect_after_bus_restart_on_sd_event);
         tcase_add_test(tc, test_peers_reconnect_after_bus_restart_on_glib);
+        tcase_add_test(tc, test_lock_waiters_survive_bus_restart);
         suite_add_tcase(s, tc);
 
         sr = srunner_create(s);

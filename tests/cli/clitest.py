@@ -1,0 +1,191 @@
+# SPDX-License-Identifier: MIT
+# Helpers for the ipchannel tool's tests: run the tool, start test peers and lockers, check.
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+
+failures = []
+_children = []
+
+
+def check(cond, what, detail=None):
+    print(("ok   " if cond else "FAIL ") + what, flush=True)
+    if not cond:
+        failures.append(what)
+        if detail is not None:
+            print("     " + str(detail).replace("\n", "\n     "), flush=True)
+    return cond
+
+
+def finish():
+    """Ends every process still running and exits 1 if a check failed."""
+    for p in _children:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    print(f"{len(failures)} failed" if failures else "all passed", flush=True)
+    sys.exit(1 if failures else 0)
+
+
+class Tool:
+    """The ipchannel binary under test."""
+
+    def __init__(self, path, app=None):
+        self.path = path
+        self.app = app
+
+    def argv(self, args, app=True):
+        base = [self.path]
+        if app and self.app:
+            base += ["--app", self.app]
+        return base + list(args)
+
+    def run(self, *args, app=True, timeout=20, env=None, input=None):
+        """Runs the tool to its end; returns (exit code, stdout, stderr)."""
+        e = dict(os.environ)
+        if env:
+            e.update(env)
+        p = subprocess.run(self.argv(args, app), capture_output=True, text=True, timeout=timeout,
+                           env=e, input=input)
+        return p.returncode, p.stdout, p.stderr
+
+    def start(self, *args, app=True, env=None):
+        """Starts the tool in the background; returns a Proc."""
+        e = dict(os.environ)
+        if env:
+            e.update(env)
+        return Proc(self.argv(args, app), env=e)
+
+
+class Lines:
+    """Reads a pipe's lines in a thread of its own, so that waiting for one can time out."""
+
+    def __init__(self, stream):
+        self.queue = queue.Queue()
+        self.all = []
+        t = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        t.start()
+        self.thread = t
+
+    def _read(self, stream):
+        for line in stream:
+            self.queue.put(line.rstrip("\n"))
+        self.queue.put(None)
+
+    def next(self, timeout=10.0):
+        """The next line, or None on timeout or end of file."""
+        try:
+            line = self.queue.get(timeout=max(0.0, timeout))
+        except queue.Empty:
+            return None
+        if line is None:
+            self.queue.put(None)        # stays at the end
+            return None
+        self.all.append(line)
+        return line
+
+    def expect(self, prefix, timeout=10.0):
+        """Reads lines until one starts with prefix; returns it, or None."""
+        deadline = time.monotonic() + timeout
+        while True:
+            line = self.next(deadline - time.monotonic())
+            if line is None:
+                return None
+            if line.startswith(prefix):
+                return line
+
+    def rest(self, timeout=10.0):
+        """Every line until end of file."""
+        out = []
+        self.thread.join(timeout)
+        while True:
+            line = self.next(0)
+            if line is None:
+                return out
+            out.append(line)
+
+
+class Proc:
+    """A tool process started in the background, with its stdout and stderr read by lines."""
+
+    def __init__(self, argv, env=None):
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  stdin=subprocess.DEVNULL, text=True, bufsize=1, env=env)
+        _children.append(self.p)
+        self.pid = self.p.pid
+        self.out = Lines(self.p.stdout)
+        self.err = Lines(self.p.stderr)
+
+    def signal(self, sig):
+        self.p.send_signal(sig)
+
+    def wait(self, timeout=10.0):
+        """The exit code, or None if it did not exit in time (then it is killed)."""
+        try:
+            return self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.p.kill()
+            self.p.wait()
+            return None
+
+
+class Peer:
+    """A tests/integration/test-peer process, driven on stdin."""
+
+    def __init__(self, path, app, *args):
+        self.p = subprocess.Popen([path, "--app", app, *args], stdin=subprocess.PIPE,
+                                  stdout=subprocess.PIPE, text=True, bufsize=1)
+        _children.append(self.p)
+        self.pid = self.p.pid
+        self.id = None
+        self.out = Lines(self.p.stdout)
+
+    def connect(self):
+        self.cmd("connect")
+        line = self.expect("connect ")
+        self.id = int(line.split()[1]) if line else None
+        return self.id
+
+    def cmd(self, text):
+        self.p.stdin.write(text + "\n")
+        self.p.stdin.flush()
+
+    def expect(self, prefix, timeout=10.0):
+        return self.out.expect(prefix, timeout)
+
+    def quiet(self, prefix, seconds):
+        """True if no line starting with prefix comes within seconds."""
+        return self.out.expect(prefix, seconds) is None
+
+    def stop(self):
+        if self.p.poll() is None:
+            self.p.stdin.close()
+            try:
+                self.p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+
+
+def wait_until(cond, timeout=10.0, step=0.02):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(step)
+    return cond()
+
+
+def json_lines(text):
+    """Parses JSON lines; returns the list, or None if a line is not JSON."""
+    try:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except ValueError:
+        return None
+
+
