@@ -134,6 +134,14 @@ static int parse_argv(int argc, char *argv[]) {
                                                    "a monitor cannot see it", argv[i]);
                         return -EINVAL;
                 }
+                /* Of the local events only these say something about the app; the others
+                 * are about the tool's own channel. */
+                if (names_event_is_local(argv[i]) && strcmp(argv[i], IPCHANNEL_EVENT_PEER_JOIN) != 0 &&
+                    strcmp(argv[i], IPCHANNEL_EVENT_PEER_LEAVE) != 0) {
+                        tool_usage_error("listen", "\"%s\" is a local event of the tool's own channel; of the "
+                                                   "local events, listen hears peer-join and peer-leave", argv[i]);
+                        return -EINVAL;
+                }
         }
         arg_events = optind < argc ? argv + optind : (char **) default_events;
         if (tool_require_app("listen") < 0)
@@ -257,9 +265,7 @@ static int listen_joined(void) {
         if (r >= 0 && arg_id)
                 r = ipchannel_set_peer_id(ch, arg_id);
         for (char **ev = arg_events; r >= 0 && *ev; ev++)
-                if (strcmp(*ev, IPCHANNEL_EVENT_CONNECT) != 0 && strcmp(*ev, IPCHANNEL_EVENT_DISCONNECT) != 0 &&
-                    strcmp(*ev, IPCHANNEL_EVENT_ERROR) != 0)
-                        r = ipchannel_on(ch, *ev, on_event, &j, NULL);
+                r = ipchannel_on(ch, *ev, on_event, &j, NULL);
         if (r >= 0)
                 r = ipchannel_on(ch, IPCHANNEL_EVENT_CONNECT, on_connect, &j, NULL);
         if (r >= 0)
@@ -305,12 +311,55 @@ static void monitor_owner_changed(monitor *mon, const char *name, const char *ol
                 g_hash_table_insert(mon->ids, g_strdup(new_owner), GUINT_TO_POINTER(id));
 }
 
+/* What a Peer1 message carries after its event: nothing (…Null), one payload, or a batch of
+ * payloads of the same event (…Batch: consecutive sends that the sender coalesced, which the
+ * receiver hands to its handlers one by one). */
+typedef enum { SHAPE_NULL, SHAPE_ONE, SHAPE_BATCH } message_shape;
+
+static bool peer_member(const char *member, const char *base, message_shape *ret) {
+        size_t n = strlen(base);
+
+        if (strncmp(member, base, n) != 0)
+                return false;
+        if (member[n] == '\0')
+                *ret = SHAPE_ONE;
+        else if (strcmp(member + n, "Null") == 0)
+                *ret = SHAPE_NULL;
+        else if (strcmp(member + n, "Batch") == 0)
+                *ret = SHAPE_BATCH;
+        else
+                return false;
+        return true;
+}
+
+/* The payloads of m after its event; false if m is malformed (it is then skipped: it comes
+ * from another process and is not trusted). */
+static bool read_payloads(sd_bus_message *m, message_shape shape, GPtrArray *out) {
+        GVariant *v;
+        int r;
+
+        if (shape == SHAPE_NULL)
+                return true;
+        if (shape == SHAPE_ONE) {
+                if (payload_read_variant(m, &v) < 0)
+                        return false;
+                g_ptr_array_add(out, v);
+                return true;
+        }
+        if (sd_bus_message_enter_container(m, 'a', "v") <= 0)
+                return false;
+        while ((r = payload_read_variant(m, &v)) >= 0)
+                g_ptr_array_add(out, v);
+        /* -ENXIO: the end of the array, where no variant is left to read. */
+        return r == -ENXIO && sd_bus_message_exit_container(m) >= 0;
+}
+
 static void monitor_handle(monitor *mon, sd_bus_message *m) {
+        g_autoptr(GPtrArray) payloads = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref);
         const char *member = sd_bus_message_get_member(m), *sender = sd_bus_message_get_sender(m);
         const char *event = NULL, *name, *old_owner, *new_owner;
-        g_autoptr(GVariant) data = NULL;
-        bool has_data;
-        uint32_t to = 0;
+        message_shape shape;
+        uint32_t to = 0, from;
 
         if (!mon->is_monitor) {
                 /* busctl's rule: the broker says NameLost for our unique name when the
@@ -328,30 +377,26 @@ static void monitor_handle(monitor *mon, sd_bus_message *m) {
         if (!member || g_strcmp0(sd_bus_message_get_interface(m), IPCHANNEL_PEER_INTERFACE) != 0)
                 return;
 
-        if (sd_bus_message_is_method_call(m, NULL, NULL) > 0 &&
-            (strcmp(member, "Deliver") == 0 || strcmp(member, "DeliverNull") == 0)) {
+        if (sd_bus_message_is_method_call(m, NULL, NULL) > 0 && peer_member(member, "Deliver", &shape)) {
                 const char *dest = sd_bus_message_get_destination(m);
 
-                has_data = strcmp(member, "Deliver") == 0;
                 to = dest ? names_parse_peer(IPCHANNEL_PREFIX_DEFAULT, arg_app, dest) : 0;
                 if (to == 0 && dest)    /* addressed by unique name */
                         to = GPOINTER_TO_UINT(g_hash_table_lookup(mon->ids, dest));
-        } else if (sd_bus_message_is_signal(m, NULL, NULL) > 0 &&
-                   (strcmp(member, "Broadcast") == 0 || strcmp(member, "BroadcastNull") == 0)) {
-                has_data = strcmp(member, "Broadcast") == 0;
+        } else if (sd_bus_message_is_signal(m, NULL, NULL) > 0 && peer_member(member, "Broadcast", &shape))
                 to = IPCHANNEL_ALL;
-        } else
+        else
                 return;
 
-        /* What another process sent: malformed messages are skipped, not trusted. */
         if (sd_bus_message_read_basic(m, 's', &event) <= 0 || names_check_event(event, NULL) < 0)
                 return;
-        if (has_data && payload_read_variant(m, &data) < 0)
+        if (!event_wanted(event) || !read_payloads(m, shape, payloads))
                 return;
-        if (!event_wanted(event))
-                return;
-        print_message(sender ? GPOINTER_TO_UINT(g_hash_table_lookup(mon->ids, sender)) : 0,
-                      sender ?: "-", to, event, data);
+        from = sender ? GPOINTER_TO_UINT(g_hash_table_lookup(mon->ids, sender)) : 0;
+        if (shape == SHAPE_NULL)
+                print_message(from, sender ?: "-", to, event, NULL);
+        for (guint i = 0; i < payloads->len; i++)
+                print_message(from, sender ?: "-", to, event, payloads->pdata[i]);
 }
 
 static void monitor_drain(monitor *mon) {

@@ -29,7 +29,8 @@ static void help_send(void) {
                "Sends DATA to peer PEER of the app (or to every peer, \"all\"), as the event\n"
                "\"message\" (the library's ipchannel_send()). The tool joins the app as a peer\n"
                "for the time it takes (peers accept messages only from peers): it takes the\n"
-               "lowest free peer id, or ID, which the receiver sees as the sender.\n"
+               "lowest free peer id, or ID, which the receiver sees as the sender. It exits\n"
+               "once PEER has read the message (with all: once the message is on the bus).\n"
                "\n"
                "DATA is GVariant text: 'a string', 42, uint64 7, true, (1, 'two'), [1, 2],\n"
                "{'key': <1>}, @as []. Quote it for the shell, and put \"--\" before DATA that\n"
@@ -45,7 +46,8 @@ static void help_send(void) {
                "  -h, --help        show this help\n"
                "\n"
                "Exit status: 0 sent, 1 failure (e.g. --id ID is taken), 2 bad usage or bad\n"
-               "DATA, 3 no such peer, 4 joining timed out, 5 bus failure.\n");
+               "DATA, 3 no such peer (or it left before reading the message), 4 joining or\n"
+               "PEER's answer timed out, 5 bus failure.\n");
 }
 
 static void help_emit(void) {
@@ -56,7 +58,8 @@ static void help_emit(void) {
                "handler gets NULL). EVENT is any UTF-8 name of 1 to 255 bytes except the local\n"
                "events connect, disconnect, error, peer-join and peer-leave; \"message\" is\n"
                "the event of 'ipchannel send'. The tool joins the app as a peer for the time\n"
-               "it takes: the receiver sees the tool's peer id as the sender.\n"
+               "it takes: the receiver sees the tool's peer id as the sender. It exits once\n"
+               "PEER has read the event (with all: once the event is on the bus).\n"
                "\n"
                "DATA is GVariant text, as for 'ipchannel send': 'a string', 42, (1, 'two').\n"
                "\n"
@@ -68,7 +71,8 @@ static void help_emit(void) {
                "  -h, --help        show this help\n"
                "\n"
                "Exit status: 0 sent, 1 failure, 2 bad usage, bad EVENT or bad DATA, 3 no such\n"
-               "peer, 4 joining timed out, 5 bus failure.\n");
+               "peer (or it left before reading the event), 4 joining or PEER's answer timed\n"
+               "out, 5 bus failure.\n");
 }
 
 static int parse_argv(const char *command, int argc, char *argv[], void (*help)(void)) {
@@ -135,6 +139,31 @@ static int on_join_timeout(sd_event_source *source, uint64_t usec, void *userdat
         return 0;
 }
 
+/* Returns once peer `to` has read what we sent it: a peer reads its messages in order, so its
+ * answer to a Ping sent after them says it has. Leaving earlier could lose the message: a
+ * receiver may still ask the bus who the sender is (sd-bus checks the sender's credentials
+ * before it dispatches a method call, unless the method is marked unprivileged), and once
+ * the sender has gone that check fails and the message is dropped. */
+static int wait_until_read(sd_bus *bus, uint32_t to) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        g_autofree char *dest = names_peer(IPCHANNEL_PREFIX_DEFAULT, arg_app, to);
+        int r;
+
+        if (!dest)
+                return tool_fail(EXIT_FAILURE, "out of memory");
+        r = sd_bus_call_method(bus, dest, "/", "org.freedesktop.DBus.Peer", "Ping", &error, NULL, NULL);
+        if (r >= 0)
+                return EXIT_SUCCESS;
+        if (sd_bus_error_has_names(&error, SD_BUS_ERROR_SERVICE_UNKNOWN, SD_BUS_ERROR_NAME_HAS_NO_OWNER))
+                return tool_fail(EXIT_NOT_FOUND, "peer %" PRIu32 " of app %s left before it read the message", to,
+                                 arg_app);
+        if (r == -ETIMEDOUT)
+                return tool_fail(EXIT_TIMEOUT, "peer %" PRIu32 " of app %s did not answer: it may not have read "
+                                 "the message", to, arg_app);
+        return tool_fail(tool_exit_code_for_bus_error(&error, r), "cannot tell whether peer %" PRIu32 " read the "
+                         "message: %s", to, error.message ?: strerror(-r));
+}
+
 /* Joins, sends and leaves; returns the exit code. data may be NULL (no data). */
 static int join_and_send(uint32_t to, const char *event, GVariant *data) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
@@ -196,9 +225,11 @@ static int join_and_send(uint32_t to, const char *event, GVariant *data) {
                 code = tool_fail(EXIT_NOT_FOUND, "no peer %" PRIu32 " in app %s", to, arg_app);
         else if (r < 0)
                 code = tool_fail(EXIT_FAILURE, "cannot send: %s", strerror(-r));
+        else if (to != IPCHANNEL_ALL)
+                code = wait_until_read(ipchannel_get_bus(ch), to);
         else {
-                /* Out of our buffers before the id is given back: the receiver then still
-                 * finds the sender among the peers. */
+                /* Out of our buffers before the id is given back: the receivers then still
+                 * find the sender among the peers. */
                 r = sd_bus_flush(ipchannel_get_bus(ch));
                 if (r < 0)
                         code = tool_fail(EXIT_BUS, "cannot send: %s", strerror(-r));

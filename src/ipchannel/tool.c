@@ -16,6 +16,7 @@
 bus_kind arg_bus = BUS_DEFAULT;
 const char *arg_app;
 
+static void vmessage(const char *prefix, const char *fmt, va_list ap) G_GNUC_PRINTF(2, 0);
 static void vmessage(const char *prefix, const char *fmt, va_list ap) {
         fflush(stdout);         /* keep what was printed before the message in order */
         fprintf(stderr, "ipchannel: %s", prefix);

@@ -114,6 +114,17 @@ struct ipchannel {
         uint64_t reconnect_usec;
 
         /* After connect, queued sends wait this long for their receivers to appear. */
+        /* Sends made while the loop is busy (from a handler or callback) to one receiver with one
+         * event are coalesced into one D-Bus message, sent when the batch is full or, from a
+         * deferred event, before the loop next sleeps. A send that differs, or one made outside
+         * the loop, sends the batch first: order is kept. */
+        GPtrArray *batch;               /* GVariant * (sunk) */
+        uint32_t batch_to;
+        char *batch_event;
+        size_t batch_bytes;
+        sd_event_source *batch_defer;
+        GSource *batch_glib;
+
         lock_client *locks;             /* lock-client.c's state, once locks are used */
         uint64_t sync_timeout_usec;
 
@@ -127,6 +138,8 @@ static int channel_open(ipchannel *ch);
 static int channel_claim(ipchannel *ch);
 static void channel_lost(ipchannel *ch);
 static void channel_flush(ipchannel *ch);
+static int channel_flush_batch(ipchannel *ch);
+static void channel_requeue_batch(ipchannel *ch);
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -231,11 +244,22 @@ static int channel_reconnect_schedule(ipchannel *ch) {
 
 /* ---- incoming messages ------------------------------------------------------------------ */
 
-/* Reads (s event, [v data]) and checks the event; the sender is already known to be a peer. */
-static int read_event_and_data(sd_bus_message *m, bool has_data, const char **ret_event,
-                               GVariant **ret_data, sd_bus_error *error) {
-        g_autoptr(GVariant) data = NULL;
+/* What a message carries after its event: nothing (…Null), one payload, or a batch of payloads
+ * of the same event (…Batch: consecutive sends to one receiver, coalesced by the sender). */
+typedef enum {
+        SHAPE_NULL,
+        SHAPE_ONE,
+        SHAPE_BATCH,
+} message_shape;
+
+/* Reads (s event, [v data | av data]) and checks the event; the sender is already known to be
+ * a peer. Every payload is decoded before any is dispatched, so a bad one refuses the whole
+ * message and a receiver never sees half a batch. */
+static int read_message(sd_bus_message *m, message_shape shape, const char **ret_event,
+                        GPtrArray **ret_payloads, sd_bus_error *error) {
+        g_autoptr(GPtrArray) payloads = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref);
         const char *event, *reason;
+        GVariant *data;
         int r;
 
         r = sd_bus_message_read_basic(m, 's', &event);
@@ -248,19 +272,39 @@ static int read_event_and_data(sd_bus_message *m, bool has_data, const char **re
                 return sd_bus_error_setf(error, IPCHANNEL_ERROR_RESERVED_EVENT,
                                          "The event \"%s\" is local to each process and cannot be sent.",
                                          event);
-        if (has_data) {
+
+        if (shape == SHAPE_BATCH) {
+                r = sd_bus_message_enter_container(m, 'a', "v");
+                if (r < 0)
+                        return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "Cannot read the batch.");
+        }
+        while (shape != SHAPE_NULL) {
+                if (shape == SHAPE_BATCH && sd_bus_message_at_end(m, false) > 0)
+                        break;
                 r = payload_read_variant(m, &data);
                 if (r < 0)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                                  "Cannot read the payload: %s.", g_strerror(-r));
+                g_ptr_array_add(payloads, data);
+                if (shape == SHAPE_ONE)
+                        break;
         }
         *ret_event = event;
-        *ret_data = TAKE_PTR(data);
+        *ret_payloads = TAKE_PTR(payloads);
         return 0;
 }
 
-static int handle_deliver(sd_bus_message *m, ipchannel *ch, bool has_data, sd_bus_error *error) {
-        g_autoptr(GVariant) data = NULL;
+static void dispatch_payloads(ipchannel *ch, uint32_t sender, const char *event, GPtrArray *payloads) {
+        if (payloads->len == 0) {
+                emit_local(ch, sender, event, NULL);
+                return;
+        }
+        for (guint i = 0; i < payloads->len; i++)
+                emit_local(ch, sender, event, g_variant_ref(g_ptr_array_index(payloads, i)));
+}
+
+static int handle_deliver(sd_bus_message *m, ipchannel *ch, message_shape shape, sd_bus_error *error) {
+        g_autoptr(GPtrArray) payloads = NULL;
         const char *event;
         uint32_t sender;
         int r;
@@ -271,7 +315,7 @@ static int handle_deliver(sd_bus_message *m, ipchannel *ch, bool has_data, sd_bu
                                          "The sender does not own a peer name of the app \"%s\".",
                                          ch->app);
 
-        r = read_event_and_data(m, has_data, &event, &data, error);
+        r = read_message(m, shape, &event, &payloads, error);
         if (r < 0)
                 return r;
 
@@ -279,16 +323,20 @@ static int handle_deliver(sd_bus_message *m, ipchannel *ch, bool has_data, sd_bu
         if (r < 0)
                 return r;
 
-        emit_local(ch, sender, event, data ? g_variant_ref(data) : NULL);
+        dispatch_payloads(ch, sender, event, payloads);
         return 1;
 }
 
 static int method_deliver(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        return handle_deliver(m, userdata, true, error);
+        return handle_deliver(m, userdata, SHAPE_ONE, error);
 }
 
 static int method_deliver_null(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        return handle_deliver(m, userdata, false, error);
+        return handle_deliver(m, userdata, SHAPE_NULL, error);
+}
+
+static int method_deliver_batch(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return handle_deliver(m, userdata, SHAPE_BATCH, error);
 }
 
 static int property_get_peer_id(sd_bus *bus, const char *path, const char *interface,
@@ -311,8 +359,11 @@ static const sd_bus_vtable peer_vtable[] = {
                                 method_deliver, 0),
         SD_BUS_METHOD_WITH_ARGS("DeliverNull", SD_BUS_ARGS("s", event), SD_BUS_NO_RESULT,
                                 method_deliver_null, 0),
+        SD_BUS_METHOD_WITH_ARGS("DeliverBatch", SD_BUS_ARGS("s", event, "av", data), SD_BUS_NO_RESULT,
+                                method_deliver_batch, 0),
         SD_BUS_SIGNAL_WITH_ARGS("Broadcast", SD_BUS_ARGS("s", event, "v", data), 0),
         SD_BUS_SIGNAL_WITH_ARGS("BroadcastNull", SD_BUS_ARGS("s", event), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("BroadcastBatch", SD_BUS_ARGS("s", event, "av", data), 0),
         SD_BUS_PROPERTY("PeerId", "u", property_get_peer_id, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("App", "s", property_get_app, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_VTABLE_END,
@@ -320,22 +371,21 @@ static const sd_bus_vtable peer_vtable[] = {
 
 static int handle_broadcast(sd_bus_message *m, ipchannel *ch, bool catchall) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
-        g_autoptr(GVariant) data = NULL;
-        const char *event, *member;
-        bool has_data;
+        g_autoptr(GPtrArray) payloads = NULL;
+        const char *event, *member, *signature;
+        message_shape shape;
         uint32_t sender;
         int r;
 
-        if (!sd_bus_message_has_signature(m, "sv") && !sd_bus_message_has_signature(m, "s"))
-                return 0;
         member = sd_bus_message_get_member(m);
-        if (g_strcmp0(member, "Broadcast") == 0)
-                has_data = true;
-        else if (g_strcmp0(member, "BroadcastNull") == 0)
-                has_data = false;
+        signature = sd_bus_message_get_signature(m, true);
+        if (g_strcmp0(member, "Broadcast") == 0 && g_strcmp0(signature, "sv") == 0)
+                shape = SHAPE_ONE;
+        else if (g_strcmp0(member, "BroadcastNull") == 0 && g_strcmp0(signature, "s") == 0)
+                shape = SHAPE_NULL;
+        else if (g_strcmp0(member, "BroadcastBatch") == 0 && g_strcmp0(signature, "sav") == 0)
+                shape = SHAPE_BATCH;
         else
-                return 0;
-        if (has_data != sd_bus_message_has_signature(m, "sv"))
                 return 0;
 
         /* Signals from connections that are not peers of the app are not ours to see. */
@@ -343,7 +393,7 @@ static int handle_broadcast(sd_bus_message *m, ipchannel *ch, bool catchall) {
         if (sender == 0)
                 return 0;
 
-        r = read_event_and_data(m, has_data, &event, &data, &error);
+        r = read_message(m, shape, &event, &payloads, &error);
         if (r < 0) {
                 channel_emit_error(ch, -EBADMSG, "Dropped a broadcast from peer %" PRIu32 ": %s",
                                    sender, error.message);
@@ -356,7 +406,7 @@ static int handle_broadcast(sd_bus_message *m, ipchannel *ch, bool catchall) {
                         return 0;
         }
 
-        emit_local(ch, sender, event, data ? g_variant_ref(data) : NULL);
+        dispatch_payloads(ch, sender, event, payloads);
         return 0;
 }
 
@@ -794,6 +844,18 @@ static void channel_teardown_bus(ipchannel *ch) {
         if (!ch->bus)
                 return;
 
+        /* What was accepted goes out if it still can. */
+        if (sd_bus_is_open(ch->bus) > 0)
+                (void) channel_flush_batch(ch);
+        g_ptr_array_set_size(ch->batch, 0);
+        ch->batch_bytes = 0;
+        ch->batch_event = (free(ch->batch_event), NULL);
+        ch->batch_defer = sd_event_source_disable_unref(ch->batch_defer);
+        if (ch->batch_glib) {
+                g_source_destroy(ch->batch_glib);
+                ch->batch_glib = (g_source_unref(ch->batch_glib), NULL);
+        }
+
         for (listener_event *ev = ch->listeners.events; ev; ev = ev->next)
                 ev->match = sd_bus_slot_unref(ev->match);
         ch->catchall_slot = sd_bus_slot_unref(ch->catchall_slot);
@@ -900,6 +962,7 @@ static void channel_lost(ipchannel *ch) {
         ch->state = STATE_LOST;
         ch->peer_id = 0;
         loop_timer_cancel(&ch->flush_timer);
+        channel_requeue_batch(ch);
         channel_teardown_bus(ch);
 
         r = channel_reconnect_schedule(ch);
@@ -911,28 +974,28 @@ static void channel_lost(ipchannel *ch) {
 
 /* ---- sending ---------------------------------------------------------------------------- */
 
-int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *data) {
+/* Builds and queues one D-Bus message: n_data 0 (…Null), 1, or a batch (…Batch). */
+static int channel_send_message(ipchannel *ch, uint32_t to, const char *event, GVariant *const *data,
+                                size_t n_data) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        const char *member;
         int r;
 
-        if (to == IPCHANNEL_ALL)
-                r = sd_bus_message_new_signal(ch->bus, &m, ch->path, IPCHANNEL_PEER_INTERFACE,
-                                              data ? "Broadcast" : "BroadcastNull");
-        else {
-                g_autofree char *dest = NULL;
+        if (to == IPCHANNEL_ALL) {
+                member = n_data == 0 ? "BroadcastNull" : n_data == 1 ? "Broadcast" : "BroadcastBatch";
+                r = sd_bus_message_new_signal(ch->bus, &m, ch->path, IPCHANNEL_PEER_INTERFACE, member);
+        } else {
+                g_autofree char *dest = names_peer(ch->prefix, ch->app, to);
 
-                if (!channel_peer_present(ch, to))
-                        return -ENXIO;
-                dest = names_peer(ch->prefix, ch->app, to);
                 if (!dest)
                         return -ENOMEM;
-                r = sd_bus_message_new_method_call(ch->bus, &m, dest, ch->path,
-                                                   IPCHANNEL_PEER_INTERFACE,
-                                                   data ? "Deliver" : "DeliverNull");
+                member = n_data == 0 ? "DeliverNull" : n_data == 1 ? "Deliver" : "DeliverBatch";
+                r = sd_bus_message_new_method_call(ch->bus, &m, dest, ch->path, IPCHANNEL_PEER_INTERFACE,
+                                                   member);
                 if (r < 0)
                         return r;
                 /* No reply: the bus's per-connection limit on pending replies would turn a
-                 * burst of sends into errors. Whether the peer exists was checked above. */
+                 * burst of sends into errors. Whether the peer exists is checked before. */
                 r = sd_bus_message_set_expect_reply(m, false);
         }
         if (r < 0)
@@ -941,13 +1004,168 @@ int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *da
         r = sd_bus_message_append_basic(m, 's', event);
         if (r < 0)
                 return r;
-        if (data) {
-                r = payload_append_variant(m, data);
+        if (n_data > 1) {
+                r = sd_bus_message_open_container(m, 'a', "v");
+                if (r < 0)
+                        return r;
+        }
+        for (size_t i = 0; i < n_data; i++) {
+                r = payload_append_variant(m, data[i]);
+                if (r < 0)
+                        return r;
+        }
+        if (n_data > 1) {
+                r = sd_bus_message_close_container(m);
                 if (r < 0)
                         return r;
         }
         r = sd_bus_send(ch->bus, m, NULL);
         return r < 0 ? r : 0;
+}
+
+/* The bus went before the batch did: its sends wait for the reconnect, ahead of the rest. */
+static void channel_requeue_batch(ipchannel *ch) {
+        for (guint i = ch->batch->len; i > 0; i--) {
+                pending_send *p = malloc(sizeof(*p));
+
+                if (!p)
+                        break;
+                *p = (pending_send) {
+                        .next = ch->queue,
+                        .to = ch->batch_to,
+                        .event = strdup(ch->batch_event),
+                        .data = g_variant_ref(g_ptr_array_index(ch->batch, i - 1)),
+                };
+                if (!p->event) {
+                        pending_send_free(p);
+                        break;
+                }
+                ch->queue = p;
+                if (!ch->queue_tail)
+                        ch->queue_tail = p;
+                ch->n_queued++;
+        }
+        g_ptr_array_set_size(ch->batch, 0);
+        ch->batch_bytes = 0;
+        ch->batch_event = (free(ch->batch_event), NULL);
+}
+
+static int channel_flush_batch(ipchannel *ch) {
+        int r;
+
+        if (!ch->batch || ch->batch->len == 0)
+                return 0;
+        r = channel_send_message(ch, ch->batch_to, ch->batch_event, (GVariant *const *) ch->batch->pdata,
+                                 ch->batch->len);
+        g_ptr_array_set_size(ch->batch, 0);
+        ch->batch_bytes = 0;
+        ch->batch_event = (free(ch->batch_event), NULL);
+        return r;
+}
+
+static void channel_flush_batch_deferred(ipchannel *ch) {
+        int r = channel_flush_batch(ch);
+
+        if (r < 0)
+                channel_emit_error(ch, r, "Messages could not be sent: %s", g_strerror(-r));
+}
+
+static int on_batch_defer(sd_event_source *s, void *userdata) {
+        ipchannel *ch = userdata;
+
+        (void) sd_event_source_set_enabled(ch->batch_defer, SD_EVENT_OFF);
+        channel_flush_batch_deferred(ch);
+        return 0;
+}
+
+static gboolean batch_glib_prepare(GSource *source, gint *timeout) {
+        *timeout = 0;
+        return TRUE;
+}
+
+static gboolean batch_glib_dispatch(GSource *source, GSourceFunc callback, gpointer userdata) {
+        return callback(userdata);
+}
+
+static GSourceFuncs batch_glib_funcs = {
+        .prepare = batch_glib_prepare,
+        .dispatch = batch_glib_dispatch,
+};
+
+static gboolean on_batch_glib(gpointer userdata) {
+        ipchannel *ch = userdata;
+
+        g_source_unref(ch->batch_glib);
+        ch->batch_glib = NULL;
+        channel_flush_batch_deferred(ch);
+        return G_SOURCE_REMOVE;
+}
+
+/* Runs the batch flush once the current callback is done and before the loop sleeps: a defer
+ * source on sd-event (at the bus's priority, so it cannot starve behind incoming traffic; a
+ * post source would wait for some other source to fire first), an always-ready source on
+ * GLib. */
+static int channel_arm_batch_flush(ipchannel *ch) {
+        int r;
+
+        if (ch->glib) {
+                if (ch->batch_glib)
+                        return 0;
+                ch->batch_glib = g_source_new(&batch_glib_funcs, sizeof(GSource));
+                g_source_set_callback(ch->batch_glib, on_batch_glib, ch, NULL);
+                g_source_attach(ch->batch_glib, ch->glib);
+                return 0;
+        }
+        if (!ch->batch_defer) {
+                r = sd_event_add_defer(ch->event, &ch->batch_defer, on_batch_defer, ch);
+                if (r < 0)
+                        return r;
+                (void) sd_event_source_set_priority(ch->batch_defer, ch->priority);
+        }
+        return sd_event_source_set_enabled(ch->batch_defer, SD_EVENT_ONESHOT);
+}
+
+/* Inside a callback of the channel's loop, whose iteration ends soon: a batch will go out. */
+static bool channel_in_dispatch(ipchannel *ch) {
+        if (ch->glib)
+                return g_main_depth() > 0 && g_main_context_is_owner(ch->glib);
+        return ch->event && sd_event_get_state(ch->event) == SD_EVENT_RUNNING;
+}
+
+#define BATCH_MAX 256
+#define BATCH_BYTES_MAX (64 * 1024)
+
+int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *data) {
+        int r;
+
+        if (to != IPCHANNEL_ALL && !channel_peer_present(ch, to))
+                return -ENXIO;
+
+        if (ch->batch->len > 0 && (!data || to != ch->batch_to || strcmp(event, ch->batch_event) != 0 ||
+                                   !channel_in_dispatch(ch))) {
+                r = channel_flush_batch(ch);
+                if (r < 0)
+                        return r;
+        }
+        if (!data || !channel_in_dispatch(ch))
+                return channel_send_message(ch, to, event, &data, data ? 1 : 0);
+
+        if (ch->batch->len == 0) {
+                ch->batch_to = to;
+                ch->batch_event = strdup(event);
+                if (!ch->batch_event)
+                        return -ENOMEM;
+                r = channel_arm_batch_flush(ch);
+                if (r < 0) {
+                        ch->batch_event = (free(ch->batch_event), NULL);
+                        return channel_send_message(ch, to, event, &data, 1);
+                }
+        }
+        g_ptr_array_add(ch->batch, g_variant_ref(data));
+        ch->batch_bytes += g_variant_get_size(data);
+        if (ch->batch->len >= BATCH_MAX || ch->batch_bytes >= BATCH_BYTES_MAX)
+                return channel_flush_batch(ch);
+        return 0;
 }
 
 /* data: borrowed, not floating. */
@@ -1030,6 +1248,7 @@ _public_ int ipchannel_new(ipchannel **ret, const char *app) {
                 .query_slots = g_ptr_array_new_with_free_func(slot_unref_notify),
                 .owner_queries = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL),
                 .queue_max = IPCHANNEL_QUEUE_MAX_DEFAULT,
+                .batch = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref),
                 .flush_wait_usec = IPCHANNEL_FLUSH_WAIT_USEC_DEFAULT,
                 .sync_timeout_usec = IPCHANNEL_SYNC_TIMEOUT_USEC_DEFAULT,
         };
@@ -1082,6 +1301,8 @@ static void channel_free(ipchannel *ch) {
         g_hash_table_unref(ch->id_by_owner);
         g_ptr_array_unref(ch->query_slots);
         g_hash_table_unref(ch->owner_queries);
+        g_ptr_array_unref(ch->batch);
+        free(ch->batch_event);
         free(ch->address);
         free(ch->unique_name);
         free(ch->app);

@@ -28,7 +28,8 @@
  * Only connections in the name's queue may hold or claim locks (Acquire, TryAcquire,
  * Reassert): a connection outside it would be unknown to the next host, which could then grant
  * its lock to someone else. ipchannel's lock agents and ipchannel-lockd queue before they ask;
- * anyone else gets org.ipchannel.Error.NotQueued. ListLocks, Release and Cancel are open.
+ * anyone else gets org.ipchannel.Error.NotQueued. Every call that changes state waits for that
+ * check (which keeps each caller's calls in order); ListLocks is open to all.
  *
  * Tokens keep increasing across hosts: the new host starts above a clock-based epoch (the
  * CLOCK_REALTIME microsecond, which an earlier host's counter, one per grant, cannot have
@@ -187,6 +188,9 @@ static void service_maybe_unfreeze(lock_service *s) {
                 return;
         s->recovering = false;
         g_hash_table_remove_all(s->reported);
+        /* Raised only now: a reasserted token below the epoch must still be believed (the
+         * queue refuses claims below its floor), and what we grant next is above both. */
+        (void) lockqueue_raise_token_floor(s->q, clock_usec(CLOCK_REALTIME));
         (void) lockqueue_set_frozen(s->q, false, clock_usec(CLOCK_MONOTONIC));
         service_arm_lease_timer(s);
         (void) sd_bus_emit_properties_changed(s->bus, s->path, IPCHANNEL_LOCK_INTERFACE, "Recovering",
@@ -415,6 +419,12 @@ static int method_release(sd_bus_message *m, void *userdata, sd_bus_error *error
         uint64_t token;
         int r;
 
+        /* Gated like the rest, so that a caller's calls keep their order: a Release must not
+         * overtake the Reassert or Acquire of the same caller that waits for the check. */
+        r = service_admit(s, m, method_release);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+
         r = sd_bus_message_read(m, "st", &lock, &token);
         if (r < 0)
                 return r;
@@ -431,6 +441,10 @@ static int method_cancel(sd_bus_message *m, void *userdata, sd_bus_error *error)
         GHashTableIter it;
         pending *p;
         int r;
+
+        r = service_admit(s, m, method_cancel);
+        if (r <= 0)
+                return r < 0 ? r : 1;
 
         r = sd_bus_message_read(m, "s", &lock);
         if (r < 0)
@@ -665,9 +679,6 @@ int lock_service_new(lock_service **ret, sd_bus *bus, const char *path, const ch
         s->self = strdup(self);
 
         r = lockqueue_new(&s->q, on_queue_event, s);
-        if (r < 0)
-                goto fail;
-        r = lockqueue_raise_token_floor(s->q, clock_usec(CLOCK_REALTIME));
         if (r < 0)
                 goto fail;
         r = lockqueue_set_frozen(s->q, true, clock_usec(CLOCK_MONOTONIC));

@@ -24,6 +24,7 @@ typedef struct peer {
         ipchannel *ch;
         sd_event *event;                /* the channel's loop, borrowed */
         sd_event_source *control, *pump;
+        uint32_t to;                    /* where sends go: a peer id or IPCHANNEL_ALL */
         uint32_t wait_for;              /* a peer that must be on the bus before "ready" */
         bool ready, failed, reported;
         void (*on_ready)(struct peer *p);
@@ -93,7 +94,7 @@ static void on_disconnect(ipchannel *ch, uint32_t sender, const char *event, GVa
 static int peer_new(peer *p, const bench_opts *o) {
         int r;
 
-        *p = (peer) { .o = o };
+        *p = (peer) { .o = o, .to = o->to };
         r = ipchannel_new(&p->ch, o->app);
         if (r < 0)
                 return r;
@@ -123,30 +124,24 @@ static int peer_connect(peer *p, bench_go_t on_go) {
         return bench_control_attach(p->event, on_go, p, &p->control);
 }
 
-/* Runs the loop until the conductor closes stdin; the role's fields go into "final". */
-static int peer_run_and_free(peer *p, const char *final_fmt, ...) __attribute__((format(printf, 2, 3)));
-static int peer_run_and_free(peer *p, const char *final_fmt, ...) {
-        char extra[512];
-        va_list ap;
-        int r;
+/* Runs the loop until the conductor closes stdin. */
+static int peer_run(peer *p) {
+        int r = ipchannel_run(p->ch);
 
-        r = ipchannel_run(p->ch);
-        va_start(ap, final_fmt);
-        vsnprintf(extra, sizeof(extra), final_fmt, ap);
-        va_end(ap);
-        bench_final("%s", extra);
+        return p->failed || r != 0 ? 1 : 0;
+}
 
+static void peer_free(peer *p) {
         p->pump = sd_event_source_disable_unref(p->pump);
         p->control = sd_event_source_disable_unref(p->control);
         p->ch = ipchannel_unref(p->ch);
         free(p->samples);
         free(p->payload);
-        return p->failed || r != 0 ? 1 : 0;
 }
 
 static int setup_failed(peer *p, const char *what, int r) {
         bench_error("%s: %s", what, strerror(-r));
-        p->ch = ipchannel_unref(p->ch);
+        peer_free(p);
         return 1;
 }
 
@@ -194,7 +189,7 @@ static int on_pump(sd_event_source *s, void *userdata) {
         if (n > p->o->chunk)
                 n = p->o->chunk;
         for (uint64_t i = 0; i < n; i++) {
-                r = ipchannel_send(p->ch, p->o->to,
+                r = ipchannel_send(p->ch, p->to,
                                    g_variant_new("(si)", BENCH_WORD, (int32_t) p->n_sent));
                 if (r < 0) {
                         peer_fail(p, "ipchannel_send", r);
@@ -235,7 +230,10 @@ int role_ipc_recv(const bench_opts *o) {
                 r = peer_connect(&p, NULL);
         if (r < 0)
                 return setup_failed(&p, "receiver", r);
-        return peer_run_and_free(&p, "received=%" PRIu64 " bad=%" PRIu64, p.n_received, p.n_bad);
+        r = peer_run(&p);
+        bench_final("received=%" PRIu64 " bad=%" PRIu64, p.n_received, p.n_bad);
+        peer_free(&p);
+        return r;
 }
 
 int role_ipc_send(const bench_opts *o) {
@@ -248,7 +246,10 @@ int role_ipc_send(const bench_opts *o) {
                 r = peer_connect(&p, on_go_pump);
         if (r < 0)
                 return setup_failed(&p, "sender", r);
-        return peer_run_and_free(&p, "sent=%" PRIu64, p.n_sent);
+        r = peer_run(&p);
+        bench_final("sent=%" PRIu64, p.n_sent);
+        peer_free(&p);
+        return r;
 }
 
 /* A tight loop of sends before the channel is even connected: they are queued by the library
@@ -286,7 +287,10 @@ int role_ipc_send_queued(const bench_opts *o) {
         r = peer_connect(&p, NULL);
         if (r < 0)
                 return setup_failed(&p, "queued sender", r);
-        return peer_run_and_free(&p, "queued=%u", o->count);
+        r = peer_run(&p);
+        bench_final("queued=%u", o->count);
+        peer_free(&p);
+        return r;
 }
 
 /* One of the peers of the broadcast case; --sender also sends to all. Every peer, the sender
@@ -296,14 +300,18 @@ int role_ipc_bcast(const bench_opts *o) {
         int r;
 
         r = peer_new(&p, o);
+        p.to = IPCHANNEL_ALL;
         if (r >= 0)
                 r = ipchannel_on(p.ch, IPCHANNEL_EVENT_MESSAGE, on_message_count, &p, NULL);
         if (r >= 0)
                 r = peer_connect(&p, o->sender ? on_go_pump : NULL);
         if (r < 0)
                 return setup_failed(&p, "broadcast peer", r);
-        return peer_run_and_free(&p, "received=%" PRIu64 " bad=%" PRIu64 " sent=%" PRIu64,
+        r = peer_run(&p);
+        bench_final("received=%" PRIu64 " bad=%" PRIu64 " sent=%" PRIu64,
                                  p.n_received, p.n_bad, p.n_sent);
+        peer_free(&p);
+        return r;
 }
 
 /* ---- ping-pong -------------------------------------------------------------------------- */
@@ -312,7 +320,7 @@ static void pingpong_send(peer *p) {
         int r;
 
         p->t_sent = bench_now_nsec();
-        r = ipchannel_send(p->ch, p->o->to, g_variant_new("(si)", BENCH_WORD, (int32_t) p->n_done));
+        r = ipchannel_send(p->ch, p->to, g_variant_new("(si)", BENCH_WORD, (int32_t) p->n_done));
         if (r < 0)
                 peer_fail(p, "ipchannel_send", r);
 }
@@ -383,7 +391,10 @@ int role_ipc_pingpong(const bench_opts *o) {
                 r = peer_connect(&p, initiator ? on_go_pingpong : NULL);
         if (r < 0)
                 return setup_failed(&p, "ping-pong peer", r);
-        return peer_run_and_free(&p, "round_trips=%" PRIu64, p.n_done);
+        r = peer_run(&p);
+        bench_final("round_trips=%" PRIu64, p.n_done);
+        peer_free(&p);
+        return r;
 }
 
 /* ---- synchronize ------------------------------------------------------------------------ */
@@ -460,7 +471,10 @@ int role_ipc_sync(const bench_opts *o) {
                 r = peer_connect(&p, on_go_sync);
         if (r < 0)
                 return setup_failed(&p, "synchronize peer", r);
-        return peer_run_and_free(&p, "sections=%" PRIu64, p.n_done);
+        r = peer_run(&p);
+        bench_final("sections=%" PRIu64, p.n_done);
+        peer_free(&p);
+        return r;
 }
 
 /* The same with the blocking ipchannel_lock_acquire(), from main(), as a simple program or a
@@ -509,7 +523,7 @@ int role_ipc_acquire(const bench_opts *o) {
                 bench_out("result sections=%u start_ns=%" PRIu64 " end_ns=%" PRIu64, i, t0, t1);
         bench_control_wait_eof();
         bench_final("sections=%u", i);
-        p.ch = ipchannel_unref(p.ch);
+        peer_free(&p);
         return r < 0 || p.failed ? 1 : 0;
 }
 
@@ -522,7 +536,7 @@ static void payload_send(peer *p) {
         bench_payload_stamp(p->payload, p->o->size, p->n_sent);
         v = g_variant_new_from_data(G_VARIANT_TYPE_BYTESTRING, p->payload, p->o->size, TRUE,
                                     NULL, NULL);
-        r = ipchannel_send(p->ch, p->o->to, v);
+        r = ipchannel_send(p->ch, p->to, v);
         if (r < 0) {
                 peer_fail(p, "ipchannel_send (payload)", r);
                 return;
@@ -587,7 +601,10 @@ int role_ipc_payload_send(const bench_opts *o) {
                 r = peer_connect(&p, on_go_payload);
         if (r < 0)
                 return setup_failed(&p, "payload sender", r);
-        return peer_run_and_free(&p, "transfers=%" PRIu64, p.n_done);
+        r = peer_run(&p);
+        bench_final("transfers=%" PRIu64, p.n_done);
+        peer_free(&p);
+        return r;
 }
 
 static void on_payload(ipchannel *ch, uint32_t sender, const char *event, GVariant *data,
@@ -622,7 +639,10 @@ int role_ipc_payload_recv(const bench_opts *o) {
                 r = peer_connect(&p, NULL);
         if (r < 0)
                 return setup_failed(&p, "payload receiver", r);
-        return peer_run_and_free(&p, "transfers=%" PRIu64, p.n_received);
+        r = peer_run(&p);
+        bench_final("transfers=%" PRIu64, p.n_received);
+        peer_free(&p);
+        return r;
 }
 
 /* ---- idle ------------------------------------------------------------------------------- */
@@ -655,5 +675,8 @@ int role_ipc_idle(const bench_opts *o) {
                 r = peer_connect(&p, NULL);
         if (r < 0)
                 return setup_failed(&p, "idle peer", r);
-        return peer_run_and_free(&p, "%s", "");
+        r = peer_run(&p);
+        bench_final("%s", "");
+        peer_free(&p);
+        return r;
 }

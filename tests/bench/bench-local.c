@@ -59,7 +59,7 @@ static _Noreturn void echo_child(int fd) {
 
 /* The floor for any round trip between two processes on this machine. */
 int role_unix_pingpong(const bench_opts *o) {
-        uint64_t *samples = calloc(o->count ? o->count : 1, sizeof(uint64_t));
+        _cleanup_(freep) uint64_t *samples = calloc(o->count ? o->count : 1, sizeof(uint64_t));
         unsigned i, total = o->warmup + o->count;
         char buf[PING_BYTES], back[PING_BYTES];
         char fields[512];
@@ -69,19 +69,15 @@ int role_unix_pingpong(const bench_opts *o) {
         if (!samples)
                 return 1;
         bench_out("ready");
-        if (bench_control_wait_go() < 0) {
-                free(samples);
+        if (bench_control_wait_go() < 0)
                 return 1;
-        }
         if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0) {
                 bench_error("socketpair: %s", strerror(errno));
-                free(samples);
                 return 1;
         }
         pid = fork();
         if (pid < 0) {
                 bench_error("fork: %s", strerror(errno));
-                free(samples);
                 return 1;
         }
         if (pid == 0) {
@@ -114,7 +110,6 @@ int role_unix_pingpong(const bench_opts *o) {
                 bench_latency_fields(fields, sizeof(fields), "rtt", samples, o->count);
                 bench_out("result round_trips=%u %s", o->count, fields);
         }
-        free(samples);
         bench_control_wait_eof();
         bench_final("round_trips=%u", i);
         return r < 0 ? 1 : 0;
@@ -126,6 +121,10 @@ int role_flock(const bench_opts *o) {
         unsigned i;
         int fd, r = 0;
 
+        if (!o->file) {
+                bench_error("flock: --file is required (the lock is taken on it)");
+                return 2;
+        }
         fd = open(o->file, O_RDONLY | O_CREAT | O_CLOEXEC, 0644);
         if (fd < 0) {
                 bench_error("open %s: %s", o->file, strerror(errno));

@@ -56,8 +56,8 @@ static int raw_wait_name(raw *w, const char *name) {
         uint64_t deadline = bench_now_usec() + 60 * 1000 * 1000ULL;
 
         while (bench_now_usec() < deadline) {
-                sd_bus_error error = SD_BUS_ERROR_NULL;
-                sd_bus_message *reply = NULL;
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
                 int has = 0, r;
 
                 r = sd_bus_call_method(w->bus, "org.freedesktop.DBus", "/org/freedesktop/DBus",
@@ -65,8 +65,6 @@ static int raw_wait_name(raw *w, const char *name) {
                                        "s", name);
                 if (r >= 0)
                         r = sd_bus_message_read(reply, "b", &has);
-                sd_bus_message_unref(reply);
-                sd_bus_error_free(&error);
                 if (r < 0)
                         return r;
                 if (has)
@@ -106,18 +104,10 @@ static int raw_setup_failed(raw *w, const char *what, int r) {
         return 1;
 }
 
-static int raw_run_and_free(raw *w, const char *final_fmt, ...) __attribute__((format(printf, 2, 3)));
-static int raw_run_and_free(raw *w, const char *final_fmt, ...) {
-        char extra[512];
-        va_list ap;
-        int r;
+/* Runs the loop until the conductor closes stdin. */
+static int raw_run(raw *w) {
+        int r = sd_event_loop(w->event);
 
-        r = sd_event_loop(w->event);
-        va_start(ap, final_fmt);
-        vsnprintf(extra, sizeof(extra), final_fmt, ap);
-        va_end(ap);
-        bench_final("%s", extra);
-        raw_free(w);
         return w->failed || r != 0 ? 1 : 0;
 }
 
@@ -207,8 +197,11 @@ int role_raw_server(const bench_opts *o) {
         if (r < 0)
                 return raw_setup_failed(&w, "raw server", r);
         bench_out("ready");
-        return raw_run_and_free(&w, "received=%" PRIu64 " bad=%" PRIu64 " transfers=%" PRIu64,
+        r = raw_run(&w);
+        bench_final("received=%" PRIu64 " bad=%" PRIu64 " transfers=%" PRIu64,
                                 w.n_received, w.n_bad, w.n_data);
+        raw_free(&w);
+        return r;
 }
 
 /* ---- sending ---------------------------------------------------------------------------- */
@@ -282,7 +275,10 @@ int role_raw_send(const bench_opts *o) {
         if (r < 0)
                 return raw_setup_failed(&w, "raw sender", r);
         bench_out("ready");
-        return raw_run_and_free(&w, "sent=%" PRIu64, w.n_sent);
+        r = raw_run(&w);
+        bench_final("sent=%" PRIu64, w.n_sent);
+        raw_free(&w);
+        return r;
 }
 
 /* The counterpart of ipc-send-queued: a new connection, still authenticating, gets the sends
@@ -327,7 +323,10 @@ int role_raw_send_queued(const bench_opts *o) {
         r = raw_attach(&w, NULL);
         if (r < 0)
                 return raw_setup_failed(&w, "raw queued sender", r);
-        return raw_run_and_free(&w, "queued=%u", o->count);
+        r = raw_run(&w);
+        bench_final("queued=%u", o->count);
+        raw_free(&w);
+        return r;
 }
 
 /* ---- broadcast -------------------------------------------------------------------------- */
@@ -355,37 +354,36 @@ int role_raw_bcast(const bench_opts *o) {
         if (r < 0)
                 return raw_setup_failed(&w, "raw broadcast peer", r);
         bench_out("ready");
-        return raw_run_and_free(&w, "received=%" PRIu64 " bad=%" PRIu64 " sent=%" PRIu64,
+        r = raw_run(&w);
+        bench_final("received=%" PRIu64 " bad=%" PRIu64 " sent=%" PRIu64,
                                 w.n_received, w.n_bad, w.n_sent);
+        raw_free(&w);
+        return r;
 }
 
 /* ---- round trips and payloads: blocking calls from main() -------------------------------- */
 
 int role_raw_pingpong(const bench_opts *o) {
-        uint64_t *samples = calloc(o->count ? o->count : 1, sizeof(uint64_t));
+        _cleanup_(freep) uint64_t *samples = calloc(o->count ? o->count : 1, sizeof(uint64_t));
         unsigned i, total = o->warmup + o->count;
         char fields[512];
         raw w;
         int r;
 
-        if (!samples)
-                return 1;
         r = raw_open(&w, o);
+        if (r >= 0 && !samples)
+                r = -ENOMEM;
         if (r >= 0)
                 r = raw_wait_name(&w, w.dest);
-        if (r < 0) {
-                free(samples);
+        if (r < 0)
                 return raw_setup_failed(&w, "raw ping-pong", r);
-        }
         bench_out("ready");
-        if (bench_control_wait_go() < 0) {
-                free(samples);
+        if (bench_control_wait_go() < 0)
                 return raw_setup_failed(&w, "raw ping-pong", -EPIPE);
-        }
 
         for (i = 0; i < total; i++) {
-                sd_bus_error error = SD_BUS_ERROR_NULL;
-                sd_bus_message *reply = NULL;
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
+                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
                 uint64_t t0 = bench_now_nsec(), t1;
                 const char *word = NULL;
                 int32_t seq = -1;
@@ -397,8 +395,6 @@ int role_raw_pingpong(const bench_opts *o) {
                 t1 = bench_now_nsec();
                 if (r >= 0 && ((unsigned) seq != i || strcmp(word, BENCH_WORD) != 0))
                         r = -EBADMSG;
-                sd_bus_message_unref(reply);
-                sd_bus_error_free(&error);
                 if (r < 0) {
                         bench_error("Ping: %s", strerror(-r));
                         break;
@@ -410,7 +406,6 @@ int role_raw_pingpong(const bench_opts *o) {
                 bench_latency_fields(fields, sizeof(fields), "rtt", samples, o->count);
                 bench_out("result round_trips=%u %s", o->count, fields);
         }
-        free(samples);
         bench_control_wait_eof();
         bench_final("round_trips=%u", i);
         raw_free(&w);
@@ -418,31 +413,27 @@ int role_raw_pingpong(const bench_opts *o) {
 }
 
 int role_raw_payload_send(const bench_opts *o) {
-        uint8_t *payload = malloc(o->size ? o->size : 1);
+        _cleanup_(freep) uint8_t *payload = malloc(o->size ? o->size : 1);
         unsigned i, total = o->warmup + o->count;
         uint64_t t0 = 0, t1;
         raw w;
         int r;
 
-        if (!payload)
-                return 1;
-        bench_payload_fill(payload, o->size);
         r = raw_open(&w, o);
+        if (r >= 0 && !payload)
+                r = -ENOMEM;
         if (r >= 0)
                 r = raw_wait_name(&w, w.dest);
-        if (r < 0) {
-                free(payload);
+        if (r < 0)
                 return raw_setup_failed(&w, "raw payload sender", r);
-        }
+        bench_payload_fill(payload, o->size);
         bench_out("ready");
-        if (bench_control_wait_go() < 0) {
-                free(payload);
+        if (bench_control_wait_go() < 0)
                 return raw_setup_failed(&w, "raw payload sender", -EPIPE);
-        }
 
         for (i = 0; i < total; i++) {
                 _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL, *reply = NULL;
-                sd_bus_error error = SD_BUS_ERROR_NULL;
+                _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
                 int ok = 0;
 
                 if (i == o->warmup)
@@ -458,18 +449,17 @@ int role_raw_payload_send(const bench_opts *o) {
                         r = sd_bus_message_read(reply, "b", &ok);
                 if (r >= 0 && !ok)
                         r = -EBADMSG;
-                if (r < 0)
+                if (r < 0) {
+                        /* E.g. a payload above the bus's message size limit: say so, go on. */
                         bench_error("Data (%zu bytes): %s%s%s", o->size, strerror(-r),
                                     error.message ? ": " : "", error.message ?: "");
-                sd_bus_error_free(&error);
-                if (r < 0)
                         break;
+                }
         }
         t1 = bench_now_nsec();
         if (r >= 0)
                 bench_out("result transfers=%u bytes=%zu start_ns=%" PRIu64 " end_ns=%" PRIu64
                           " hwm_kib=%ld", o->count, o->size, t0, t1, bench_status_kib("VmHWM"));
-        free(payload);
         bench_control_wait_eof();
         bench_final("transfers=%u", i);
         raw_free(&w);
@@ -511,5 +501,8 @@ int role_raw_idle(const bench_opts *o) {
         if (r < 0)
                 return raw_setup_failed(&w, "raw idle client", r);
         bench_out("ready");
-        return raw_run_and_free(&w, "%s", "");
+        r = raw_run(&w);
+        bench_final("%s", "");
+        raw_free(&w);
+        return r;
 }

@@ -37,6 +37,8 @@ long bench_status_kib(const char *field) {
         return v;
 }
 
+static void out_va(const char *prefix, const char *fmt, va_list ap)
+        __attribute__((format(printf, 2, 0)));
 static void out_va(const char *prefix, const char *fmt, va_list ap) {
         /* One write per line: the conductor reads lines, and stdio must not hold one back. */
         char buf[4096];

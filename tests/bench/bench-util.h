@@ -1,14 +1,19 @@
 /* SPDX-License-Identifier: MIT */
-/* Helpers shared by the benchmark roles: clocks, /proc figures, the conductor's protocol, options. */
+/* Helpers shared by the benchmark roles: clocks, /proc figures, the conductor's protocol. */
 #pragma once
 
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #include <systemd/sd-event.h>
 
 #define _cleanup_(f) __attribute__((cleanup(f)))
+
+static inline void freep(void *p) {
+        free(*(void **) p);
+}
 
 /*
  * The conductor (tests/bench/run-bench) starts each role as a process of its own and talks to

@@ -15,6 +15,7 @@ typedef struct role {
         const char *name;
         int (*run)(const bench_opts *o);
         const char *help;
+        bool needs_file;        /* runs critical sections on the counter file */
 } role;
 
 static const role roles[] = {
@@ -23,8 +24,9 @@ static const role roles[] = {
         { "ipc-send-queued", role_ipc_send_queued, "sends --count messages before connecting" },
         { "ipc-bcast", role_ipc_bcast, "broadcast peer; counts; --sender sends to all" },
         { "ipc-pingpong", role_ipc_pingpong, "echoes (--to 0) or measures round trips to --to" },
-        { "ipc-sync", role_ipc_sync, "--count sections under ipchannel_synchronize()" },
-        { "ipc-acquire", role_ipc_acquire, "--count sections under ipchannel_lock_acquire()" },
+        { "ipc-sync", role_ipc_sync, "--count sections under ipchannel_synchronize()", true },
+        { "ipc-acquire", role_ipc_acquire, "--count sections under ipchannel_lock_acquire()",
+          true },
         { "ipc-payload-send", role_ipc_payload_send, "sends --size byte payloads to --to" },
         { "ipc-payload-recv", role_ipc_payload_recv, "checks --size byte payloads and acks" },
         { "ipc-idle", role_ipc_idle, "idle peer; RSS after --settle-msec" },
@@ -36,7 +38,7 @@ static const role roles[] = {
         { "raw-payload-send", role_raw_payload_send, "sd-bus \"ay\" method calls" },
         { "raw-idle", role_raw_idle, "idle sd-bus client; RSS after --settle-msec" },
         { "unix-pingpong", role_unix_pingpong, "AF_UNIX socketpair round trips (forks)" },
-        { "flock", role_flock, "--count sections under flock(2) on --file" },
+        { "flock", role_flock, "--count sections under flock(2) on --file", true },
 };
 
 static void help(void) {
@@ -111,8 +113,6 @@ static int parse_argv(int argc, char *argv[], bench_opts *o) {
                 fprintf(stderr, "ipchannel-bench: unexpected argument: %s\n", argv[optind]);
                 return -EINVAL;
         }
-        if (!o->file && !o->empty)
-                o->file = "/dev/null";
         return 0;
 }
 
@@ -139,6 +139,11 @@ int main(int argc, char *argv[]) {
                 if (strcmp(argv[1], roles[i].name) == 0) {
                         if (parse_argv(argc - 1, argv + 1, &o) < 0)
                                 return 2;
+                        if (roles[i].needs_file && !o.file && !o.empty) {
+                                fprintf(stderr, "ipchannel-bench: %s needs --file or --empty\n",
+                                        argv[1]);
+                                return 2;
+                        }
                         return roles[i].run(&o);
                 }
         fprintf(stderr, "ipchannel-bench: unknown role: %s (see --help)\n", argv[1]);

@@ -161,6 +161,21 @@ class Peer:
         """True if no line starting with prefix comes within seconds."""
         return self.out.expect(prefix, seconds) is None
 
+    def drain(self):
+        """Forgets the lines that came so far."""
+        while self.out.next(0) is not None:
+            pass
+
+    def knows(self, peer_id, timeout=10.0):
+        """Waits until this peer has seen peer_id join (so that a send to it is not refused)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.cmd(f"has {peer_id}")
+            if self.expect(f"has {peer_id} ", deadline - time.monotonic()) == f"has {peer_id} 1":
+                return True
+            time.sleep(0.02)
+        return False
+
     def stop(self):
         if self.p.poll() is None:
             self.p.stdin.close()

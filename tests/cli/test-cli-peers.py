@@ -108,6 +108,7 @@ check(code == 0 and line == "recv 4 message 1", "the tool ignores IPCHANNEL_PEER
 lis = tool.start("listen", "--json", "message", "ev")
 ready = lis.err.expect("Listening as peer ")
 check(ready is not None and ready.startswith("Listening as peer 4 of app clitest"), "listen joins as peer 4 and says so", ready)
+check(all(p.knows(4) for p in peers), "the peers see the listener join")
 by_id[1].cmd("send 4 ('to listener', 1)")
 by_id[2].cmd("emit all ev [true, false]")
 by_id[3].cmd("send all 'hi all'")
@@ -116,14 +117,18 @@ got = [lis.out.next() for _ in range(4)]
 objs = json_lines("\n".join(g or "" for g in got))
 check(objs is not None and len(objs) == 4, "listen --json prints one JSON object per message", got)
 if objs and len(objs) == 4:
+    # Only each sender's own messages keep their order.
+    objs.sort(key=lambda o: (o["sender"], o["event"]))
     check(objs[0]["sender"] == 1 and objs[0]["event"] == "message" and objs[0]["data"] == ["to listener", 1]
           and objs[0]["type"] == "(si)" and objs[0]["text"] == "('to listener', 1)",
           "a message to the listener: sender, event, type, data and text", objs[0])
-    check(objs[1]["sender"] == 2 and objs[1]["event"] == "ev" and objs[1]["data"] == [True, False],
-          "a broadcast event from peer 2", objs[1])
-    check(objs[2]["sender"] == 3 and objs[2]["data"] == "hi all", "a broadcast message from peer 3", objs[2])
-    check(objs[3]["event"] == "ev" and objs[3]["data"] is None and objs[3]["type"] is None,
-          "an event without data has null data", objs[3])
+    check(objs[1]["sender"] == 2 and objs[1]["event"] == "ev" and objs[1]["data"] == [True, False]
+          and objs[1]["type"] == "ab", "a broadcast event from peer 2", objs[1])
+    check(objs[3]["sender"] == 3 and objs[3]["event"] == "message" and objs[3]["data"] == "hi all",
+          "a broadcast message from peer 3", objs[3])
+    check(objs[2]["sender"] == 3 and objs[2]["event"] == "ev" and objs[2]["data"] is None
+          and objs[2]["type"] is None and objs[2]["text"] is None,
+          "an event without data has null data, type and text", objs[2])
     check(all("T" in o["time"] and o["time"][:2] == "20" for o in objs), "each object has an ISO time", objs[0]["time"])
 lis.signal(signal.SIGINT)
 check(lis.wait() == 0, "listen exits 0 on SIGINT (Ctrl-C)")
@@ -133,6 +138,7 @@ check(out == "1\n2\n3\n", "the listener has left the app", out)
 # Text lines, the default event "message", and SIGTERM.
 lis = tool.start("listen", "--id", "8")
 check(lis.err.expect("Listening as peer 8") is not None, "listen --id 8 joins as peer 8")
+check(by_id[2].knows(8), "peer 2 sees peer 8 join")
 by_id[2].cmd("emit 8 ev 1")
 by_id[2].cmd("send 8 ('x', <1>)")
 line = lis.out.next()
@@ -142,6 +148,18 @@ check(len(parts) == 5 and parts[1:4] == ["peer", "2", "message"] and parts[4] ==
 lis.signal(signal.SIGTERM)
 check(lis.wait() == 0, "listen exits 0 on SIGTERM")
 
+# peer-join and peer-leave: peers coming and going, the sender being the peer concerned.
+lis = tool.start("listen", "--json", "peer-join", "peer-leave")
+check(lis.err.expect("Listening as peer 4") is not None, "listen peer-join peer-leave joins")
+newcomer = Peer(TEST_PEER, APP)
+new_id = newcomer.connect()
+newcomer.stop()
+got = json_lines("\n".join(l or "" for l in (lis.out.next(), lis.out.next())))
+check(got is not None and [(o["event"], o["sender"], o["data"]) for o in got] ==
+      [("peer-join", new_id, None), ("peer-leave", new_id, None)], "listen shows a peer joining and leaving", got)
+lis.signal(signal.SIGINT)
+check(lis.wait() == 0, "and exits 0 on SIGINT")
+
 # 5. listen --monitor: sees messages between two peers without taking an id.
 mon = tool.start("listen", "--monitor", "--json", "--all")
 check(mon.err.expect("Monitoring app clitest") is not None, "listen --monitor starts monitoring")
@@ -149,6 +167,8 @@ code, out, err = tool.run("peers", "--ids-only")
 check(out == "1\n2\n3\n", "the monitor takes no peer id (peers does not list it)", out)
 mon2 = tool.start("listen", "--monitor")
 check(mon2.err.expect("Monitoring app clitest") is not None, "a second, text monitor starts")
+for p in peers:
+    p.drain()
 by_id[2].cmd("send 1 ('between', 2)")
 check(by_id[1].expect("recv ") == "recv 2 message ('between', 2)", "peer 1 gets peer 2's message")
 by_id[3].cmd("emit all ev 5")

@@ -90,6 +90,7 @@ usage_error(["listen", "--all"], "listen --all without --monitor", "--all needs 
 usage_error(["listen", "--monitor", "--id", "3"], "listen --monitor --id", "exclude")
 usage_error(["listen", "--monitor", "peer-join"], "listen --monitor of a local event", "local event")
 usage_error(["listen", "--id", "0"], "listen --id 0", "--id")
+usage_error(["listen", "error"], "listen of the local event error", "local event of the tool's own channel")
 
 usage_error(["locks", ""], "locks with an empty lock name", "invalid lock name")
 usage_error(["run"], "run without LOCK", "needs LOCK")

@@ -356,12 +356,21 @@ START_TEST(test_peer_without_listener_is_not_woken_by_broadcasts) {
         peer_cmd(loud, "emit all wanted 'signal'");
         ck_assert_str_eq(peer_expect(quiet, "recv", PEER_TIMEOUT_MS), "recv 2 wanted 'signal'");
         /* The broker keeps the sender's order: when "wanted" is in, any noise would be too. */
-        ck_assert_ptr_nonnull(peer_expect(loud, "recv 2 wanted", PEER_TIMEOUT_MS));
+        for (unsigned i = 0; i < 500; i++) {
+                char want[64];
+                snprintf(want, sizeof(want), "recv 2 noise (uint32 %u,)", i);
+                ck_assert_str_eq(peer_expect(loud, "recv 2", PEER_TIMEOUT_MS), want);
+        }
+        ck_assert_str_eq(peer_expect(loud, "recv 2", PEER_TIMEOUT_MS), "recv 2 wanted 'signal'");
 
+        /* One D-Bus signal reached the quiet peer: "wanted". The loud one got the noise too
+         * (in fewer signals than messages: sends from one callback are coalesced). */
         peer_cmd(quiet, "count");
         ck_assert_str_eq(peer_expect(quiet, "count", PEER_TIMEOUT_MS), "count 1");
         peer_cmd(loud, "count");
-        ck_assert_str_eq(peer_expect(loud, "count", PEER_TIMEOUT_MS), "count 501");
+        const char *line = peer_expect(loud, "count", PEER_TIMEOUT_MS);
+        ck_assert_ptr_nonnull(line);
+        ck_assert_int_gt(atoi(line + strlen("count ")), 1);
 }
 END_TEST
 

@@ -162,10 +162,10 @@ static void *acquire_thread(void *userdata) {
         ipchannel_lock *l = NULL;
         int r = ipchannel_lock_acquire(ch, a->lock, a->usec, &l);
 
-        /* Printed from this thread: stdout is line-buffered by out(), one write per line. */
-        out("result acquire-thread %d %" PRIu64, r, r >= 0 ? ipchannel_lock_get_token(l) : 0);
+        /* Kept before it is reported: the test's next command may release it. */
         if (r >= 0)
                 held = l;
+        out("result acquire-thread %d %" PRIu64, r, r >= 0 ? ipchannel_lock_get_token(l) : 0);
         g_free(a->lock);
         g_free(a);
         return NULL;
