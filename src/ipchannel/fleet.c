@@ -208,7 +208,8 @@ static int parse_argv(int argc, char *argv[]) {
                 }
         }
         if (n > (arg_action == FLEET_START ? 3 : 2)) {
-                tool_usage_error("fleet", "unexpected argument \"%s\"", argv[optind + (arg_action == FLEET_START ? 3 : 2)]);
+                tool_usage_error("fleet", "unexpected argument \"%s\"",
+                                 argv[optind + (arg_action == FLEET_START ? 3 : 2)]);
                 return -EINVAL;
         }
         if (arg_enable && arg_action != FLEET_START) {
@@ -312,8 +313,8 @@ static int list_instances(sd_bus *bus, instance **ret, size_t *ret_n) {
                 return manager_fail("cannot list the units", &error, r);
 
         r = sd_bus_message_enter_container(reply, 'a', "(ssssssouso)");
-        while (r >= 0 && (r = sd_bus_message_read(reply, "(ssssssouso)", &name, NULL, NULL, &active, &sub, NULL,
-                                                  &path, NULL, NULL, NULL)) > 0) {
+        while (r >= 0 && (r = sd_bus_message_read(reply, "(ssssssouso)", &name, NULL, NULL, &active, &sub,
+                                                  NULL, &path, NULL, NULL, NULL)) > 0) {
                 instance *nv = realloc(v, (n + 1) * sizeof(*v));
 
                 if (!nv) {
@@ -366,13 +367,13 @@ static int on_job_removed(sd_bus_message *m, void *userdata, sd_bus_error *ret_e
 static int queue_job(sd_bus *bus, waiter *w, const char *method, const char *unit) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        g_autofree char *what = g_strdup_printf("cannot %s %s", strcmp(method, "StartUnit") == 0 ? "start" : "stop",
-                                                unit);
+        g_autofree char *what =
+                g_strdup_printf("cannot %s %s", strcmp(method, "StartUnit") == 0 ? "start" : "stop", unit);
         const char *job;
         int r;
 
-        r = sd_bus_call_method(bus, SYSTEMD_NAME, SYSTEMD_PATH, SYSTEMD_MANAGER, method, &error, &reply, "ss",
-                               unit, "replace");
+        r = sd_bus_call_method(bus, SYSTEMD_NAME, SYSTEMD_PATH, SYSTEMD_MANAGER, method, &error, &reply,
+                               "ss", unit, "replace");
         if (r < 0)
                 return manager_fail(what, &error, r);
         r = sd_bus_message_read(reply, "o", &job);
@@ -406,7 +407,8 @@ static int wait_for_jobs(sd_bus *bus, waiter *w) {
         if (r >= 0)
                 r = tool_add_stop_signals(e, &w->stop);
         if (r >= 0 && arg_timeout_usec != UINT64_MAX)
-                r = sd_event_add_time_relative(e, &timer, CLOCK_MONOTONIC, arg_timeout_usec, 0, on_wait_timeout, w);
+                r = sd_event_add_time_relative(e, &timer, CLOCK_MONOTONIC, arg_timeout_usec, 0,
+                                               on_wait_timeout, w);
         if (r >= 0)
                 r = sd_bus_attach_event(bus, e, 0);
         if (r < 0)
@@ -436,7 +438,8 @@ static int wait_for_jobs(sd_bus *bus, waiter *w) {
         while (g_hash_table_iter_next(&it, &path, &result))
                 if (strcmp(result, "done") != 0)
                         code = tool_fail(EXIT_FAILURE, "job for %s: %s",
-                                         (const char *) g_hash_table_lookup(w->units, path), (const char *) result);
+                                         (const char *) g_hash_table_lookup(w->units, path),
+                                         (const char *) result);
         return code;
 }
 
@@ -451,7 +454,8 @@ static int waiter_setup(sd_bus *bus, waiter *w, sd_bus_slot **ret_slot) {
         if (r < 0)
                 return tool_fail(EXIT_BUS, "cannot watch the %s's jobs: %s", manager_label(), strerror(-r));
         /* The manager sends its signals only while someone has subscribed. */
-        r = sd_bus_call_method(bus, SYSTEMD_NAME, SYSTEMD_PATH, SYSTEMD_MANAGER, "Subscribe", &error, NULL, NULL);
+        r = sd_bus_call_method(bus, SYSTEMD_NAME, SYSTEMD_PATH, SYSTEMD_MANAGER, "Subscribe", &error, NULL,
+                               NULL);
         if (r < 0)
                 return manager_fail("cannot subscribe to the service manager", &error, r);
         return EXIT_SUCCESS;
@@ -482,19 +486,22 @@ static int change_unit_files(sd_bus *bus, bool enable, char **units) {
                 return tool_fail(EXIT_FAILURE, "cannot build a call: %s", strerror(-r));
         r = sd_bus_call(bus, m, 0, &error, &reply);
         if (r < 0)
-                return manager_fail(enable ? "cannot enable the instances" : "cannot disable the instances", &error,
-                                    r);
+                return manager_fail(enable ? "cannot enable the instances" : "cannot disable the instances",
+                                    &error, r);
         if (enable && sd_bus_message_read(reply, "b", &carries_install_info) >= 0 && !carries_install_info)
-                tool_warn("%s@.service has no [Install] section: enabling its instances does nothing", arg_prefix);
+                tool_warn("%s@.service has no [Install] section: enabling its instances does nothing",
+                          arg_prefix);
 
         sd_bus_error_free(&error);
-        r = sd_bus_call_method(bus, SYSTEMD_NAME, SYSTEMD_PATH, SYSTEMD_MANAGER, "Reload", &error, NULL, NULL);
+        r = sd_bus_call_method(bus, SYSTEMD_NAME, SYSTEMD_PATH, SYSTEMD_MANAGER, "Reload", &error, NULL,
+                               NULL);
         if (r < 0)
                 return manager_fail("cannot reload the service manager", &error, r);
         return EXIT_SUCCESS;
 }
 
-static int unit_property(sd_bus *bus, const char *path, const char *interface, const char *property, char **ret) {
+static int unit_property(sd_bus *bus, const char *path, const char *interface, const char *property,
+                         char **ret) {
         return sd_bus_get_property_string(bus, SYSTEMD_NAME, path, interface, property, NULL, ret);
 }
 
@@ -508,8 +515,8 @@ static int check_active(sd_bus *bus) {
                 g_autofree char *active = NULL, *sub = NULL;
                 const char *path;
 
-                if (sd_bus_call_method(bus, SYSTEMD_NAME, SYSTEMD_PATH, SYSTEMD_MANAGER, "GetUnit", NULL, &reply, "s",
-                                       unit) < 0 ||
+                if (sd_bus_call_method(bus, SYSTEMD_NAME, SYSTEMD_PATH, SYSTEMD_MANAGER, "GetUnit", NULL,
+                                       &reply, "s", unit) < 0 ||
                     sd_bus_message_read(reply, "o", &path) < 0 ||
                     unit_property(bus, path, "org.freedesktop.systemd1.Unit", "ActiveState", &active) < 0) {
                         code = tool_fail(EXIT_FAILURE, "%s is not loaded", unit);
@@ -631,8 +638,9 @@ static int fleet_status(sd_bus *bus) {
                 return tool_fail(EXIT_FAILURE, "out of memory");
         }
         for (size_t i = 0; i < n; i++) {
-                (void) sd_bus_get_property_trivial(bus, SYSTEMD_NAME, v[i].path, "org.freedesktop.systemd1.Service",
-                                                   "MainPID", NULL, 'u', &pids[i]);
+                (void) sd_bus_get_property_trivial(bus, SYSTEMD_NAME, v[i].path,
+                                                   "org.freedesktop.systemd1.Service", "MainPID", NULL, 'u',
+                                                   &pids[i]);
                 w_unit = MAX(w_unit, (int) strlen(v[i].unit));
                 w_active = MAX(w_active, (int) strlen(v[i].active));
                 w_sub = MAX(w_sub, (int) strlen(v[i].sub));
@@ -654,10 +662,11 @@ static int fleet_status(sd_bus *bus) {
                                 g_string_append(out, ",\"main_pid\":null}");
                         puts(out->str);
                 } else if (pids[i])
-                        printf("%-*s %-*s %-*s %" PRIu32 "\n", w_unit, v[i].unit, w_active, v[i].active, w_sub,
-                               v[i].sub, pids[i]);
+                        printf("%-*s %-*s %-*s %" PRIu32 "\n", w_unit, v[i].unit, w_active, v[i].active,
+                               w_sub, v[i].sub, pids[i]);
                 else
-                        printf("%-*s %-*s %-*s -\n", w_unit, v[i].unit, w_active, v[i].active, w_sub, v[i].sub);
+                        printf("%-*s %-*s %-*s -\n", w_unit, v[i].unit, w_active, v[i].active, w_sub,
+                               v[i].sub);
         }
         free(pids);
         instances_free(v, n);

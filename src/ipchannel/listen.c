@@ -130,16 +130,20 @@ static int parse_argv(int argc, char *argv[]) {
                         return -EINVAL;
                 }
                 if (arg_monitor && names_event_is_local(argv[i])) {
-                        tool_usage_error("listen", "\"%s\" is a local event: it never travels on the bus, so "
-                                                   "a monitor cannot see it", argv[i]);
+                        tool_usage_error("listen",
+                                         "\"%s\" is a local event: it never travels on the bus, so "
+                                         "a monitor cannot see it",
+                                         argv[i]);
                         return -EINVAL;
                 }
                 /* Of the local events only these say something about the app; the others
                  * are about the tool's own channel. */
                 if (names_event_is_local(argv[i]) && strcmp(argv[i], IPCHANNEL_EVENT_PEER_JOIN) != 0 &&
                     strcmp(argv[i], IPCHANNEL_EVENT_PEER_LEAVE) != 0) {
-                        tool_usage_error("listen", "\"%s\" is a local event of the tool's own channel; of the "
-                                                   "local events, listen hears peer-join and peer-leave", argv[i]);
+                        tool_usage_error("listen",
+                                         "\"%s\" is a local event of the tool's own channel; of the "
+                                         "local events, listen hears peer-join and peer-leave",
+                                         argv[i]);
                         return -EINVAL;
                 }
         }
@@ -265,7 +269,8 @@ static int listen_joined(void) {
         if (r >= 0 && arg_id)
                 r = ipchannel_set_peer_id(ch, arg_id);
         for (char **ev = arg_events; r >= 0 && *ev; ev++)
-                r = ipchannel_on(ch, *ev, on_event, &j, NULL);
+                if (!g_strv_contains((const char *const *) ev + 1, *ev))    /* each once */
+                        r = ipchannel_on(ch, *ev, on_event, &j, NULL);
         if (r >= 0)
                 r = ipchannel_on(ch, IPCHANNEL_EVENT_CONNECT, on_connect, &j, NULL);
         if (r >= 0)
@@ -440,7 +445,8 @@ static int become_monitor(monitor *mon, const char *address) {
 
         if (!path || !ns)
                 return tool_fail(EXIT_FAILURE, "out of memory");
-        calls = g_strdup_printf("type='method_call',interface='%s',path='%s'", IPCHANNEL_PEER_INTERFACE, path);
+        calls = g_strdup_printf("type='method_call',interface='%s',path='%s'", IPCHANNEL_PEER_INTERFACE,
+                                path);
         signals = g_strdup_printf("type='signal',interface='%s',path='%s'", IPCHANNEL_PEER_INTERFACE, path);
         owners = names_owner_changed_match(ns, true);
         if (!owners)
@@ -461,7 +467,8 @@ static int become_monitor(monitor *mon, const char *address) {
         if (r >= 0)
                 r = sd_bus_get_unique_name(mon->bus, &mon->unique_name);
         if (r < 0)
-                return tool_fail(EXIT_BUS, "cannot connect to the %s bus: %s", tool_bus_label(), strerror(-r));
+                return tool_fail(EXIT_BUS, "cannot connect to the %s bus: %s", tool_bus_label(),
+                                 strerror(-r));
 
         r = sd_bus_message_new_method_call(mon->bus, &m, "org.freedesktop.DBus", "/org/freedesktop/DBus",
                                            "org.freedesktop.DBus.Monitoring", "BecomeMonitor");
@@ -471,8 +478,9 @@ static int become_monitor(monitor *mon, const char *address) {
                 return tool_fail(EXIT_FAILURE, "cannot build the BecomeMonitor call: %s", strerror(-r));
         r = sd_bus_call(mon->bus, m, 0, &error, NULL);
         if (r < 0)
-                return tool_fail(tool_exit_code_for_bus_error(&error, r) == EXIT_FAILURE ? EXIT_FAILURE : EXIT_BUS,
-                                 "cannot monitor the %s bus: %s", tool_bus_label(), error.message ?: strerror(-r));
+                return tool_fail(
+                        tool_exit_code_for_bus_error(&error, r) == EXIT_FAILURE ? EXIT_FAILURE : EXIT_BUS,
+                        "cannot monitor the %s bus: %s", tool_bus_label(), error.message ?: strerror(-r));
         return 0;
 }
 

@@ -225,8 +225,8 @@ static void print_table(const lock_row *rows, size_t n) {
                 w_lease = MAX(w_lease, (int) strlen(lease));
         }
         if (arg_legend)
-                printf("%-*s %-*s %*s %*s %*s %s\n", w_lock, "LOCK", w_holder, "HOLDER", w_pid, "PID", w_token,
-                       "TOKEN", w_lease, "LEASE", "WAITERS");
+                printf("%-*s %-*s %*s %*s %*s %s\n", w_lock, "LOCK", w_holder, "HOLDER", w_pid, "PID",
+                       w_token, "TOKEN", w_lease, "LEASE", "WAITERS");
         for (size_t i = 0; i < n; i++) {
                 g_autofree char *lease = format_lease(rows[i].lease_left);
                 g_autofree char *waiters = format_waiters(&rows[i]);
@@ -235,9 +235,9 @@ static void print_table(const lock_row *rows, size_t n) {
 
                 snprintf(pid, sizeof(pid), "%" PRIu32, rows[i].holder_pid);
                 snprintf(token, sizeof(token), "%" PRIu64, rows[i].token);
-                printf("%-*s %-*s %*s %*s %*s %s\n", w_lock, rows[i].lock, w_holder, held ? rows[i].holder : "-",
-                       w_pid, held && rows[i].holder_pid ? pid : "-", w_token, held ? token : "-", w_lease,
-                       held ? lease : "-", waiters);
+                printf("%-*s %-*s %*s %*s %*s %s\n", w_lock, rows[i].lock, w_holder,
+                       held ? rows[i].holder : "-", w_pid, held && rows[i].holder_pid ? pid : "-", w_token,
+                       held ? token : "-", w_lease, held ? lease : "-", waiters);
         }
         if (arg_legend)
                 printf("\n%zu lock%s of app %s.\n", n, n == 1 ? "" : "s", arg_app);
@@ -260,7 +260,8 @@ static void print_json(const lock_row *rows, size_t n) {
                         if (rows[i].lease_left == UINT64_MAX)
                                 g_string_append(out, ",\"lease_left_usec\":null");
                         else
-                                g_string_append_printf(out, ",\"lease_left_usec\":%" PRIu64, rows[i].lease_left);
+                                g_string_append_printf(out, ",\"lease_left_usec\":%" PRIu64,
+                                                       rows[i].lease_left);
                 } else
                         g_string_append(out, ",\"holder\":null,\"holder_pid\":null,\"token\":null,"
                                              "\"lease_left_usec\":null");
@@ -300,13 +301,15 @@ int verb_locks(int argc, char *argv[]) {
 
         r = sd_bus_call_method(bus, name, path, IPCHANNEL_LOCK_INTERFACE, "ListLocks", &error, &reply, NULL);
         if (r < 0) {
-                if (sd_bus_error_has_names(&error, SD_BUS_ERROR_SERVICE_UNKNOWN, SD_BUS_ERROR_NAME_HAS_NO_OWNER))
+                if (sd_bus_error_has_names(&error, SD_BUS_ERROR_SERVICE_UNKNOWN,
+                                           SD_BUS_ERROR_NAME_HAS_NO_OWNER))
                         return tool_fail(EXIT_NOT_FOUND,
                                          "no lock service for app %s on the %s bus (no peer of the app "
                                          "and no ipchannel-lockd runs)",
                                          arg_app, tool_bus_label());
-                return tool_fail(tool_exit_code_for_bus_error(&error, r), "cannot list the locks of app %s: %s",
-                                 arg_app, error.message ?: strerror(-r));
+                return tool_fail(tool_exit_code_for_bus_error(&error, r),
+                                 "cannot list the locks of app %s: %s", arg_app,
+                                 error.message ?: strerror(-r));
         }
         r = read_locks(bus, reply, &rows, &n);
         if (r < 0)
@@ -330,8 +333,9 @@ int verb_locks(int argc, char *argv[]) {
                 for (size_t i = 0; i < n && !found; i++)
                         found = strcmp(rows[i].lock, *l) == 0;
                 if (!found)
-                        code = tool_fail(EXIT_NOT_FOUND, "lock \"%s\" of app %s is neither held nor waited for",
-                                         *l, arg_app);
+                        code = tool_fail(EXIT_NOT_FOUND,
+                                         "lock \"%s\" of app %s is neither held nor waited for", *l,
+                                         arg_app);
         }
         lock_rows_free(rows, n);
         if (fflush(stdout) != 0)

@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
 /* ipchannel run: runs a command while holding a cluster-wide lock, like flock(1) for a fleet. */
+#include <fcntl.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -96,13 +97,15 @@ static int parse_options(int argc, char *argv[], bool *want_help) {
                 switch (c) {
                 case 'w':
                         if (tool_parse_seconds(optarg, &arg_timeout_usec) < 0 || arg_timeout_usec == 0) {
-                                tool_usage_error("run", "invalid --timeout \"%s\": seconds, more than 0", optarg);
+                                tool_usage_error("run", "invalid --timeout \"%s\": seconds, more than 0",
+                                                 optarg);
                                 return -EINVAL;
                         }
                         break;
                 case ARG_LEASE:
                         if (tool_parse_seconds(optarg, &arg_lease_usec) < 0 || arg_lease_usec == 0) {
-                                tool_usage_error("run", "invalid --lease \"%s\": seconds, more than 0", optarg);
+                                tool_usage_error("run", "invalid --lease \"%s\": seconds, more than 0",
+                                                 optarg);
                                 return -EINVAL;
                         }
                         break;
@@ -189,7 +192,8 @@ static int on_lease_poll(sd_event_source *s, uint64_t usec, void *userdata) {
          * reads 0 as soon as the agent has heard of it. */
         if (ipchannel_lock_get_token(run->lock) == 0) {
                 run->lease_lost = true;
-                tool_warn("the lease on lock \"%s\" ran out while CMD ran; stopping CMD (SIGTERM)", arg_lock);
+                tool_warn("the lease on lock \"%s\" ran out while CMD ran; stopping CMD (SIGTERM)",
+                          arg_lock);
                 (void) kill(run->pid, SIGTERM);
                 return 0;
         }
@@ -197,22 +201,59 @@ static int on_lease_poll(sd_event_source *s, uint64_t usec, void *userdata) {
         return sd_event_source_set_enabled(s, SD_EVENT_ONESHOT);
 }
 
-static _Noreturn void exec_cmd(pid_t parent, uint64_t token) {
-        char buf[32];
+/* The child: the process has threads (the lock agent), so between fork() and exec only
+ * async-signal-safe calls are made; the environment is built before the fork, and an exec
+ * failure is told to the parent through error_fd, which the exec closes when it works. */
+static _Noreturn void exec_cmd(pid_t parent, char **envp, int error_fd) {
         sigset_t mask;
+        int e;
 
-        /* CMD starts with the signal mask and dispositions a shell would give it. */
+        /* CMD starts with the signal mask a shell would give it. */
         sigemptyset(&mask);
         sigprocmask(SIG_SETMASK, &mask, NULL);
         if (prctl(PR_SET_PDEATHSIG, SIGTERM) < 0 || getppid() != parent)
                 _exit(EXIT_FAILURE);    /* the tool is already gone: so is the lock */
 
+        execvpe(arg_cmd[0], arg_cmd, envp);
+        e = errno;
+        (void) !write(error_fd, &e, sizeof(e));
+        _exit(e == ENOENT ? 127 : 126);
+}
+
+/* Starts CMD with IPCHANNEL_LOCK and IPCHANNEL_LOCK_TOKEN in its environment. */
+static int start_cmd(runner *run, uint64_t token) {
+        g_auto(GStrv) envp = g_get_environ();
+        pid_t parent = getpid();
+        char buf[32];
+        int fds[2], e = 0;
+        ssize_t n;
+
         snprintf(buf, sizeof(buf), "%" PRIu64, token);
-        setenv("IPCHANNEL_LOCK", arg_lock, 1);
-        setenv("IPCHANNEL_LOCK_TOKEN", buf, 1);
-        execvp(arg_cmd[0], arg_cmd);
-        fprintf(stderr, "ipchannel: cannot run %s: %s\n", arg_cmd[0], strerror(errno));
-        _exit(errno == ENOENT ? 127 : 126);
+        envp = g_environ_setenv(envp, "IPCHANNEL_LOCK", arg_lock, TRUE);
+        envp = g_environ_setenv(envp, "IPCHANNEL_LOCK_TOKEN", buf, TRUE);
+        if (pipe2(fds, O_CLOEXEC) < 0)
+                return -errno;
+
+        fflush(NULL);
+        run->pid = fork();
+        if (run->pid < 0) {
+                e = errno;
+                safe_close(fds[0]);
+                safe_close(fds[1]);
+                return -e;
+        }
+        if (run->pid == 0)
+                exec_cmd(parent, envp, fds[1]);
+
+        safe_close(fds[1]);
+        do
+                n = read(fds[0], &e, sizeof(e));
+        while (n < 0 && errno == EINTR);
+        safe_close(fds[0]);
+        /* CMD's status says it (126 or 127); this says why. */
+        if (n == sizeof(e))
+                tool_fail(e == ENOENT ? 127 : 126, "cannot run %s: %s", arg_cmd[0], strerror(e));
+        return 0;
 }
 
 static int acquire_exit_code(int r) {
@@ -237,7 +278,6 @@ int verb_run(int argc, char *argv[]) {
         _cleanup_(sd_event_source_unrefp) sd_event_source *child = NULL, *poll = NULL;
         g_autoptr(ipchannel) ch = NULL;
         runner run = {};
-        pid_t parent = getpid();
         int r;
 
         r = parse_argv(argc, argv);
@@ -265,24 +305,22 @@ int verb_run(int argc, char *argv[]) {
          * agent is. The wait runs our loop, so the signal sources above work meanwhile. */
         r = ipchannel_lock_acquire(ch, arg_lock, arg_timeout_usec, &run.lock);
         if (r == -ETIMEDOUT)
-                return tool_fail(EXIT_TIMEOUT, "timed out waiting for lock \"%s\" of app %s", arg_lock, arg_app);
+                return tool_fail(EXIT_TIMEOUT, "timed out waiting for lock \"%s\" of app %s", arg_lock,
+                                 arg_app);
         if (r < 0)
-                return tool_fail(acquire_exit_code(r), "cannot take lock \"%s\" of app %s: %s", arg_lock, arg_app,
-                                 strerror(-r));
+                return tool_fail(acquire_exit_code(r), "cannot take lock \"%s\" of app %s: %s", arg_lock,
+                                 arg_app, strerror(-r));
 
-        fflush(NULL);
-        run.pid = fork();
-        if (run.pid < 0) {
-                r = -errno;
+        r = start_cmd(&run, ipchannel_lock_get_token(run.lock));
+        if (r < 0) {
                 (void) ipchannel_lock_release(run.lock, 0);
                 return tool_fail(EXIT_FAILURE, "cannot start %s: %s", arg_cmd[0], strerror(-r));
         }
-        if (run.pid == 0)
-                exec_cmd(parent, ipchannel_lock_get_token(run.lock));
 
         r = sd_event_add_child(e, &child, run.pid, WEXITED, on_child, &run);
         if (r >= 0 && arg_lease_usec > 0)
-                r = sd_event_add_time_relative(e, &poll, CLOCK_MONOTONIC, LEASE_POLL_USEC, 0, on_lease_poll, &run);
+                r = sd_event_add_time_relative(e, &poll, CLOCK_MONOTONIC, LEASE_POLL_USEC, 0, on_lease_poll,
+                                               &run);
         if (r < 0) {
                 /* Without a way to see CMD end we cannot hold the lock for it. */
                 (void) kill(run.pid, SIGTERM);
@@ -303,7 +341,9 @@ int verb_run(int argc, char *argv[]) {
 
         r = ipchannel_lock_release(run.lock, 0);
         if (run.lease_lost || r == -ETIME)
-                return tool_fail(EXIT_TIMEOUT, "lock \"%s\" was not held to the end of %s: its lease ran out "
-                                 "(%s exited with status %d)", arg_lock, arg_cmd[0], arg_cmd[0], run.status);
+                return tool_fail(EXIT_TIMEOUT,
+                                 "lock \"%s\" was not held to the end of %s: its lease ran out "
+                                 "(%s exited with status %d)",
+                                 arg_lock, arg_cmd[0], arg_cmd[0], run.status);
         return run.status;
 }

@@ -143,7 +143,8 @@ static int on_join_timeout(sd_event_source *source, uint64_t usec, void *userdat
  * answer to a Ping sent after them says it has. Leaving earlier could lose the message: a
  * receiver may still ask the bus who the sender is (sd-bus checks the sender's credentials
  * before it dispatches a method call, unless the method is marked unprivileged), and once
- * the sender has gone that check fails and the message is dropped. */
+ * the sender has gone that check fails and the message is dropped. What the receiver made
+ * of the message it cannot tell: the library sends it without asking for a reply. */
 static int wait_until_read(sd_bus *bus, uint32_t to) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         g_autofree char *dest = names_peer(IPCHANNEL_PREFIX_DEFAULT, arg_app, to);
@@ -155,13 +156,14 @@ static int wait_until_read(sd_bus *bus, uint32_t to) {
         if (r >= 0)
                 return EXIT_SUCCESS;
         if (sd_bus_error_has_names(&error, SD_BUS_ERROR_SERVICE_UNKNOWN, SD_BUS_ERROR_NAME_HAS_NO_OWNER))
-                return tool_fail(EXIT_NOT_FOUND, "peer %" PRIu32 " of app %s left before it read the message", to,
-                                 arg_app);
+                return tool_fail(EXIT_NOT_FOUND, "peer %" PRIu32 " of app %s left before it read the message",
+                                 to, arg_app);
         if (r == -ETIMEDOUT)
-                return tool_fail(EXIT_TIMEOUT, "peer %" PRIu32 " of app %s did not answer: it may not have read "
-                                 "the message", to, arg_app);
-        return tool_fail(tool_exit_code_for_bus_error(&error, r), "cannot tell whether peer %" PRIu32 " read the "
-                         "message: %s", to, error.message ?: strerror(-r));
+                return tool_fail(EXIT_TIMEOUT, "peer %" PRIu32 " of app %s did not answer: it may not have "
+                                 "read the message", to, arg_app);
+        return tool_fail(tool_exit_code_for_bus_error(&error, r),
+                         "cannot tell whether peer %" PRIu32 " read the message: %s", to,
+                         error.message ?: strerror(-r));
 }
 
 /* Joins, sends and leaves; returns the exit code. data may be NULL (no data). */
@@ -210,8 +212,9 @@ static int join_and_send(uint32_t to, const char *event, GVariant *data) {
         if (s.stop)
                 code = tool_fail(EXIT_FAILURE, "interrupted before the message was sent");
         else if (s.error == -EADDRINUSE)
-                code = tool_fail(EXIT_FAILURE, "cannot join app %s as peer %" PRIu32 ": another process holds it",
-                                 arg_app, arg_id);
+                code = tool_fail(EXIT_FAILURE,
+                                 "cannot join app %s as peer %" PRIu32 ": another process holds it", arg_app,
+                                 arg_id);
         else if (s.error)
                 code = tool_fail(s.error == -EACCES || s.error == -EPERM ? EXIT_BUS : EXIT_FAILURE,
                                  "cannot join app %s: %s", arg_app, s.message);
@@ -220,6 +223,12 @@ static int join_and_send(uint32_t to, const char *event, GVariant *data) {
         if (code != EXIT_SUCCESS)
                 goto leave;
 
+        /* With PEER absent, the tool may have taken its id (the lowest free one): a send to
+         * itself would reach no one the user meant. */
+        if (to == ipchannel_get_peer_id(ch)) {
+                code = tool_fail(EXIT_NOT_FOUND, "no peer %" PRIu32 " in app %s", to, arg_app);
+                goto leave;
+        }
         r = ipchannel_emit(ch, to, event, data);     /* not floating: emit takes its own reference */
         if (r == -ENXIO)
                 code = tool_fail(EXIT_NOT_FOUND, "no peer %" PRIu32 " in app %s", to, arg_app);

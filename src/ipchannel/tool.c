@@ -246,13 +246,14 @@ GVariant *tool_parse_data(const char *text) {
                  * excluded, several ranges separated by ','); its context repeats "what" and
                  * then shows the text with carets under those bytes. */
                 if (colon && lines)
-                        tool_fail(EXIT_USAGE, "cannot parse DATA at %.*s: %s", (int) (colon - error->message),
-                                  error->message, colon + 1);
+                        tool_fail(EXIT_USAGE, "cannot parse DATA at %.*s: %s",
+                                  (int) (colon - error->message), error->message, colon + 1);
                 else
                         tool_fail(EXIT_USAGE, "cannot parse DATA: %s", error->message);
                 fputs(lines ? lines + 1 : context, stderr);
-                fprintf(stderr, "DATA is GVariant text, such as 'a string', 42, uint64 7, (1, 'two'), [1, 2] "
-                                "or {'key': <1>}; quote it for the shell.\n");
+                fprintf(stderr,
+                        "DATA is GVariant text, such as 'a string', 42, uint64 7, (1, 'two'), [1, 2] "
+                        "or {'key': <1>}; quote it for the shell.\n");
                 return NULL;
         }
         if (payload_check_value(v, &reason) < 0) {

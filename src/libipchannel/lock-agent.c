@@ -77,6 +77,7 @@ struct lock_agent {
         sd_bus_slot *filter_slot, *noc_slot, *expired_slot, *request_slot, *owner_slot;
         sd_bus_slot *reassert_slot;
         sd_event_source *retry_source;  /* re-sends a failed Reassert, re-queues after a failure */
+        sd_event_source *pump_source;   /* sends again what a host not yet serving turned away */
         char *unique_name;
         char *host;                     /* owner of the service name; NULL if unknown/none */
         char *reasserted_to;            /* the host our last report went to */
@@ -195,6 +196,7 @@ static void agent_list_remove(lock_agent *a, ipchannel_lock *l) {
 /* ---- talking to the service ------------------------------------------------------------- */
 
 static void agent_pump(lock_agent *a);
+static void agent_pump_later(lock_agent *a);
 static void agent_lost(lock_agent *a);
 
 static bool agent_ready(lock_agent *a) {
@@ -243,6 +245,10 @@ static int on_acquire_reply(sd_bus_message *reply, void *userdata, sd_bus_error 
                          * the change, or the reconnect, will. */
                         if (g_strcmp0(sent_to, a->host) != 0)
                                 agent_pump(a);
+                        else if (sd_bus_error_has_names(e, SD_BUS_ERROR_UNKNOWN_OBJECT,
+                                                        SD_BUS_ERROR_UNKNOWN_METHOD))
+                                /* The new host has the name but does not serve yet. */
+                                agent_pump_later(a);
                 } else {
                         lock_set_state(a, l, LOCK_FAILED, 0, errno_of_reply(reply));
                         agent_list_remove(a, l);
@@ -277,6 +283,20 @@ static int on_acquire_reply(sd_bus_message *reply, void *userdata, sd_bus_error 
         l->granted_at = clock_usec(CLOCK_MONOTONIC);
         lock_set_state(a, l, LOCK_HELD, token, 0);
         return 0;
+}
+
+static int on_pump_retry(sd_event_source *s, uint64_t usec, void *userdata) {
+        lock_agent *a = userdata;
+
+        a->pump_source = sd_event_source_unref(a->pump_source);
+        agent_pump(a);
+        return 0;
+}
+
+static void agent_pump_later(lock_agent *a) {
+        if (!a->pump_source)
+                (void) sd_event_add_time_relative(a->event, &a->pump_source, CLOCK_MONOTONIC, 50 * 1000, 0,
+                                                  on_pump_retry, a);
 }
 
 static int agent_send_acquire(lock_agent *a, ipchannel_lock *l) {
@@ -584,6 +604,7 @@ static void agent_disconnect(lock_agent *a) {
         a->owner_slot = sd_bus_slot_unref(a->owner_slot);
         a->reassert_slot = sd_bus_slot_unref(a->reassert_slot);
         a->retry_source = sd_event_source_disable_unref(a->retry_source);
+        a->pump_source = sd_event_source_disable_unref(a->pump_source);
         a->reasserted_to = (free(a->reasserted_to), NULL);
         if (a->bus) {
                 (void) sd_bus_detach_event(a->bus);

@@ -328,7 +328,9 @@ static int service_admit(lock_service *s, sd_bus_message *m, method_t method) {
         const char *owner = sd_bus_message_get_sender(m);
         held_call *h;
 
-        if (owner && g_hash_table_contains(s->members, owner))
+        /* While calls wait for a check, later ones wait behind them even from members (the
+         * recovery's listing may make their caller a member meanwhile): order is kept. */
+        if (owner && g_hash_table_contains(s->members, owner) && s->held->len == 0)
                 return 1;
         h = malloc(sizeof(*h));
         if (!h)

@@ -102,8 +102,8 @@ typedef struct job {
 static int on_job_done(sd_event_source *s, void *userdata) {
         job *j = userdata;
 
-        (void) sd_bus_emit_signal(bus, MANAGER_PATH, "org.freedesktop.systemd1.Manager", "JobRemoved", "uoss",
-                                  j->id, j->path, j->unit, j->result);
+        (void) sd_bus_emit_signal(bus, MANAGER_PATH, "org.freedesktop.systemd1.Manager", "JobRemoved",
+                                  "uoss", j->id, j->path, j->unit, j->result);
         g_free(j->path);
         g_free(j->unit);
         g_free(j->result);
@@ -124,7 +124,8 @@ static int method_job(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         if (r < 0)
                 return r;
         if (!template_known(name, &kind))
-                return sd_bus_error_setf(error, "org.freedesktop.systemd1.NoSuchUnit", "Unit %s not found.", name);
+                return sd_bus_error_setf(error, "org.freedesktop.systemd1.NoSuchUnit", "Unit %s not found.",
+                                         name);
 
         u = g_hash_table_lookup(units, name);
         if (!u) {
@@ -200,8 +201,8 @@ static int method_list_units_by_patterns(sd_bus_message *m, void *userdata, sd_b
                         continue;
                 if (states && states[0] && !g_strv_contains((const char *const *) states, u->active))
                         continue;
-                r = sd_bus_message_append(reply, "(ssssssouso)", u->name, "fake unit", "loaded", u->active, u->sub,
-                                          "", path, (uint32_t) 0, "", "/");
+                r = sd_bus_message_append(reply, "(ssssssouso)", u->name, "fake unit", "loaded", u->active,
+                                          u->sub, "", path, (uint32_t) 0, "", "/");
         }
         if (r >= 0)
                 r = sd_bus_message_close_container(reply);
@@ -221,7 +222,8 @@ static int method_unit_files(sd_bus_message *m, void *userdata, sd_bus_error *er
 
         r = sd_bus_message_read_strv(m, &files);
         if (r >= 0)
-                r = enable ? sd_bus_message_read(m, "bb", &runtime, &force) : sd_bus_message_read(m, "b", &runtime);
+                r = enable ? sd_bus_message_read(m, "bb", &runtime, &force)
+                           : sd_bus_message_read(m, "b", &runtime);
         if (r < 0)
                 return r;
         for (char **f = files; f && *f; f++) {
@@ -264,7 +266,8 @@ static int method_get_unit(sd_bus_message *m, void *userdata, sd_bus_error *erro
         if (r < 0)
                 return r;
         if (!g_hash_table_contains(units, name))
-                return sd_bus_error_setf(error, "org.freedesktop.systemd1.NoSuchUnit", "Unit %s not loaded.", name);
+                return sd_bus_error_setf(error, "org.freedesktop.systemd1.NoSuchUnit", "Unit %s not loaded.",
+                                         name);
         path = unit_path(name);
         return sd_bus_reply_method_return(m, "o", path);
 }
@@ -426,11 +429,11 @@ int main(int argc, char *argv[]) {
                 r = sd_bus_add_object_vtable(bus, NULL, MANAGER_PATH, "org.freedesktop.systemd1.Manager",
                                              manager_vtable, NULL);
         if (r >= 0)
-                r = sd_bus_add_object_vtable(bus, NULL, MANAGER_PATH, "org.ipchannel.test.FakeManager", test_vtable,
-                                             NULL);
+                r = sd_bus_add_object_vtable(bus, NULL, MANAGER_PATH, "org.ipchannel.test.FakeManager",
+                                             test_vtable, NULL);
         if (r >= 0)
-                r = sd_bus_add_fallback_vtable(bus, NULL, UNIT_PREFIX, "org.freedesktop.systemd1.Unit", unit_vtable,
-                                               find_unit, NULL);
+                r = sd_bus_add_fallback_vtable(bus, NULL, UNIT_PREFIX, "org.freedesktop.systemd1.Unit",
+                                               unit_vtable, find_unit, NULL);
         if (r >= 0)
                 r = sd_bus_add_fallback_vtable(bus, NULL, UNIT_PREFIX, "org.freedesktop.systemd1.Service",
                                                service_vtable, find_unit, NULL);

@@ -27,6 +27,9 @@ code, out, err = tool.run("peers")
 check(code == 0 and "No peer of app clitest" in out and err == "", "peers with no peer says so, exit 0", (code, out, err))
 code, out, err = tool.run("peers", "--json")
 check(code == 0 and out == "", "peers --json with no peer prints nothing")
+code, out, err = tool.run("send", "1", "'anyone?'")
+check(code == 3 and err == "ipchannel: no peer 1 in app clitest\n",
+      "send to peer 1 with no peer up: exit 3 (the tool, as peer 1 itself, does not count)", (code, err))
 
 # 2. Three peers: ids 1..3, their unique names and pids, sorted by id.
 peers = [Peer(TEST_PEER, APP, "--listen", "message", "--listen", "ev") for _ in range(3)]
@@ -186,6 +189,14 @@ if objs and len(objs) == 3:
           "the monitor sees a broadcast of another event with --all", objs[1])
     check(objs[2]["sender"] == late_id and objs[2]["to"] == 1 and objs[2]["data"] == "late",
           "a peer that joined after the monitor started is named by its id", objs[2])
+# Sends made in one turn of a peer's loop may travel coalesced (DeliverBatch, BroadcastBatch):
+# the monitor still shows one line per message, in order.
+by_id[3].cmd("flood 1 ev 5")
+by_id[3].cmd("flood all ev 3")
+got = json_lines("\n".join(l or "" for l in (mon.out.next() for _ in range(8))))
+check(got is not None and [(o["sender"], o["to"], o["data"]) for o in got] ==
+      [(3, 1, [i]) for i in range(5)] + [(3, "all", [i]) for i in range(3)],
+      "a burst of sends shows as one line per message, in order", got)
 line = mon2.out.next()
 check(line is not None and line.split(" ", 1)[1] == "peer 2 -> peer 1 message ('between', 2)",
       "the text monitor prints 'peer 2 -> peer 1 message DATA' and, by default, only \"message\"", line)
