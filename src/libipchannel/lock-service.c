@@ -573,19 +573,21 @@ static int property_get_recovering(sd_bus *bus, const char *path, const char *in
         return sd_bus_message_append(reply, "b", s->recovering);
 }
 
+/* Unprivileged: see peer_vtable in channel.c; here, queue membership decides who may hold. */
 static const sd_bus_vtable lock_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_METHOD_WITH_ARGS("Acquire", SD_BUS_ARGS("s", lock, "t", lease_usec),
-                                SD_BUS_RESULT("t", token), method_acquire, 0),
+                                SD_BUS_RESULT("t", token), method_acquire, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("TryAcquire", SD_BUS_ARGS("s", lock, "t", lease_usec),
-                                SD_BUS_RESULT("t", token), method_try_acquire, 0),
+                                SD_BUS_RESULT("t", token), method_try_acquire, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Release", SD_BUS_ARGS("s", lock, "t", token), SD_BUS_NO_RESULT,
-                                method_release, 0),
-        SD_BUS_METHOD_WITH_ARGS("Cancel", SD_BUS_ARGS("s", lock), SD_BUS_NO_RESULT, method_cancel, 0),
+                                method_release, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Cancel", SD_BUS_ARGS("s", lock), SD_BUS_NO_RESULT, method_cancel,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Reassert", SD_BUS_ARGS("a(stt)", holds), SD_BUS_RESULT("as", refused),
-                                method_reassert, 0),
+                                method_reassert, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("ListLocks", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(ssttas)", locks),
-                                method_list_locks, 0),
+                                method_list_locks, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_SIGNAL_WITH_ARGS("LeaseExpired", SD_BUS_ARGS("s", lock, "t", token), 0),
         SD_BUS_PROPERTY("Recovering", "b", property_get_recovering, 0,
                         SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
