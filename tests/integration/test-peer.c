@@ -217,12 +217,15 @@ static void run_command(char *line) {
                 remove_listener(w[1]);
         else if (strcmp(w[0], "send") == 0 && n >= 3) {
                 g_autofree char *rest = g_strjoinv(" ", w + 2);
+                /* g_variant_parse() gives a full reference, which the library does not take. */
+                g_autoptr(GVariant) data = parse_data(rest);
                 parse_to(w[1], &to);
-                r = ipchannel_send(ch, to, parse_data(rest));
+                r = ipchannel_send(ch, to, data);
                 out("result send %d", r);
         } else if (strcmp(w[0], "emit") == 0 && n >= 4) {
+                g_autoptr(GVariant) data = parse_data(w[3]);
                 parse_to(w[1], &to);
-                r = ipchannel_emit(ch, to, w[2], parse_data(w[3]));
+                r = ipchannel_emit(ch, to, w[2], data);
                 out("result emit %d", r);
         } else if (strcmp(w[0], "flood") == 0 && n >= 4) {
                 unsigned count = (unsigned) atoi(w[3]);
