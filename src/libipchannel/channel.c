@@ -1068,6 +1068,13 @@ static int channel_flush_batch(ipchannel *ch) {
         return r;
 }
 
+static void channel_flush_batch_deferred(ipchannel *ch);
+
+void channel_flush_sends(ipchannel *ch) {
+        if (ch->bus && ch->state == STATE_CONNECTED)
+                channel_flush_batch_deferred(ch);
+}
+
 static void channel_flush_batch_deferred(ipchannel *ch) {
         int r = channel_flush_batch(ch);
 
@@ -1499,6 +1506,7 @@ _public_ int ipchannel_run(ipchannel *ch) {
                         ch->glib_loop = g_main_loop_new(ch->glib, FALSE);
                 ch->glib_exit_code = 0;
                 g_main_loop_run(ch->glib_loop);
+                channel_flush_sends(ch);
                 return ch->glib_exit_code;
         }
         if (!ch->event) {
@@ -1506,7 +1514,10 @@ _public_ int ipchannel_run(ipchannel *ch) {
                 if (r < 0)
                         return r;
         }
-        return sd_event_loop(ch->event);
+        r = sd_event_loop(ch->event);
+        /* The loop will not run the deferred flush any more: send what handlers left. */
+        channel_flush_sends(ch);
+        return r;
 }
 
 _public_ int ipchannel_exit(ipchannel *ch, int code) {

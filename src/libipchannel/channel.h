@@ -34,5 +34,8 @@ bool channel_check(ipchannel *ch);
 int lock_client_start(ipchannel *ch);
 void lock_client_free(ipchannel *ch);
 
+/* Sends what handlers coalesced, now: for callers that stop running the loop. */
+void channel_flush_sends(ipchannel *ch);
+
 /* Sends now; the channel must be connected. -ENXIO if no peer holds id `to`. */
 int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *data);

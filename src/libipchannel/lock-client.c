@@ -278,6 +278,11 @@ _public_ int ipchannel_lock_acquire(ipchannel *ch, const char *lock, uint64_t ti
                         (void) sd_event_run(ipchannel_get_event(ch), MIN(wait, 1000000ULL));
         }
 
+        /* Handlers run by the loop above may have coalesced sends the loop would have sent
+         * next time round; the caller may not run it again soon. */
+        if (loop_thread)
+                channel_flush_sends(ch);
+
         if (s == LOCK_HELD) {
                 *ret = l;
                 return 0;
