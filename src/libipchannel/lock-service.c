@@ -75,6 +75,8 @@ struct lock_service {
         /* Who may hold locks: connections seen in the service name's queue (see the takeover
          * comment). Calls from others wait in `held` while the queue is read again. */
         GHashTable *members;
+        uid_t allowed_uid;              /* (uid_t) -1: any */
+        GHashTable *uid_ok;             /* callers whose uid was checked */
         GPtrArray *held;                /* held_call * */
         sd_bus_slot *check_slot;
         sd_event_source *check_retry;
@@ -219,6 +221,7 @@ static int on_owner_gone(sd_bus_track *t, void *userdata) {
         if (g_hash_table_remove(s->expected, owner))
                 service_maybe_unfreeze(s);
         g_hash_table_remove(s->members, owner);
+        g_hash_table_remove(s->uid_ok, owner);
         g_hash_table_remove(s->tracks, owner);
         service_arm_lease_timer(s);
         return 0;
@@ -324,9 +327,37 @@ static void service_check_queue(lock_service *s) {
 
 /* 1 if the caller is known to be in the name's queue; 0 if the call now waits for a check of
  * the queue (it is run again, or refused, when the answer comes). */
-static int service_admit(lock_service *s, sd_bus_message *m, method_t method) {
+/* With an allowed uid set: the caller's uid as the bus vouches for it (the broker took it
+ * from the kernel when the caller connected), asked once per connection. */
+static int service_check_uid(lock_service *s, sd_bus_message *m, const char *owner, sd_bus_error *error) {
+        _cleanup_(sd_bus_creds_unrefp) sd_bus_creds *creds = NULL;
+        uid_t uid;
+        int r;
+
+        if (s->allowed_uid == (uid_t) -1 || (owner && g_hash_table_contains(s->uid_ok, owner)))
+                return 0;
+        r = sd_bus_query_sender_creds(m, SD_BUS_CREDS_EUID, &creds);
+        if (r >= 0)
+                r = sd_bus_creds_get_euid(creds, &uid);
+        if (r < 0)
+                return sd_bus_error_setf(error, LOCK_ERROR_ACCESS_DENIED,
+                                         "Cannot learn the caller's uid: %s.", strerror(-r));
+        if (uid != s->allowed_uid)
+                return sd_bus_error_setf(error, LOCK_ERROR_ACCESS_DENIED,
+                                         "This lock service serves only uid %u.", (unsigned) s->allowed_uid);
+        if (owner)
+                g_hash_table_add(s->uid_ok, g_strdup(owner));
+        return 0;
+}
+
+static int service_admit(lock_service *s, sd_bus_message *m, method_t method, sd_bus_error *error) {
         const char *owner = sd_bus_message_get_sender(m);
         held_call *h;
+        int r;
+
+        r = service_check_uid(s, m, owner, error);
+        if (r < 0)
+                return r;
 
         /* While calls wait for a check, later ones wait behind them even from members (the
          * recovery's listing may make their caller a member meanwhile): order is kept. */
@@ -350,7 +381,7 @@ static int method_acquire(sd_bus_message *m, void *userdata, sd_bus_error *error
         pending *p;
         int r;
 
-        r = service_admit(s, m, method_acquire);
+        r = service_admit(s, m, method_acquire, error);
         if (r <= 0)
                 return r < 0 ? r : 1;   /* answered when the queue check comes back */
 
@@ -395,7 +426,7 @@ static int method_try_acquire(sd_bus_message *m, void *userdata, sd_bus_error *e
         uint64_t lease, token = 0;
         int r;
 
-        r = service_admit(s, m, method_try_acquire);
+        r = service_admit(s, m, method_try_acquire, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
@@ -423,7 +454,7 @@ static int method_release(sd_bus_message *m, void *userdata, sd_bus_error *error
 
         /* Gated like the rest, so that a caller's calls keep their order: a Release must not
          * overtake the Reassert or Acquire of the same caller that waits for the check. */
-        r = service_admit(s, m, method_release);
+        r = service_admit(s, m, method_release, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
@@ -444,7 +475,7 @@ static int method_cancel(sd_bus_message *m, void *userdata, sd_bus_error *error)
         pending *p;
         int r;
 
-        r = service_admit(s, m, method_cancel);
+        r = service_admit(s, m, method_cancel, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
@@ -474,7 +505,7 @@ static int method_reassert(sd_bus_message *m, void *userdata, sd_bus_error *erro
         uint64_t token, lease_left, now = clock_usec(CLOCK_MONOTONIC);
         int r;
 
-        r = service_admit(s, m, method_reassert);
+        r = service_admit(s, m, method_reassert, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
@@ -666,6 +697,8 @@ int lock_service_new(lock_service **ret, sd_bus *bus, const char *path, const ch
                 .expected = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
                 .reported = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
                 .members = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
+                .uid_ok = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
+                .allowed_uid = (uid_t) -1,
                 .held = g_ptr_array_new_with_free_func(held_call_free),
                 .recovering = true,
         };
@@ -709,6 +742,22 @@ fail:
         return r;
 }
 
+void lock_service_set_allowed_uid(lock_service *s, uid_t uid) {
+        s->allowed_uid = uid;
+        g_hash_table_remove_all(s->uid_ok);
+}
+
+int lock_service_set_limits(lock_service *s, size_t max_locks_per_owner, size_t max_waiters_per_lock) {
+        lockqueue_limits limits;
+
+        lockqueue_get_limits(s->q, &limits);
+        if (max_locks_per_owner > 0)
+                limits.max_locks_per_owner = max_locks_per_owner;
+        if (max_waiters_per_lock > 0)
+                limits.max_waiters_per_lock = max_waiters_per_lock;
+        return lockqueue_set_limits(s->q, &limits);
+}
+
 lock_service *lock_service_free(lock_service *s) {
         GHashTableIter it;
         pending *p;
@@ -733,6 +782,8 @@ lock_service *lock_service_free(lock_service *s) {
         }
         if (s->members)
                 g_hash_table_unref(s->members);
+        if (s->uid_ok)
+                g_hash_table_unref(s->uid_ok);
         s->check_slot = sd_bus_slot_unref(s->check_slot);
         sd_event_source_disable_unref(s->check_retry);
         sd_event_source_disable_unref(s->recovery_retry);

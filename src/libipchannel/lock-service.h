@@ -3,6 +3,7 @@
 #pragma once
 
 #include <stdbool.h>
+#include <sys/types.h>
 
 #include <systemd/sd-bus.h>
 
@@ -28,6 +29,13 @@ typedef struct lock_service lock_service;
  * the bus) has reported its holds with Reassert, or has disconnected. */
 int lock_service_new(lock_service **ret, sd_bus *bus, const char *path, const char *name,
                      bool expect_self);
+
+/* Serves only callers whose uid, as the bus reports it, is uid ((uid_t) -1: anyone; the
+ * default). Others get org.ipchannel.Error.AccessDenied. */
+void lock_service_set_allowed_uid(lock_service *s, uid_t uid);
+
+/* Locks held or awaited per connection, waiters per lock; 0 leaves a limit as it is. */
+int lock_service_set_limits(lock_service *s, size_t max_locks_per_owner, size_t max_waiters_per_lock);
 
 /* Waiting Acquire calls get org.ipchannel.Error.ServiceMoved. NULL-safe; returns NULL. */
 lock_service *lock_service_free(lock_service *s);

@@ -2,6 +2,7 @@
 /* ipchannel-lockd: hosts an app's lock service (org.ipchannel.LockService1) as a daemon. */
 #include <errno.h>
 #include <getopt.h>
+#include <pwd.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +31,9 @@ typedef enum { BUS_DEFAULT, BUS_USER, BUS_SYSTEM } bus_kind;
 static const char *arg_app;
 static bus_kind arg_bus = BUS_DEFAULT;
 static bool arg_print_ready;
+static uid_t arg_allowed_uid = (uid_t) -1;
+static size_t arg_max_locks_per_connection;
+static size_t arg_max_waiters_per_lock;
 
 typedef struct {
         sd_event *event;
@@ -54,6 +58,12 @@ static void help(void) {
                "      --system        use the system bus\n"
                "                      (default: the user bus if DBUS_SESSION_BUS_ADDRESS is\n"
                "                      set, else the system bus)\n"
+               "      --allow-uid UID serve only callers of this uid (number or user name), as\n"
+               "                      the bus reports it; others get AccessDenied\n"
+               "      --max-locks-per-connection N\n"
+               "                      locks one connection may hold or await (default 1024)\n"
+               "      --max-waiters-per-lock N\n"
+               "                      connections that may wait for one lock (default 65536)\n"
                "      --print-ready   print READY on stdout once the name is owned (and\n"
                "                      QUEUED while another daemon owns it)\n"
                "  -h, --help          show this help\n"
@@ -66,12 +76,16 @@ static void help(void) {
 }
 
 static int parse_argv(int argc, char *argv[]) {
-        enum { ARG_USER = 0x100, ARG_SYSTEM, ARG_PRINT_READY, ARG_VERSION };
+        enum { ARG_USER = 0x100, ARG_SYSTEM, ARG_PRINT_READY, ARG_VERSION, ARG_ALLOW_UID, ARG_MAX_LOCKS,
+               ARG_MAX_WAITERS };
         static const struct option options[] = {
                 { "app", required_argument, NULL, 'a' },
                 { "user", no_argument, NULL, ARG_USER },
                 { "system", no_argument, NULL, ARG_SYSTEM },
                 { "print-ready", no_argument, NULL, ARG_PRINT_READY },
+                { "allow-uid", required_argument, NULL, ARG_ALLOW_UID },
+                { "max-locks-per-connection", required_argument, NULL, ARG_MAX_LOCKS },
+                { "max-waiters-per-lock", required_argument, NULL, ARG_MAX_WAITERS },
                 { "help", no_argument, NULL, 'h' },
                 { "version", no_argument, NULL, ARG_VERSION },
                 {}
@@ -98,6 +112,42 @@ static int parse_argv(int argc, char *argv[]) {
                 case ARG_PRINT_READY:
                         arg_print_ready = true;
                         break;
+                case ARG_ALLOW_UID: {
+                        struct passwd *pw;
+                        char *end;
+                        unsigned long v;
+
+                        errno = 0;
+                        v = strtoul(optarg, &end, 10);
+                        if (optarg[0] != '\0' && *end == '\0' && errno == 0 && v < (uid_t) -1)
+                                arg_allowed_uid = (uid_t) v;
+                        else if ((pw = getpwnam(optarg)))
+                                arg_allowed_uid = pw->pw_uid;
+                        else {
+                                fprintf(stderr, "ipchannel-lockd: no such user \"%s\"\n", optarg);
+                                return -EINVAL;
+                        }
+                        break;
+                }
+                case ARG_MAX_LOCKS:
+                case ARG_MAX_WAITERS: {
+                        char *end;
+                        unsigned long v;
+
+                        errno = 0;
+                        v = strtoul(optarg, &end, 10);
+                        if (optarg[0] == '\0' || *end != '\0' || errno != 0 || v == 0 || optarg[0] == '-') {
+                                fprintf(stderr, "ipchannel-lockd: %s needs a number above 0\n",
+                                        c == ARG_MAX_LOCKS ? "--max-locks-per-connection"
+                                                           : "--max-waiters-per-lock");
+                                return -EINVAL;
+                        }
+                        if (c == ARG_MAX_LOCKS)
+                                arg_max_locks_per_connection = v;
+                        else
+                                arg_max_waiters_per_lock = v;
+                        break;
+                }
                 case 'h':
                         help();
                         return 0;
@@ -125,11 +175,14 @@ static void lockd_serve(lockd *d) {
         if (d->service)
                 return;
         r = lock_service_new(&d->service, d->bus, d->path, d->name, false);
+        if (r >= 0)
+                r = lock_service_set_limits(d->service, arg_max_locks_per_connection, arg_max_waiters_per_lock);
         if (r < 0) {
                 fprintf(stderr, "ipchannel-lockd: cannot serve %s: %s\n", d->name, strerror(-r));
                 sd_event_exit(d->event, EXIT_FAILURE);
                 return;
         }
+        lock_service_set_allowed_uid(d->service, arg_allowed_uid);
         (void) sd_notifyf(false, "READY=1\nSTATUS=Serving %s", d->name);
         if (arg_print_ready) {
                 printf("READY\n");

@@ -485,6 +485,59 @@ START_TEST(test_service_answers_with_named_errors) {
 }
 END_TEST
 
+START_TEST(test_lockd_serves_only_the_allowed_uid) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+
+        /* Nobody here runs as uid 12345: even root is turned away. */
+        peer *other = proc_start(LOCKD_PATH, "READY", "--app", "uidother", "--user", "--allow-uid", "12345",
+                                 "--print-ready", NULL);
+        sd_bus *c1 = raw_client("uidother");
+        ck_assert_int_lt(call_lock(c1, "uidother", "TryAcquire", &error, NULL, "st", "x", (uint64_t) 0), 0);
+        ck_assert_str_eq(error.name, "org.ipchannel.Error.AccessDenied");
+        sd_bus_error_free(&error);
+
+        /* Restricted to our own uid, the same call is served. */
+        char uid[32];
+        snprintf(uid, sizeof(uid), "%u", (unsigned) geteuid());
+        peer *own = proc_start(LOCKD_PATH, "READY", "--app", "uidown", "--user", "--allow-uid", uid,
+                               "--print-ready", NULL);
+        sd_bus *c2 = raw_client("uidown");
+        ck_assert_int_ge(call_lock(c2, "uidown", "TryAcquire", &error, &reply, "st", "x", (uint64_t) 0), 0);
+        ck_assert_uint_gt(reply_token(reply), 0);
+
+        sd_bus_flush_close_unref(c1);
+        sd_bus_flush_close_unref(c2);
+        peer_kill(other, SIGTERM);
+        peer_kill(own, SIGTERM);
+        ck_assert_int_eq(peer_wait(other, PEER_TIMEOUT_MS), 0);
+        ck_assert_int_eq(peer_wait(own, PEER_TIMEOUT_MS), 0);
+}
+END_TEST
+
+START_TEST(test_lockd_limits_are_settable) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        peer *lockd = proc_start(LOCKD_PATH, "READY", "--app", "limits", "--user", "--max-locks-per-connection",
+                                 "3", "--print-ready", NULL);
+        sd_bus *c = raw_client("limits");
+        const char *names[] = { "a", "b", "c" };
+
+        for (size_t i = 0; i < 3; i++) {
+                ck_assert_int_ge(call_lock(c, "limits", "TryAcquire", &error, &reply, "st", names[i], (uint64_t) 0),
+                                 0);
+                reply_token(reply);
+        }
+        ck_assert_int_lt(call_lock(c, "limits", "TryAcquire", &error, NULL, "st", "d", (uint64_t) 0), 0);
+        ck_assert_str_eq(error.name, "org.ipchannel.Error.LimitsExceeded");
+        sd_bus_error_free(&error);
+
+        sd_bus_flush_close_unref(c);
+        peer_kill(lockd, SIGTERM);
+        ck_assert_int_eq(peer_wait(lockd, PEER_TIMEOUT_MS), 0);
+}
+END_TEST
+
 START_TEST(test_second_lockd_in_the_queue_does_not_stall_a_takeover) {
         peer *lockd1 = proc_start(LOCKD_PATH, "READY", "--app", "twolockd", "--user", "--print-ready", NULL);
         peer *p = peer_start("--app", "twolockd", "--connect", NULL);
@@ -707,6 +760,8 @@ int main(void) {
         tcase_add_test(tc, test_peers_use_lockd_and_take_over_when_it_stops);
         tcase_add_test(tc, test_service_answers_with_named_errors);
         tcase_add_test(tc, test_second_lockd_in_the_queue_does_not_stall_a_takeover);
+        tcase_add_test(tc, test_lockd_serves_only_the_allowed_uid);
+        tcase_add_test(tc, test_lockd_limits_are_settable);
         tcase_add_test(tc, test_grant_without_lease_survives_a_takeover);
         tcase_add_test(tc, test_blocking_acquire_from_loop_threads_and_workers);
         suite_add_tcase(s, tc);
