@@ -32,12 +32,24 @@ static long long now_ms(void) {
         return (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
+/* IPCHANNEL_TEST_VALGRIND=1 runs every process a test starts under valgrind memcheck: an
+ * error or a definite leak makes it exit 99, which fails the test when the peer ends. */
+static const char *const valgrind_argv[] = {
+        "valgrind", "--quiet", "--error-exitcode=99", "--leak-check=full",
+        "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite", "--child-silent-after-fork=yes",
+};
+
 static peer *proc_startv(const char *path, const char *ready, const char *const *env, const char *arg,
                          va_list ap) {
-        const char *argv[64] = { path };
+        const char *argv[64];
         int in[2], out[2];
-        size_t n = 1;
+        size_t n = 0;
         peer *p;
+
+        if (getenv("IPCHANNEL_TEST_VALGRIND"))
+                for (size_t i = 0; i < sizeof(valgrind_argv) / sizeof(valgrind_argv[0]); i++)
+                        argv[n++] = valgrind_argv[i];
+        argv[n++] = path;
 
         for (const char *a = arg; a && n < 63; a = va_arg(ap, const char *))
                 argv[n++] = a;
@@ -56,7 +68,7 @@ static peer *proc_startv(const char *path, const char *ready, const char *const 
                 dup2(out[1], STDOUT_FILENO);
                 for (size_t i = 0; env && env[i]; i++)
                         putenv((char *) env[i]);
-                execv(argv[0], (char **) argv);
+                execvp(argv[0], (char **) argv);
                 _exit(127);
         }
         close(in[0]);
