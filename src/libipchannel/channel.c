@@ -260,6 +260,7 @@ static int read_message(sd_bus_message *m, message_shape shape, const char **ret
                         GPtrArray **ret_payloads, sd_bus_error *error) {
         g_autoptr(GPtrArray) payloads = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref);
         const char *event, *reason;
+        size_t budget = PAYLOAD_VALUES_MAX;     /* for the whole message, a batch included */
         GVariant *data;
         int r;
 
@@ -282,7 +283,11 @@ static int read_message(sd_bus_message *m, message_shape shape, const char **ret
         while (shape != SHAPE_NULL) {
                 if (shape == SHAPE_BATCH && sd_bus_message_at_end(m, false) > 0)
                         break;
-                r = payload_read_variant(m, &data);
+                r = payload_read_variant_budget(m, &budget, &data);
+                if (r == -ENOBUFS)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                                                 "The message holds more than %u payload values.",
+                                                 PAYLOAD_VALUES_MAX);
                 if (r < 0)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                                  "Cannot read the payload: %s.", g_strerror(-r));
@@ -290,6 +295,10 @@ static int read_message(sd_bus_message *m, message_shape shape, const char **ret
                 if (shape == SHAPE_ONE)
                         break;
         }
+        /* No sender makes an empty batch (one payload goes as Deliver): dispatching it would make
+         * up a message with no payload that nobody sent, as if it came by DeliverNull. */
+        if (shape == SHAPE_BATCH && payloads->len == 0)
+                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "The batch is empty.");
         *ret_event = event;
         *ret_payloads = TAKE_PTR(payloads);
         return 0;

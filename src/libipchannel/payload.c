@@ -326,9 +326,19 @@ int payload_append_variant(sd_bus_message *m, GVariant *value) {
         return append_variant(m, owned, 1);
 }
 
-static int read_item(sd_bus_message *m, unsigned depth, GVariant **ret);
+static int read_item(sd_bus_message *m, unsigned depth, size_t *budget, GVariant **ret);
 
-static int read_basic(sd_bus_message *m, char type, GVariant **ret) {
+/* Takes one value from the budget of what one message may make us build. A decoded value costs
+ * ~170 bytes of heap however few it took on the wire (a "b" takes 4): without a bound, one
+ * 32 MiB message of booleans made a receiver peak at 1.4 GiB. A fixed array costs one. */
+static int budget_take(size_t *budget) {
+        if (*budget == 0)
+                return -ENOBUFS;
+        (*budget)--;
+        return 0;
+}
+
+static int read_basic(sd_bus_message *m, char type, size_t *budget, GVariant **ret) {
         union {
                 uint8_t y;
                 int16_t n;
@@ -345,6 +355,9 @@ static int read_basic(sd_bus_message *m, char type, GVariant **ret) {
         GVariant *v;
         int r;
 
+        r = budget_take(budget);
+        if (r < 0)
+                return r;
         r = sd_bus_message_read_basic(m, type, &u);
         if (r < 0)
                 return r;
@@ -407,12 +420,16 @@ static int read_basic(sd_bus_message *m, char type, GVariant **ret) {
         return 0;
 }
 
-static int read_fixed_array(sd_bus_message *m, char type, size_t size, GVariant **ret) {
+static int read_fixed_array(sd_bus_message *m, char type, size_t size, size_t *budget,
+                            GVariant **ret) {
         const void *p = NULL;
         size_t n = 0;
         char element[2] = { type, '\0' };
         int r;
 
+        r = budget_take(budget);
+        if (r < 0)
+                return r;
         r = sd_bus_message_read_array(m, type, &p, &n);
         if (r < 0)
                 return r;
@@ -425,7 +442,7 @@ static int read_fixed_array(sd_bus_message *m, char type, size_t size, GVariant 
 }
 
 /* Reads the items of the container just entered, up to its end. */
-static int read_children(sd_bus_message *m, unsigned depth, GPtrArray *children) {
+static int read_children(sd_bus_message *m, unsigned depth, size_t *budget, GPtrArray *children) {
         int r;
 
         for (;;) {
@@ -437,7 +454,7 @@ static int read_children(sd_bus_message *m, unsigned depth, GPtrArray *children)
                 if (r > 0)
                         return 0;
 
-                r = read_item(m, depth, &child);
+                r = read_item(m, depth, budget, &child);
                 if (r < 0)
                         return r;
                 g_ptr_array_add(children, child);
@@ -445,12 +462,16 @@ static int read_children(sd_bus_message *m, unsigned depth, GPtrArray *children)
 }
 
 static int read_container(sd_bus_message *m, char type, const char *contents, unsigned depth,
-                          GVariant **ret) {
+                          size_t *budget, GVariant **ret) {
         g_autoptr(GPtrArray) children = g_ptr_array_new_with_free_func(
                 (GDestroyNotify) g_variant_unref);
         g_autoptr(GVariantType) element = NULL;
         GVariant *v = NULL;
         int r;
+
+        r = budget_take(budget);
+        if (r < 0)
+                return r;
 
         /* contents points into sd-bus's peek buffer, which the first peek inside replaces. */
         if (type == 'a')
@@ -462,7 +483,7 @@ static int read_container(sd_bus_message *m, char type, const char *contents, un
         if (r == 0)
                 return -EBADMSG;
 
-        r = read_children(m, depth, children);
+        r = read_children(m, depth, budget, children);
         if (r < 0)
                 return r;
 
@@ -497,7 +518,7 @@ static int read_container(sd_bus_message *m, char type, const char *contents, un
 
 /* Reads the contents of the variant at the read position, which sits at depth. */
 static int read_variant_contents(sd_bus_message *m, const char *contents, unsigned depth,
-                                 GVariant **ret) {
+                                 size_t *budget, GVariant **ret) {
         g_autoptr(GVariant) v = NULL;
         int r;
 
@@ -513,7 +534,7 @@ static int read_variant_contents(sd_bus_message *m, const char *contents, unsign
         if (r == 0)
                 return -EBADMSG;
 
-        r = read_item(m, depth, &v);
+        r = read_item(m, depth, budget, &v);
         if (r < 0)
                 return r;
 
@@ -526,7 +547,7 @@ static int read_variant_contents(sd_bus_message *m, const char *contents, unsign
 }
 
 /* Reads one complete item inside depth containers. */
-static int read_item(sd_bus_message *m, unsigned depth, GVariant **ret) {
+static int read_item(sd_bus_message *m, unsigned depth, size_t *budget, GVariant **ret) {
         const char *contents = NULL;
         char type;
         int r;
@@ -543,7 +564,10 @@ static int read_item(sd_bus_message *m, unsigned depth, GVariant **ret) {
 
                 if (depth >= PAYLOAD_DEPTH_MAX)
                         return -EBADMSG;
-                r = read_variant_contents(m, contents, depth + 1, &child);
+                r = budget_take(budget);
+                if (r < 0)
+                        return r;
+                r = read_variant_contents(m, contents, depth + 1, budget, &child);
                 if (r < 0)
                         return r;
                 *ret = g_variant_ref_sink(g_variant_new_variant(child));
@@ -556,26 +580,26 @@ static int read_item(sd_bus_message *m, unsigned depth, GVariant **ret) {
                         return -EBADMSG;
                 size = contents[1] == '\0' ? fixed_element_size(contents[0]) : 0;
                 if (size > 0)
-                        return read_fixed_array(m, contents[0], size, ret);
-                return read_container(m, type, contents, depth + 1, ret);
+                        return read_fixed_array(m, contents[0], size, budget, ret);
+                return read_container(m, type, contents, depth + 1, budget, ret);
         }
         case 'r':
         case 'e':
                 if (depth >= PAYLOAD_DEPTH_MAX || !contents)
                         return -EBADMSG;
-                return read_container(m, type, contents, depth + 1, ret);
+                return read_container(m, type, contents, depth + 1, budget, ret);
         default:
-                return read_basic(m, type, ret);
+                return read_basic(m, type, budget, ret);
         }
 }
 
-int payload_read_variant(sd_bus_message *m, GVariant **ret) {
+int payload_read_variant_budget(sd_bus_message *m, size_t *budget, GVariant **ret) {
         g_autoptr(GVariant) v = NULL;
         const char *contents = NULL;
         char type;
         int r;
 
-        if (!m || !ret)
+        if (!m || !budget || !ret)
                 return -EINVAL;
 
         r = sd_bus_message_peek_type(m, &type, &contents);
@@ -584,7 +608,7 @@ int payload_read_variant(sd_bus_message *m, GVariant **ret) {
         if (r == 0 || type != 'v')
                 return -ENXIO;
 
-        r = read_variant_contents(m, contents, 1, &v);
+        r = read_variant_contents(m, contents, 1, budget, &v);
         /* -ENXIO promises the caller that nothing was read; past this point it can only mean
          * the sender's data disagreed with its own signature. */
         if (r == -ENXIO)
@@ -594,4 +618,10 @@ int payload_read_variant(sd_bus_message *m, GVariant **ret) {
 
         *ret = g_steal_pointer(&v);
         return 0;
+}
+
+int payload_read_variant(sd_bus_message *m, GVariant **ret) {
+        size_t budget = PAYLOAD_VALUES_MAX;
+
+        return payload_read_variant_budget(m, &budget, ret);
 }

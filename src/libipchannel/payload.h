@@ -10,6 +10,10 @@
  * message body of Deliver/Broadcast adds none beyond the carrying variant. */
 #define PAYLOAD_DEPTH_MAX 64
 
+/* Most values (each basic value, container and variant; a whole array of a fixed-size type
+ * counts once) read from one message: what another process can make a receiver build. */
+#define PAYLOAD_VALUES_MAX (1024u * 1024)
+
 /* 0 if values of this type can travel over D-Bus, else -EINVAL and, when ret_reason is not
  * NULL, a static reason (maybe types, the empty tuple "()", dict entries outside arrays,
  * indefinite types, signatures longer than 255 bytes, arrays or structs and dict entries nested
@@ -36,6 +40,11 @@ int payload_append_variant(sd_bus_message *m, GVariant *value);
  * GVariant. A "h" value becomes the number of an fd owned by the message: valid only while
  * the message lives. Errors: -EBADMSG for malformed or too deeply nested input (the value
  * comes from another process: everything about it is checked), -ENXIO if the message is not
- * at a variant (then nothing was read). On other errors *ret is untouched and the read
- * position is unspecified. */
+ * at a variant (then nothing was read), -ENOBUFS if it holds more than PAYLOAD_VALUES_MAX
+ * values. On other errors *ret is untouched and the read position is unspecified. */
 int payload_read_variant(sd_bus_message *m, GVariant **ret);
+
+/* As payload_read_variant(), with the values built taken from *budget, which the caller shares
+ * among the variants of one message (start it at PAYLOAD_VALUES_MAX): -ENOBUFS when it runs
+ * out. */
+int payload_read_variant_budget(sd_bus_message *m, size_t *budget, GVariant **ret);
