@@ -109,6 +109,7 @@ struct ipchannel {
 
         pending_send *queue, *queue_tail;
         size_t n_queued, queue_max;
+        size_t listener_max;
 
         loop_timer reconnect_timer;
         uint64_t reconnect_usec;
@@ -1269,6 +1270,7 @@ _public_ int ipchannel_new(ipchannel **ret, const char *app) {
                 .query_slots = g_ptr_array_new_with_free_func(slot_unref_notify),
                 .owner_queries = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL),
                 .queue_max = IPCHANNEL_QUEUE_MAX_DEFAULT,
+                .listener_max = IPCHANNEL_LISTENER_MAX_DEFAULT,
                 .batch = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref),
                 .flush_wait_usec = IPCHANNEL_FLUSH_WAIT_USEC_DEFAULT,
                 .sync_timeout_usec = IPCHANNEL_SYNC_TIMEOUT_USEC_DEFAULT,
@@ -1369,6 +1371,14 @@ _public_ int ipchannel_set_queue_max(ipchannel *ch, size_t n) {
         assert_return(n > 0, -EINVAL);
 
         ch->queue_max = n;
+        return 0;
+}
+
+_public_ int ipchannel_set_listener_max(ipchannel *ch, size_t n) {
+        assert_channel(ch);
+        assert_return(n > 0, -EINVAL);
+
+        ch->listener_max = n;
         return 0;
 }
 
@@ -1552,6 +1562,9 @@ static int channel_listen(ipchannel *ch, const char *event, ipchannel_handler_t 
         r = names_check_event(event, NULL);
         if (r < 0)
                 return r;
+        /* Each listened event is a match rule at the broker, which limits them per connection. */
+        if (ch->listeners.n_listeners >= ch->listener_max)
+                return -ENOBUFS;
         return listeners_add(&ch->listeners, ch, event, handler, userdata, once, ret_slot);
 }
 

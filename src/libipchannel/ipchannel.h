@@ -109,6 +109,11 @@ int  ipchannel_has_peer(ipchannel *ch, uint32_t id);
 #define IPCHANNEL_QUEUE_MAX_DEFAULT 65536u
 int  ipchannel_set_queue_max(ipchannel *ch, size_t n);
 
+/* Most listeners a channel may have (default IPCHANNEL_LISTENER_MAX_DEFAULT); past it
+ * ipchannel_on()/ipchannel_once() return -ENOBUFS. */
+#define IPCHANNEL_LISTENER_MAX_DEFAULT 4096u
+int  ipchannel_set_listener_max(ipchannel *ch, size_t n);
+
 /* After "connect", sends queued for a peer that is not on the bus yet wait up to this long
  * for it (default IPCHANNEL_FLUSH_WAIT_USEC_DEFAULT), holding back the sends queued after
  * them so that order is kept; then they are reported on "error" as undeliverable. This lets

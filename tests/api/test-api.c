@@ -43,6 +43,14 @@ int main(void) {
         CHECK(ipchannel_slot_unref(slot) == NULL);
         CHECK(ipchannel_slot_unref(NULL) == NULL);
 
+        /* Listeners are bounded: the "x" listener above is one of two. */
+        CHECK(ipchannel_set_listener_max(ch, 0) == -EINVAL);
+        CHECK(ipchannel_set_listener_max(ch, 2) == 0);
+        CHECK(ipchannel_on(ch, "y", on_any, NULL, NULL) == 0);
+        CHECK(ipchannel_on(ch, "z", on_any, NULL, NULL) == -ENOBUFS);
+        CHECK(ipchannel_set_listener_max(ch, IPCHANNEL_LISTENER_MAX_DEFAULT) == 0);
+        CHECK(ipchannel_on(ch, "z", on_any, NULL, NULL) == 0);
+
         /* Before connect, sends are queued up to the bound. */
         CHECK(ipchannel_set_queue_max(ch, 2) == 0);
         CHECK(ipchannel_send(ch, 1, g_variant_new_string("one")) == 0);
