@@ -7,7 +7,13 @@
  * socketpair, and the other end is an sd-bus connection in server mode that this file drives as
  * a tiny broker. It answers Hello, ListQueuedOwners, AddMatch, RemoveMatch and GetNameOwner,
  * announces disconnects with NameOwnerChanged, and forwards the fuzzer's method calls with the
- * sender field set, as dbus-daemon would. Both ends run on one sd-event loop, with no daemon.
+ * sender field set, as dbus-daemon would. No daemon runs. The broker has a thread of its own,
+ * since the service makes blocking calls to the bus (AddMatch for its tracking) that must be
+ * answered while the service's thread waits; each connection is used by one thread only. After
+ * each call the broker pings the service and waits for the answer, which keeps runs
+ * reproducible: the service has read every call before the ping when it answers.
+ *
+ * Set FUZZ_LOCK_SERVICE_DEBUG=1 to see the traffic the broker sees.
  *
  * The input is a program of calls from five connections (four in the service name's queue, one
  * outside it): Acquire, TryAcquire, Release, Cancel, Reassert and ListLocks with lock names,
@@ -27,6 +33,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <unistd.h>
 
 #include <glib.h>
@@ -62,6 +70,13 @@ typedef struct broker {
         unsigned n_replies[CALLS_MAX];
         size_t n_calls;
         uint64_t last_token;            /* the last token a reply carried */
+        uint64_t ping_cookie;
+        bool pinged;
+        bool said_hello;                /* nothing may reach a client before its Hello reply */
+        const uint8_t *data;
+        size_t size;
+        atomic_bool stop;               /* the program is done: free the service */
+        atomic_bool freed;              /* the service is freed and its connection flushed */
 } broker;
 
 static int broker_reply(sd_bus_message *call, const char *types, ...) {
@@ -109,8 +124,10 @@ static int broker_driver_call(broker *b, sd_bus_message *m) {
         const char *member = sd_bus_message_get_member(m);
         const char *name = NULL;
 
-        if (strcmp(member, "Hello") == 0)
+        if (strcmp(member, "Hello") == 0) {
+                b->said_hello = true;
                 return broker_reply(m, "s", SERVICE_UNIQUE);
+        }
         if (strcmp(member, "AddMatch") == 0 || strcmp(member, "RemoveMatch") == 0)
                 return broker_reply(m, NULL);
         if (strcmp(member, "ListQueuedOwners") == 0) {
@@ -149,6 +166,9 @@ static int broker_on_message(sd_bus_message *m, void *userdata, sd_bus_error *er
         broker *b = userdata;
         uint64_t cookie;
 
+        if (getenv("FUZZ_LOCK_SERVICE_DEBUG"))
+                fprintf(stderr, "broker got %s %s\n", sd_bus_message_get_member(m) ?: "-",
+                        sd_bus_message_get_signature(m, true));
         if (sd_bus_message_is_method_call(m, NULL, NULL)) {
                 const char *destination = sd_bus_message_get_destination(m);
 
@@ -158,6 +178,10 @@ static int broker_on_message(sd_bus_message *m, void *userdata, sd_bus_error *er
         }
         if (sd_bus_message_get_reply_cookie(m, &cookie) < 0)
                 return 0;       /* signals: LeaseExpired, PropertiesChanged */
+        if (cookie == b->ping_cookie) {
+                b->pinged = true;
+                return 1;
+        }
 
         if (getenv("FUZZ_LOCK_SERVICE_DEBUG"))
                 fprintf(stderr, "reply to %" PRIu64 ": %s %s\n", cookie,
@@ -178,10 +202,25 @@ static int broker_on_message(sd_bus_message *m, void *userdata, sd_bus_error *er
         return 1;
 }
 
-static void loop_settle(sd_event *e) {
-        /* Each round moves messages one hop; a few idle rounds in a row mean nothing is left. */
-        for (int i = 0, idle = 0; i < 1000 && idle < 3; i++)
-                idle = sd_event_run(e, 0) > 0 ? 0 : idle + 1;
+/* Runs the broker until the Ping sent after the last call is answered: the service has then
+ * read every call before it (held ones may still wait for a queue check, which this answers). */
+static void broker_settle(broker *b) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *ping = NULL;
+        uint64_t cookie;
+
+        check(sd_bus_message_new_method_call(b->bus, &ping, SERVICE_UNIQUE, "/",
+                                             "org.freedesktop.DBus.Peer", "Ping") >= 0);
+        check(sd_bus_send(b->bus, ping, &cookie) >= 0);
+        b->ping_cookie = cookie;
+        b->pinged = false;
+        for (int i = 0; i < 200 && !b->pinged; i++) {
+                int r = sd_bus_process(b->bus, NULL);
+
+                if (r < 0)
+                        break;
+                if (r == 0)
+                        (void) sd_bus_wait(b->bus, 10 * 1000);
+        }
 }
 
 /* The reader of the input program. */
@@ -337,22 +376,54 @@ static void run_op(broker *b, input *in) {
         check(broker_call(b, m, senders[who]) >= 0);
 }
 
+/* The broker's thread: the service makes blocking calls to the bus (AddMatch), which must be
+ * answered while its own thread waits. Each connection is used by one thread only. */
+static void *broker_run(void *userdata) {
+        broker *b = userdata;
+        input in = { .p = b->data, .n = b->size };
+
+        for (int i = 0; i < 1000 && !b->said_hello; i++)
+                if (sd_bus_process(b->bus, NULL) == 0)
+                        (void) sd_bus_wait(b->bus, 10 * 1000);
+        broker_settle(b);
+        while (in.n > 0 && b->n_calls < CALLS_MAX) {
+                run_op(b, &in);
+                broker_settle(b);
+        }
+        atomic_store(&b->stop, true);
+
+        /* Collect the replies the service sends as it is freed, until it hangs up. */
+        for (int i = 0; i < 2000; i++) {
+                int r = sd_bus_process(b->bus, NULL);
+
+                if (r < 0)
+                        break;
+                if (r == 0) {
+                        if (atomic_load(&b->freed) && sd_bus_is_open(b->bus) <= 0)
+                                break;
+                        (void) sd_bus_wait(b->bus, 10 * 1000);
+                }
+        }
+        return NULL;
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         _cleanup_(sd_event_unrefp) sd_event *e = NULL;
-        _cleanup_(sd_bus_flush_close_unrefp) sd_bus *client = NULL;
+        sd_bus *client = NULL;
         sd_id128_t id = SD_ID128_MAKE(2b, 51, 7e, 0f, 93, 4c, 46, 1a, 8e, 22, 0b, 6d, 5f, 33, 91, c4);
-        broker b = {};
+        static broker b;
         lock_service *s = NULL;
-        input in = { .p = data, .n = size };
+        pthread_t thread;
         int fds[2];
 
         if (size > 512)
                 return 0;
 
+        b = (broker) { .data = data, .size = size };
         check(sd_event_new(&e) >= 0);
-        check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds) >= 0);
+        check(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds) >= 0);
 
         check(sd_bus_new(&client) >= 0);
         check(sd_bus_set_fd(client, fds[0], fds[0]) >= 0);
@@ -362,28 +433,28 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         check(sd_bus_new(&b.bus) >= 0);
         check(sd_bus_set_fd(b.bus, fds[1], fds[1]) >= 0);
         check(sd_bus_set_server(b.bus, 1, id) >= 0);
-        check(sd_bus_attach_event(b.bus, e, 0) >= 0);
         check(sd_bus_add_filter(b.bus, NULL, broker_on_message, &b) >= 0);
-
         check(sd_bus_start(b.bus) >= 0);
         check(sd_bus_start(client) >= 0);
 
-        /* lock_service_new() asks for the unique name, which would block on the Hello reply
-         * that only this loop can produce: settle first. */
-        for (int i = 0; i < 1000 && sd_bus_is_ready(client) <= 0; i++)
-                (void) sd_event_run(e, 0);
-        check(sd_bus_is_ready(client) > 0);
+        check(pthread_create(&thread, NULL, broker_run, &b) == 0);
 
-        check(lock_service_new(&s, client, SERVICE_PATH, SERVICE_NAME, false) >= 0);
-        loop_settle(e);
+        /* Blocks until the broker thread has answered Hello. */
+        {
+                int r = lock_service_new(&s, client, SERVICE_PATH, SERVICE_NAME, false);
 
-        while (in.n > 0 && b.n_calls < CALLS_MAX) {
-                run_op(&b, &in);
-                loop_settle(e);
+                if (r < 0) {
+                        fprintf(stderr, "lock_service_new: %s\n", strerror(-r));
+                        abort();
+                }
         }
-
+        while (!atomic_load(&b.stop))
+                (void) sd_event_run(e, 10 * 1000);
         s = lock_service_free(s);
-        loop_settle(e);
+        (void) sd_bus_flush(client);
+        client = sd_bus_flush_close_unref(client);
+        atomic_store(&b.freed, true);
+        check(pthread_join(thread, NULL) == 0);
 
         /* A call whose caller has gone may go unanswered: there is nobody to answer. */
         for (size_t i = 0; i < b.n_calls; i++)
@@ -393,7 +464,6 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                         abort();
                 }
 
-        client = sd_bus_flush_close_unref(client);
         b.bus = sd_bus_flush_close_unref(b.bus);
         return 0;
 }

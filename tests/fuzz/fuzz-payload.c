@@ -12,7 +12,9 @@
  * what the encoder refuses would let one peer's message crash or stall the next hop.
  *
  * Input: byte 0 chooses the shape (bits 0-1: "v", "sv", "sav", or a signature taken from the
- * input: byte 1 is its length) and the byte order (bit 2: big-endian). The rest is the body.
+ * input: byte 1 is its length), the byte order (bit 2: big-endian) and, for "sv" and "sav",
+ * the budget of values shared by the message's payloads (bit 3: 16 instead of
+ * PAYLOAD_VALUES_MAX, so that -ENOBUFS is reached by small inputs). The rest is the body.
  */
 
 #include <errno.h>
@@ -181,7 +183,9 @@ static void check_round_trip(GVariant *v) {
 
 /* The shape of channel.c's read_message(): an event, then one payload or a batch of them. */
 static int on_message(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        int shape = *(int *) userdata;
+        int shape = *(int *) userdata & 3;
+        /* A small budget now and then, so that running out is reached with small inputs. */
+        size_t budget = (*(int *) userdata & 8) ? 16 : PAYLOAD_VALUES_MAX;
         const char *event;
         int r;
 
@@ -213,12 +217,16 @@ static int on_message(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         }
         for (;;) {
                 g_autoptr(GVariant) v = NULL;
+                size_t before = budget;
 
                 if (shape == 2 && sd_bus_message_at_end(m, false) > 0)
                         break;
-                r = payload_read_variant(m, &v);
+                r = payload_read_variant_budget(m, &budget, &v);
                 if (r < 0)
                         break;
+                /* Every value read is paid for, and the budget only ever shrinks. */
+                if (budget >= before)
+                        abort();
                 check_round_trip(v);
                 if (shape == 1)
                         break;
@@ -253,12 +261,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         size_t auth_len, sig_len;
         sd_id128_t id = SD_ID128_MAKE(6e, 3a, 51, 0c, 7d, 3b, 4a, 3e, 9d, 0a, 5c, 1b, 2f, 6e, 70, 11);
         bool big_endian;
-        int fds[2], shape;
+        int fds[2], shape, flags;
 
         if (size < 1 || size > BODY_MAX)
                 return 0;
         shape = data[0] & 3;
         big_endian = data[0] & 4;
+        flags = data[0];
         data++, size--;
 
         if (shape == 3) {
@@ -291,7 +300,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         (void) shutdown(fds[1], SHUT_WR);
 
         if (sd_bus_new(&bus) < 0 || sd_bus_set_fd(bus, fds[0], fds[0]) < 0 ||
-            sd_bus_set_server(bus, 1, id) < 0 || sd_bus_add_filter(bus, NULL, on_message, &shape) < 0 ||
+            sd_bus_set_server(bus, 1, id) < 0 || sd_bus_add_filter(bus, NULL, on_message, &flags) < 0 ||
             sd_bus_start(bus) < 0)
                 abort();
 
