@@ -40,7 +40,6 @@
  *   held is remembered for the reconnect, which retries with exponential backoff.
  */
 
-#define IPCHANNEL_EVENT_PATH_MAX 256
 
 #define RECONNECT_USEC_MIN (50 * 1000ULL)
 #define RECONNECT_USEC_MAX (5 * 1000 * 1000ULL)

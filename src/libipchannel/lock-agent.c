@@ -127,7 +127,6 @@ static void lock_free(ipchannel_lock *l) {
         lock_agent_unref(l->agent);
         free(l->sent_to);
         free(l->name);
-        free(l->granted_by);
         free(l);
 }
 
@@ -278,8 +277,6 @@ static int on_acquire_reply(sd_bus_message *reply, void *userdata, sd_bus_error 
                 return 0;
         }
 
-        free(l->granted_by);
-        l->granted_by = strdup(a->host);
         l->granted_at = clock_usec(CLOCK_MONOTONIC);
         lock_set_state(a, l, LOCK_HELD, token, 0);
         return 0;

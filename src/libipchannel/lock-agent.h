@@ -57,7 +57,6 @@ struct ipchannel_lock {
 
         /* Agent thread only. */
         void *call_slot;                /* sd_bus_slot * of the Acquire call in flight */
-        char *granted_by;               /* unique name of the host that granted it */
         char *sent_to;                  /* the host the Acquire in flight went to */
         uint64_t granted_at;            /* CLOCK_MONOTONIC usec when the grant was read */
         bool on_list;
