@@ -16,16 +16,6 @@
 /* Each test uses its own app name, so leftovers of one test never meet the next. */
 #define APP(name) "--app", name
 
-static sd_bus *raw_bus(void) {
-        sd_bus *bus = NULL;
-
-        ck_assert_int_ge(sd_bus_new(&bus), 0);
-        ck_assert_int_ge(sd_bus_set_address(bus, bus_address()), 0);
-        ck_assert_int_ge(sd_bus_set_bus_client(bus, 1), 0);
-        ck_assert_int_ge(sd_bus_start(bus), 0);
-        return bus;
-}
-
 static void teardown(void) {
         peers_cleanup();
 }

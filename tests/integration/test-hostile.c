@@ -38,25 +38,8 @@
 /* The library's limit on values decoded from one message (PAYLOAD_VALUES_MAX). */
 #define PAYLOAD_VALUES (1024u * 1024)
 
-static uint64_t now_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
-}
-
 static void teardown(void) {
         peers_cleanup();
-}
-
-static sd_bus *raw_bus(void) {
-        sd_bus *bus = NULL;
-
-        ck_assert_int_ge(sd_bus_new(&bus), 0);
-        ck_assert_int_ge(sd_bus_set_address(bus, bus_address()), 0);
-        ck_assert_int_ge(sd_bus_set_bus_client(bus, 1), 0);
-        ck_assert_int_ge(sd_bus_start(bus), 0);
-        return bus;
 }
 
 static void name_of(char *buf, size_t size, const char *app, const char *suffix) {
@@ -110,89 +93,6 @@ static sd_bus *hostile_peer_id(const char *app, unsigned target_id, unsigned id)
 
 static sd_bus *hostile_peer(const char *app, unsigned target_id) {
         return hostile_peer_id(app, target_id, HOSTILE_ID);
-}
-
-/* A raw client that may hold locks: it queues for the service name, as lock agents do. */
-static sd_bus *lock_client(const char *app) {
-        sd_bus *bus = raw_bus();
-        char name[256];
-
-        name_of(name, sizeof(name), app, "Locks");
-        ck_assert_int_ge(sd_bus_request_name(bus, name, SD_BUS_NAME_QUEUE), 0);
-        return bus;
-}
-
-static int call_lock(sd_bus *bus, const char *app, const char *member, sd_bus_error *error,
-                     sd_bus_message **reply, const char *types, ...) {
-        _cleanup_bus_message_ sd_bus_message *m = NULL;
-        char name[256], path[256];
-        va_list ap;
-        int r;
-
-        name_of(name, sizeof(name), app, "Locks");
-        snprintf(path, sizeof(path), "/org/ipchannel/%s/Locks", app);
-        ck_assert_int_ge(
-                sd_bus_message_new_method_call(bus, &m, name, path, "org.ipchannel.LockService1", member),
-                0);
-        if (types) {
-                va_start(ap, types);
-                r = sd_bus_message_appendv(m, types, ap);
-                va_end(ap);
-                ck_assert_int_ge(r, 0);
-        }
-        return sd_bus_call(bus, m, 10 * 1000 * 1000, error, reply);
-}
-
-/* Waits until the app's lock service is up and out of recovery. */
-static void wait_service_ready(const char *app) {
-        sd_bus *bus = raw_bus();
-        char name[256], path[256];
-        int recovering = 1;
-
-        name_of(name, sizeof(name), app, "Locks");
-        snprintf(path, sizeof(path), "/org/ipchannel/%s/Locks", app);
-        for (int k = 0; k < 500; k++) {
-                _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-                int r = sd_bus_get_property_trivial(bus, name, path, "org.ipchannel.LockService1",
-                                                    "Recovering", &error, 'b', &recovering);
-                if (r >= 0 && !recovering) {
-                        sd_bus_flush_close_unref(bus);
-                        return;
-                }
-                usleep(10 * 1000);
-        }
-        ck_abort_msg("the lock service of %s did not come up", app);
-}
-
-/* How many wait for `lock`, as the service lists them (-1: not listed). */
-static int n_waiters(const char *app, const char *lock) {
-        _cleanup_bus_message_ sd_bus_message *reply = NULL;
-        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-        sd_bus *bus = raw_bus();
-        const char *l, *holder;
-        uint64_t token, left;
-        int n = -1;
-
-        ck_assert_int_ge(call_lock(bus, app, "ListLocks", &error, &reply, NULL), 0);
-        ck_assert_int_ge(sd_bus_message_enter_container(reply, 'a', "(ssttas)"), 0);
-        while (sd_bus_message_enter_container(reply, 'r', "ssttas") > 0) {
-                char **waiters = NULL;
-
-                ck_assert_int_ge(sd_bus_message_read(reply, "sstt", &l, &holder, &token, &left), 0);
-                ck_assert_int_ge(sd_bus_message_read_strv(reply, &waiters), 0);
-                if (strcmp(l, lock) == 0)
-                        n = (int) g_strv_length(waiters);
-                g_strfreev(waiters);
-                ck_assert_int_ge(sd_bus_message_exit_container(reply), 0);
-        }
-        sd_bus_flush_close_unref(bus);
-        return n;
-}
-
-static void wait_waiters(const char *app, const char *lock, int n) {
-        for (int k = 0; k < 500 && n_waiters(app, lock) != n; k++)
-                usleep(10 * 1000);
-        ck_assert_int_eq(n_waiters(app, lock), n);
 }
 
 /* The target still serves: a message from a well-behaved peer arrives, and that peer still

@@ -62,13 +62,6 @@ static long read_counter(const char *path) {
         return strtol(buf, NULL, 10);
 }
 
-static uint64_t now_usec(void) {
-        struct timespec ts;
-
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
-}
-
 static peer *locker(const char *app, const char *mode, const char *count, const char *extra1,
                     const char *extra2) {
         return proc_start(TEST_LOCKER_PATH, "started", "--app", app, "--file", path_in_dir("counter"),
@@ -240,23 +233,6 @@ START_TEST(test_lease_expiry_is_reported_to_the_holder) {
 }
 END_TEST
 
-static sd_bus *raw_bus(void) {
-        sd_bus *bus = NULL;
-
-        ck_assert_int_ge(sd_bus_open_user(&bus), 0);
-        return bus;
-}
-
-/* A raw client that may hold locks: it queues for the service name, as lock agents do. */
-static sd_bus *raw_client(const char *app) {
-        sd_bus *bus = raw_bus();
-        char name[256];
-
-        snprintf(name, sizeof(name), "org.ipchannel.%s.Locks", app);
-        ck_assert_int_ge(sd_bus_request_name(bus, name, SD_BUS_NAME_QUEUE), 0);
-        return bus;
-}
-
 START_TEST(test_waiter_outlasts_the_default_method_call_timeout) {
         sd_bus_error error = SD_BUS_ERROR_NULL;
         sd_bus *bus = NULL;
@@ -273,7 +249,7 @@ START_TEST(test_waiter_outlasts_the_default_method_call_timeout) {
         expect_stamp(holder, "enter", NULL);
 
         /* A plain call with the default timeout does give up. */
-        bus = raw_client("longwait");
+        bus = lock_client("longwait");
         t0 = now_usec();
         r = sd_bus_call_method(bus, "org.ipchannel.longwait.Locks", "/org/ipchannel/longwait/Locks",
                                "org.ipchannel.LockService1", "Acquire", &error, NULL, "st", "counter",
@@ -293,55 +269,6 @@ START_TEST(test_waiter_outlasts_the_default_method_call_timeout) {
 }
 END_TEST
 
-/* How many wait for `lock`, as the service lists them. */
-static int n_waiters(sd_bus *bus, const char *app, const char *lock) {
-        sd_bus_error error = SD_BUS_ERROR_NULL;
-        sd_bus_message *reply = NULL;
-        char name[256], path[256];
-        const char *l, *holder;
-        uint64_t token, left;
-        int n = -1, r;
-
-        snprintf(name, sizeof(name), "org.ipchannel.%s.Locks", app);
-        snprintf(path, sizeof(path), "/org/ipchannel/%s/Locks", app);
-        r = sd_bus_call_method(bus, name, path, "org.ipchannel.LockService1", "ListLocks", &error, &reply, NULL);
-        sd_bus_error_free(&error);
-        if (r < 0)
-                return -1;
-        ck_assert_int_ge(sd_bus_message_enter_container(reply, 'a', "(ssttas)"), 0);
-        while (sd_bus_message_enter_container(reply, 'r', "ssttas") > 0) {
-                char **waiters = NULL;
-
-                ck_assert_int_ge(sd_bus_message_read(reply, "sstt", &l, &holder, &token, &left), 0);
-                ck_assert_int_ge(sd_bus_message_read_strv(reply, &waiters), 0);
-                if (strcmp(l, lock) == 0)
-                        n = (int) g_strv_length(waiters);
-                g_strfreev(waiters);
-                ck_assert_int_ge(sd_bus_message_exit_container(reply), 0);
-        }
-        sd_bus_message_unref(reply);
-        return n;
-}
-
-static int call_lock(sd_bus *bus, const char *app, const char *method, sd_bus_error *error,
-                     sd_bus_message **reply, const char *types, ...) {
-        _cleanup_bus_message_ sd_bus_message *m = NULL;
-        char name[256], path[256];
-        va_list ap;
-        int r;
-
-        snprintf(name, sizeof(name), "org.ipchannel.%s.Locks", app);
-        snprintf(path, sizeof(path), "/org/ipchannel/%s/Locks", app);
-        ck_assert_int_ge(sd_bus_message_new_method_call(bus, &m, name, path, "org.ipchannel.LockService1",
-                                                        method),
-                         0);
-        va_start(ap, types);
-        r = sd_bus_message_appendv(m, types, ap);
-        va_end(ap);
-        ck_assert_int_ge(r, 0);
-        return sd_bus_call(bus, m, 0, error, reply);
-}
-
 static uint64_t reply_token(sd_bus_message *reply) {
         uint64_t token = 0;
 
@@ -360,25 +287,6 @@ static int on_async_acquire(sd_bus_message *m, void *userdata, sd_bus_error *ret
         return 0;
 }
 
-/* Waits until the app's lock service is up and out of recovery. */
-static void wait_service_ready(sd_bus *bus, const char *app) {
-        char name[256], path[256];
-        int recovering = 1;
-
-        snprintf(name, sizeof(name), "org.ipchannel.%s.Locks", app);
-        snprintf(path, sizeof(path), "/org/ipchannel/%s/Locks", app);
-        for (int k = 0; k < 500; k++) {
-                sd_bus_error error = SD_BUS_ERROR_NULL;
-                int r = sd_bus_get_property_trivial(bus, name, path, "org.ipchannel.LockService1", "Recovering",
-                                                    &error, 'b', &recovering);
-                sd_bus_error_free(&error);
-                if (r >= 0 && !recovering)
-                        return;
-                usleep(10 * 1000);
-        }
-        ck_abort_msg("the lock service of %s did not come up", app);
-}
-
 START_TEST(test_service_answers_with_named_errors) {
         peer *host = peer_start("--app", "raw", "--connect", NULL);
         sd_bus_error error = SD_BUS_ERROR_NULL;
@@ -387,10 +295,8 @@ START_TEST(test_service_answers_with_named_errors) {
 
         ck_assert_uint_eq(peer_wait_connect(host), 1);
         /* Queued owners must report to a recovering host: queue only once it serves. */
-        sd_bus *watch = raw_bus();
-        wait_service_ready(watch, "raw");
-        sd_bus_flush_close_unref(watch);
-        sd_bus *r1 = raw_client("raw"), *r2 = raw_client("raw"), *r3 = raw_client("raw");
+        wait_service_ready("raw");
+        sd_bus *r1 = lock_client("raw"), *r2 = lock_client("raw"), *r3 = lock_client("raw");
 
         /* TryAcquire: granted when free, WouldBlock when not. */
         ck_assert_int_ge(call_lock(r1, "raw", "TryAcquire", &error, &reply, "st", "x", (uint64_t) 0), 0);
@@ -423,20 +329,15 @@ START_TEST(test_service_answers_with_named_errors) {
                                                   "st", "x", (uint64_t) 0),
                          0);
         ck_assert_int_ge(sd_bus_flush(r2), 0);
-        for (int k = 0; k < 500 && n_waiters(r1, "raw", "x") != 1; k++)
-                usleep(10 * 1000);
+        wait_waiters("raw", "x", 1);
         ck_assert_int_ge(sd_bus_call_method_async(r3, NULL, "org.ipchannel.raw.Locks", "/org/ipchannel/raw/Locks",
                                                   "org.ipchannel.LockService1", "Acquire", on_async_acquire, &t3,
                                                   "st", "x", (uint64_t) 0),
                          0);
         ck_assert_int_ge(sd_bus_flush(r3), 0);
-        for (int k = 0; k < 500 && n_waiters(r1, "raw", "x") != 2; k++)
-                usleep(10 * 1000);
-        ck_assert_int_eq(n_waiters(r1, "raw", "x"), 2);
+        wait_waiters("raw", "x", 2);
         sd_bus_flush_close_unref(r2);
-        for (int k = 0; k < 500 && n_waiters(r1, "raw", "x") != 1; k++)
-                usleep(10 * 1000);
-        ck_assert_int_eq(n_waiters(r1, "raw", "x"), 1);
+        wait_waiters("raw", "x", 1);
 
         ck_assert_int_ge(call_lock(r1, "raw", "Release", &error, NULL, "st", "x", t1), 0);
         for (int k = 0; k < 500 && t3 == 0; k++) {
@@ -448,15 +349,14 @@ START_TEST(test_service_answers_with_named_errors) {
         ck_assert_uint_ne(t3, UINT64_MAX);
 
         /* A waiter that cancels gets Cancelled on its Acquire. */
-        sd_bus *r4 = raw_client("raw");
+        sd_bus *r4 = lock_client("raw");
         uint64_t t4 = 0;
         ck_assert_int_ge(sd_bus_call_method_async(r4, NULL, "org.ipchannel.raw.Locks", "/org/ipchannel/raw/Locks",
                                                   "org.ipchannel.LockService1", "Acquire", on_async_acquire, &t4,
                                                   "st", "x", (uint64_t) 0),
                          0);
         ck_assert_int_ge(sd_bus_flush(r4), 0);
-        for (int k = 0; k < 500 && n_waiters(r1, "raw", "x") != 1; k++)
-                usleep(10 * 1000);
+        wait_waiters("raw", "x", 1);
         ck_assert_int_ge(call_lock(r4, "raw", "Cancel", &error, NULL, "s", "x"), 0);
         for (int k = 0; k < 500 && t4 == 0; k++) {
                 ck_assert_int_ge(sd_bus_wait(r4, 10 * 1000), 0);
@@ -464,7 +364,7 @@ START_TEST(test_service_answers_with_named_errors) {
                         ;
         }
         ck_assert_uint_eq(t4, UINT64_MAX);
-        ck_assert_int_eq(n_waiters(r1, "raw", "x"), 0);
+        ck_assert_int_eq(n_waiters("raw", "x"), 0);
 
         /* A connection outside the name's queue may not hold locks: a new host would not know
          * to wait for it. */
@@ -492,7 +392,7 @@ START_TEST(test_lockd_serves_only_the_allowed_uid) {
         /* Nobody here runs as uid 12345: even root is turned away. */
         peer *other = proc_start(LOCKD_PATH, "READY", "--app", "uidother", "--user", "--allow-uid", "12345",
                                  "--print-ready", NULL);
-        sd_bus *c1 = raw_client("uidother");
+        sd_bus *c1 = lock_client("uidother");
         ck_assert_int_lt(call_lock(c1, "uidother", "TryAcquire", &error, NULL, "st", "x", (uint64_t) 0), 0);
         ck_assert_str_eq(error.name, "org.ipchannel.Error.AccessDenied");
         sd_bus_error_free(&error);
@@ -502,7 +402,7 @@ START_TEST(test_lockd_serves_only_the_allowed_uid) {
         snprintf(uid, sizeof(uid), "%u", (unsigned) geteuid());
         peer *own = proc_start(LOCKD_PATH, "READY", "--app", "uidown", "--user", "--allow-uid", uid,
                                "--print-ready", NULL);
-        sd_bus *c2 = raw_client("uidown");
+        sd_bus *c2 = lock_client("uidown");
         ck_assert_int_ge(call_lock(c2, "uidown", "TryAcquire", &error, &reply, "st", "x", (uint64_t) 0), 0);
         ck_assert_uint_gt(reply_token(reply), 0);
 
@@ -520,7 +420,7 @@ START_TEST(test_lockd_limits_are_settable) {
         sd_bus_message *reply = NULL;
         peer *lockd = proc_start(LOCKD_PATH, "READY", "--app", "limits", "--user", "--max-locks-per-connection",
                                  "3", "--print-ready", NULL);
-        sd_bus *c = raw_client("limits");
+        sd_bus *c = lock_client("limits");
         const char *names[] = { "a", "b", "c" };
 
         for (size_t i = 0; i < 3; i++) {
@@ -544,20 +444,18 @@ START_TEST(test_second_lockd_in_the_queue_does_not_stall_a_takeover) {
         ck_assert_uint_eq(peer_wait_connect(p), 1);
         /* lockd2 queues too (behind lockd1 on both brokers, and behind or before the peer). */
         peer *lockd2 = proc_start(LOCKD_PATH, "QUEUED", "--app", "twolockd", "--user", "--print-ready", NULL);
-        sd_bus *bus = raw_bus();
         usleep(200 * 1000);
 
         peer_kill(lockd1, SIGTERM);
         ck_assert_int_eq(peer_wait(lockd1, PEER_TIMEOUT_MS), 0);
         /* Whoever serves now (the peer's agent or lockd2) leaves recovery and grants. */
-        wait_service_ready(bus, "twolockd");
+        wait_service_ready("twolockd");
         peer_cmd(p, "acquire-thread x 5000000");
         const char *line = peer_expect(p, "result acquire-thread", PEER_TIMEOUT_MS);
         ck_assert_ptr_nonnull(line);
         ck_assert_int_eq(atoi(line + strlen("result acquire-thread ")), 0);
         peer_cmd(p, "release");
         ck_assert_str_eq(peer_expect(p, "result release", PEER_TIMEOUT_MS), "result release 0");
-        sd_bus_flush_close_unref(bus);
         peer_kill(lockd2, SIGTERM);
         ck_assert_int_eq(peer_wait(lockd2, PEER_TIMEOUT_MS), 0);
 }
@@ -612,12 +510,7 @@ START_TEST(test_blocking_acquire_from_loop_threads_and_workers) {
         line = peer_expect(b, "result acquire-thread", PEER_TIMEOUT_MS);
         ck_assert_ptr_nonnull(line);
         ck_assert_int_eq(atoi(line + strlen("result acquire-thread ")), -ETIMEDOUT);
-        sd_bus *bus = raw_bus();
-        int n = -1;
-        for (int k = 0; k < 500 && (n = n_waiters(bus, "blocking", "x")) != 0; k++)
-                usleep(10 * 1000);
-        ck_assert_int_eq(n, 0);
-        sd_bus_flush_close_unref(bus);
+        wait_waiters("blocking", "x", 0);
 
         peer_cmd(a, "release");
         ck_assert_str_eq(peer_expect(a, "result release", PEER_TIMEOUT_MS), "result release 0");
@@ -644,7 +537,7 @@ START_TEST(test_grants_follow_acquire_arrival_order) {
                 w[i] = locker("fifo", i % 2 ? "acquire" : "sync", "1", "--verbose", NULL);
                 /* The next one starts only when this one's Acquire is queued at the service. */
                 int n = -1;
-                for (int k = 0; k < 500 && (n = n_waiters(bus, "fifo", "counter")) != i + 1; k++)
+                for (int k = 0; k < 500 && (n = n_waiters("fifo", "counter")) != i + 1; k++)
                         usleep(10 * 1000);
                 ck_assert_int_eq(n, i + 1);
         }

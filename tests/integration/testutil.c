@@ -15,6 +15,8 @@
 
 #include <check.h>
 
+#include <glib.h>
+
 #include "testutil.h"
 
 #ifndef TEST_PEER_PATH
@@ -257,4 +259,110 @@ const char *bus_address(void) {
 
         ck_assert_msg(a && a[0], "DBUS_SESSION_BUS_ADDRESS is not set: run under tests/harness/with-bus");
         return a;
+}
+
+uint64_t now_usec(void) {
+        struct timespec ts;
+
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        return (uint64_t) ts.tv_sec * 1000000ULL + (uint64_t) ts.tv_nsec / 1000;
+}
+
+sd_bus *raw_bus(void) {
+        sd_bus *bus = NULL;
+
+        ck_assert_int_ge(sd_bus_new(&bus), 0);
+        ck_assert_int_ge(sd_bus_set_address(bus, bus_address()), 0);
+        ck_assert_int_ge(sd_bus_set_bus_client(bus, 1), 0);
+        ck_assert_int_ge(sd_bus_start(bus), 0);
+        return bus;
+}
+
+static void locks_name_and_path(const char *app, char *name, char *path, size_t size) {
+        snprintf(name, size, "org.ipchannel.%s.Locks", app);
+        snprintf(path, size, "/org/ipchannel/%s/Locks", app);
+}
+
+sd_bus *lock_client(const char *app) {
+        sd_bus *bus = raw_bus();
+        char name[256], path[256];
+
+        locks_name_and_path(app, name, path, sizeof(name));
+        ck_assert_int_ge(sd_bus_request_name(bus, name, SD_BUS_NAME_QUEUE), 0);
+        return bus;
+}
+
+int call_lock(sd_bus *bus, const char *app, const char *member, sd_bus_error *error,
+              sd_bus_message **reply, const char *types, ...) {
+        sd_bus_message *m = NULL;
+        char name[256], path[256];
+        va_list ap;
+        int r;
+
+        locks_name_and_path(app, name, path, sizeof(name));
+        ck_assert_int_ge(sd_bus_message_new_method_call(bus, &m, name, path, "org.ipchannel.LockService1",
+                                                        member),
+                         0);
+        if (types) {
+                va_start(ap, types);
+                r = sd_bus_message_appendv(m, types, ap);
+                va_end(ap);
+                ck_assert_int_ge(r, 0);
+        }
+        r = sd_bus_call(bus, m, 10 * 1000 * 1000, error, reply);
+        sd_bus_message_unref(m);
+        return r;
+}
+
+int n_waiters(const char *app, const char *lock) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus_message *reply = NULL;
+        sd_bus *bus = raw_bus();
+        const char *l, *holder;
+        uint64_t token, left;
+        int n = -1;
+
+        if (call_lock(bus, app, "ListLocks", &error, &reply, NULL) >= 0) {
+                ck_assert_int_ge(sd_bus_message_enter_container(reply, 'a', "(ssttas)"), 0);
+                while (sd_bus_message_enter_container(reply, 'r', "ssttas") > 0) {
+                        char **waiters = NULL;
+
+                        ck_assert_int_ge(sd_bus_message_read(reply, "sstt", &l, &holder, &token, &left), 0);
+                        ck_assert_int_ge(sd_bus_message_read_strv(reply, &waiters), 0);
+                        if (strcmp(l, lock) == 0)
+                                n = (int) g_strv_length(waiters);
+                        g_strfreev(waiters);
+                        ck_assert_int_ge(sd_bus_message_exit_container(reply), 0);
+                }
+        }
+        sd_bus_error_free(&error);
+        sd_bus_message_unref(reply);
+        sd_bus_flush_close_unref(bus);
+        return n;
+}
+
+void wait_waiters(const char *app, const char *lock, int n) {
+        for (int k = 0; k < 500 && n_waiters(app, lock) != n; k++)
+                usleep(10 * 1000);
+        ck_assert_int_eq(n_waiters(app, lock), n);
+}
+
+void wait_service_ready(const char *app) {
+        sd_bus *bus = raw_bus();
+        char name[256], path[256];
+        int recovering = 1;
+
+        locks_name_and_path(app, name, path, sizeof(name));
+        for (int k = 0; k < 500; k++) {
+                sd_bus_error error = SD_BUS_ERROR_NULL;
+                int r = sd_bus_get_property_trivial(bus, name, path, "org.ipchannel.LockService1", "Recovering",
+                                                    &error, 'b', &recovering);
+                sd_bus_error_free(&error);
+                if (r >= 0 && !recovering) {
+                        sd_bus_flush_close_unref(bus);
+                        return;
+                }
+                usleep(10 * 1000);
+        }
+        ck_abort_msg("the lock service of %s did not come up", app);
 }

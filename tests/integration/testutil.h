@@ -4,7 +4,10 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/types.h>
+
+#include <systemd/sd-bus.h>
 
 #define PEER_TIMEOUT_MS 10000
 
@@ -54,3 +57,21 @@ void peers_cleanup(void);
 
 /* The private bus's address (from DBUS_SESSION_BUS_ADDRESS). */
 const char *bus_address(void);
+
+/* CLOCK_MONOTONIC, in microseconds. */
+uint64_t now_usec(void);
+
+/* A plain connection to the private bus. */
+sd_bus *raw_bus(void);
+/* A raw client that may hold locks of app: it queues for the service name, as lock agents do
+ * (the service accepts no one else). */
+sd_bus *lock_client(const char *app);
+/* Calls member of app's lock service (types may be NULL); sd_bus_call()'s result. */
+int call_lock(sd_bus *bus, const char *app, const char *member, sd_bus_error *error,
+              sd_bus_message **reply, const char *types, ...);
+/* How many wait for lock, as app's service lists them; -1 if it cannot say. */
+int n_waiters(const char *app, const char *lock);
+/* Waits until n wait for lock (fails the test if that does not come). */
+void wait_waiters(const char *app, const char *lock, int n);
+/* Waits until app's lock service is up and out of recovery. */
+void wait_service_ready(const char *app);
