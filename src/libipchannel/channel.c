@@ -12,6 +12,7 @@
 #include "glib-source.h"
 #include "loop-timer.h"
 #include "macro.h"
+#include "message.h"
 #include "names.h"
 #include "payload.h"
 
@@ -109,6 +110,13 @@ struct ipchannel {
         pending_send *queue, *queue_tail;
         size_t n_queued, queue_max;
         size_t listener_max;
+
+        /* Payloads: sent as a sealed memfd from this serialized size on (0: never); what this
+         * peer accepts from others. */
+        size_t memfd_threshold;
+        uint64_t memfd_max;
+        size_t values_max;
+        size_t event_name_max;
 
         loop_timer reconnect_timer;
         uint64_t reconnect_usec;
@@ -245,65 +253,6 @@ static int channel_reconnect_schedule(ipchannel *ch) {
 
 /* ---- incoming messages ------------------------------------------------------------------ */
 
-/* What a message carries after its event: nothing (…Null), one payload, or a batch of payloads
- * of the same event (…Batch: consecutive sends to one receiver, coalesced by the sender). */
-typedef enum {
-        SHAPE_NULL,
-        SHAPE_ONE,
-        SHAPE_BATCH,
-} message_shape;
-
-/* Reads (s event, [v data | av data]) and checks the event; the sender is already known to be
- * a peer. Every payload is decoded before any is dispatched, so a bad one refuses the whole
- * message and a receiver never sees half a batch. */
-static int read_message(sd_bus_message *m, message_shape shape, const char **ret_event,
-                        GPtrArray **ret_payloads, sd_bus_error *error) {
-        g_autoptr(GPtrArray) payloads = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref);
-        const char *event, *reason;
-        size_t budget = PAYLOAD_VALUES_MAX;     /* for the whole message, a batch included */
-        GVariant *data;
-        int r;
-
-        r = sd_bus_message_read_basic(m, 's', &event);
-        if (r < 0)
-                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "Cannot read the event name.");
-        if (names_check_event(event, &reason) < 0)
-                return sd_bus_error_setf(error, IPCHANNEL_ERROR_INVALID_EVENT, "Invalid event name: %s.",
-                                         reason);
-        if (names_event_is_local(event))
-                return sd_bus_error_setf(error, IPCHANNEL_ERROR_RESERVED_EVENT,
-                                         "The event \"%s\" is local to each process and cannot be sent.",
-                                         event);
-
-        if (shape == SHAPE_BATCH) {
-                r = sd_bus_message_enter_container(m, 'a', "v");
-                if (r < 0)
-                        return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "Cannot read the batch.");
-        }
-        while (shape != SHAPE_NULL) {
-                if (shape == SHAPE_BATCH && sd_bus_message_at_end(m, false) > 0)
-                        break;
-                r = payload_read_variant_budget(m, &budget, &data);
-                if (r == -ENOBUFS)
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
-                                                 "The message holds more than %u payload values.",
-                                                 PAYLOAD_VALUES_MAX);
-                if (r < 0)
-                        return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
-                                                 "Cannot read the payload: %s.", g_strerror(-r));
-                g_ptr_array_add(payloads, data);
-                if (shape == SHAPE_ONE)
-                        break;
-        }
-        /* No sender makes an empty batch (one payload goes as Deliver): dispatching it would make
-         * up a message with no payload that nobody sent, as if it came by DeliverNull. */
-        if (shape == SHAPE_BATCH && payloads->len == 0)
-                return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "The batch is empty.");
-        *ret_event = event;
-        *ret_payloads = TAKE_PTR(payloads);
-        return 0;
-}
-
 static void dispatch_payloads(ipchannel *ch, uint32_t sender, const char *event, GPtrArray *payloads) {
         if (payloads->len == 0) {
                 emit_local(ch, sender, event, NULL);
@@ -313,7 +262,16 @@ static void dispatch_payloads(ipchannel *ch, uint32_t sender, const char *event,
                 emit_local(ch, sender, event, g_variant_ref(g_ptr_array_index(payloads, i)));
 }
 
+static message_limits channel_limits(ipchannel *ch) {
+        return (message_limits) {
+                .event_name_max = ch->event_name_max,
+                .values_max = ch->values_max,
+                .memfd_max = ch->memfd_max,
+        };
+}
+
 static int handle_deliver(sd_bus_message *m, ipchannel *ch, message_shape shape, sd_bus_error *error) {
+        message_limits limits = channel_limits(ch);
         g_autoptr(GPtrArray) payloads = NULL;
         const char *event;
         uint32_t sender;
@@ -325,7 +283,7 @@ static int handle_deliver(sd_bus_message *m, ipchannel *ch, message_shape shape,
                                          "The sender does not own a peer name of the app \"%s\".",
                                          ch->app);
 
-        r = read_message(m, shape, &event, &payloads, error);
+        r = message_read(m, shape, &limits, &event, &payloads, error);
         if (r < 0)
                 return r;
 
@@ -338,15 +296,19 @@ static int handle_deliver(sd_bus_message *m, ipchannel *ch, message_shape shape,
 }
 
 static int method_deliver(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        return handle_deliver(m, userdata, SHAPE_ONE, error);
+        return handle_deliver(m, userdata, MESSAGE_ONE, error);
 }
 
 static int method_deliver_null(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        return handle_deliver(m, userdata, SHAPE_NULL, error);
+        return handle_deliver(m, userdata, MESSAGE_NULL, error);
 }
 
 static int method_deliver_batch(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        return handle_deliver(m, userdata, SHAPE_BATCH, error);
+        return handle_deliver(m, userdata, MESSAGE_BATCH, error);
+}
+
+static int method_deliver_memfd(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return handle_deliver(m, userdata, MESSAGE_MEMFD, error);
 }
 
 static int property_get_peer_id(sd_bus *bus, const char *path, const char *interface,
@@ -375,9 +337,12 @@ static const sd_bus_vtable peer_vtable[] = {
                                 method_deliver_null, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("DeliverBatch", SD_BUS_ARGS("s", event, "av", data), SD_BUS_NO_RESULT,
                                 method_deliver_batch, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("DeliverMemfd", SD_BUS_ARGS("s", event, "g", type, "h", data),
+                                SD_BUS_NO_RESULT, method_deliver_memfd, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_SIGNAL_WITH_ARGS("Broadcast", SD_BUS_ARGS("s", event, "v", data), 0),
         SD_BUS_SIGNAL_WITH_ARGS("BroadcastNull", SD_BUS_ARGS("s", event), 0),
         SD_BUS_SIGNAL_WITH_ARGS("BroadcastBatch", SD_BUS_ARGS("s", event, "av", data), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("BroadcastMemfd", SD_BUS_ARGS("s", event, "g", type, "h", data), 0),
         SD_BUS_PROPERTY("PeerId", "u", property_get_peer_id, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("App", "s", property_get_app, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_VTABLE_END,
@@ -386,20 +351,14 @@ static const sd_bus_vtable peer_vtable[] = {
 static int handle_broadcast(sd_bus_message *m, ipchannel *ch, bool catchall) {
         _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
         g_autoptr(GPtrArray) payloads = NULL;
-        const char *event, *member, *signature;
-        message_shape shape;
+        message_limits limits = channel_limits(ch);
+        const char *event;
         uint32_t sender;
-        int r;
+        int shape, r;
 
-        member = sd_bus_message_get_member(m);
-        signature = sd_bus_message_get_signature(m, true);
-        if (g_strcmp0(member, "Broadcast") == 0 && g_strcmp0(signature, "sv") == 0)
-                shape = SHAPE_ONE;
-        else if (g_strcmp0(member, "BroadcastNull") == 0 && g_strcmp0(signature, "s") == 0)
-                shape = SHAPE_NULL;
-        else if (g_strcmp0(member, "BroadcastBatch") == 0 && g_strcmp0(signature, "sav") == 0)
-                shape = SHAPE_BATCH;
-        else
+        shape = message_shape_of(sd_bus_message_get_member(m), sd_bus_message_get_signature(m, true),
+                                 true);
+        if (shape < 0)
                 return 0;
 
         /* Signals from connections that are not peers of the app are not ours to see. */
@@ -407,10 +366,10 @@ static int handle_broadcast(sd_bus_message *m, ipchannel *ch, bool catchall) {
         if (sender == 0)
                 return 0;
 
-        r = read_message(m, shape, &event, &payloads, &error);
+        r = message_read(m, shape, &limits, &event, &payloads, &error);
         if (r < 0) {
-                channel_emit_error(ch, -EBADMSG, "Dropped a broadcast from peer %" PRIu32 ": %s",
-                                   sender, error.message);
+                channel_emit_error(ch, r, "Dropped a broadcast from peer %" PRIu32 ": %s (%s)",
+                                   sender, error.message, error.name);
                 return 0;
         }
         /* The catch-all rule serves only events that have no rule of their own. */
@@ -988,22 +947,30 @@ static void channel_lost(ipchannel *ch) {
 
 /* ---- sending ---------------------------------------------------------------------------- */
 
-/* Builds and queues one D-Bus message: n_data 0 (…Null), 1, or a batch (…Batch). */
-static int channel_send_message(ipchannel *ch, uint32_t to, const char *event, GVariant *const *data,
-                                size_t n_data) {
+/* Whether data goes as a sealed memfd: large enough, a bus that passes fds, and no fds of the
+ * app's inside (those must be duplicated into the message, which only the inline form does). */
+static bool channel_wants_memfd(ipchannel *ch, GVariant *data) {
+        return data && ch->memfd_threshold > 0 && g_variant_get_size(data) >= ch->memfd_threshold &&
+               sd_bus_can_send(ch->bus, 'h') > 0 && !payload_has_handles(data);
+}
+
+/* Builds and queues one D-Bus message: n_data 0 (…Null), 1, a batch (…Batch), or one payload
+ * in a sealed memfd (…Memfd, when memfd is true). */
+static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *event,
+                                     GVariant *const *data, size_t n_data, bool memfd) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         const char *member;
         int r;
 
         if (to == IPCHANNEL_ALL) {
-                member = n_data == 0 ? "BroadcastNull" : n_data == 1 ? "Broadcast" : "BroadcastBatch";
+                member = memfd ? "BroadcastMemfd" : n_data == 0 ? "BroadcastNull" : n_data == 1 ? "Broadcast" : "BroadcastBatch";
                 r = sd_bus_message_new_signal(ch->bus, &m, ch->path, IPCHANNEL_PEER_INTERFACE, member);
         } else {
                 g_autofree char *dest = names_peer(ch->prefix, ch->app, to);
 
                 if (!dest)
                         return -ENOMEM;
-                member = n_data == 0 ? "DeliverNull" : n_data == 1 ? "Deliver" : "DeliverBatch";
+                member = memfd ? "DeliverMemfd" : n_data == 0 ? "DeliverNull" : n_data == 1 ? "Deliver" : "DeliverBatch";
                 r = sd_bus_message_new_method_call(ch->bus, &m, dest, ch->path, IPCHANNEL_PEER_INTERFACE,
                                                    member);
                 if (r < 0)
@@ -1018,6 +985,18 @@ static int channel_send_message(ipchannel *ch, uint32_t to, const char *event, G
         r = sd_bus_message_append_basic(m, 's', event);
         if (r < 0)
                 return r;
+        if (memfd) {
+                _cleanup_(closep) int fd = -1;
+
+                r = payload_memfd_new(data[0], &fd);
+                if (r < 0)
+                        return r;
+                /* The message keeps a duplicate of fd. */
+                r = sd_bus_message_append(m, "gh", g_variant_get_type_string(data[0]), fd);
+                if (r < 0)
+                        return r;
+                n_data = 0;
+        }
         if (n_data > 1) {
                 r = sd_bus_message_open_container(m, 'a', "v");
                 if (r < 0)
@@ -1035,6 +1014,13 @@ static int channel_send_message(ipchannel *ch, uint32_t to, const char *event, G
         }
         r = sd_bus_send(ch->bus, m, NULL);
         return r < 0 ? r : 0;
+}
+
+static int channel_send_message(ipchannel *ch, uint32_t to, const char *event, GVariant *const *data,
+                                size_t n_data) {
+        bool memfd = n_data == 1 && channel_wants_memfd(ch, data[0]);
+
+        return channel_send_message_full(ch, to, event, data, n_data, memfd);
 }
 
 /* The bus went before the batch did: its sends wait for the reconnect, ahead of the rest. */
@@ -1157,19 +1143,22 @@ static bool channel_in_dispatch(ipchannel *ch) {
 #define BATCH_BYTES_MAX (64 * 1024)
 
 int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *data) {
+        bool memfd;
         int r;
 
         if (to != IPCHANNEL_ALL && !channel_peer_present(ch, to))
                 return -ENXIO;
 
-        if (ch->batch->len > 0 && (!data || to != ch->batch_to || strcmp(event, ch->batch_event) != 0 ||
-                                   !channel_in_dispatch(ch))) {
+        /* A memfd payload goes alone, after the batch before it. */
+        memfd = channel_wants_memfd(ch, data);
+        if (ch->batch->len > 0 && (!data || memfd || to != ch->batch_to ||
+                                   strcmp(event, ch->batch_event) != 0 || !channel_in_dispatch(ch))) {
                 r = channel_flush_batch(ch);
                 if (r < 0)
                         return r;
         }
-        if (!data || !channel_in_dispatch(ch))
-                return channel_send_message(ch, to, event, &data, data ? 1 : 0);
+        if (!data || memfd || !channel_in_dispatch(ch))
+                return channel_send_message_full(ch, to, event, &data, data ? 1 : 0, memfd);
 
         if (ch->batch->len == 0) {
                 ch->batch_to = to;
@@ -1196,7 +1185,7 @@ static int channel_send(ipchannel *ch, uint32_t to, const char *event, GVariant 
         int r;
 
         assert_return(to != 0, -EINVAL);
-        r = names_check_event(event, &reason);
+        r = names_check_event_max(event, ch->event_name_max, &reason);
         if (r < 0)
                 return r;
         assert_return(!names_event_is_local(event), -EINVAL);
@@ -1270,6 +1259,10 @@ _public_ int ipchannel_new(ipchannel **ret, const char *app) {
                 .owner_queries = g_hash_table_new_full(g_int64_hash, g_int64_equal, g_free, NULL),
                 .queue_max = IPCHANNEL_QUEUE_MAX_DEFAULT,
                 .listener_max = IPCHANNEL_LISTENER_MAX_DEFAULT,
+                .memfd_threshold = IPCHANNEL_MEMFD_THRESHOLD_DEFAULT,
+                .memfd_max = IPCHANNEL_MEMFD_MAX_DEFAULT,
+                .values_max = IPCHANNEL_VALUES_MAX_DEFAULT,
+                .event_name_max = IPCHANNEL_EVENT_NAME_MAX,
                 .batch = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref),
                 .flush_wait_usec = IPCHANNEL_FLUSH_WAIT_USEC_DEFAULT,
                 .sync_timeout_usec = IPCHANNEL_SYNC_TIMEOUT_USEC_DEFAULT,
@@ -1378,6 +1371,37 @@ _public_ int ipchannel_set_listener_max(ipchannel *ch, size_t n) {
         assert_return(n > 0, -EINVAL);
 
         ch->listener_max = n;
+        return 0;
+}
+
+_public_ int ipchannel_set_memfd_threshold(ipchannel *ch, size_t bytes) {
+        assert_channel(ch);
+
+        ch->memfd_threshold = bytes;
+        return 0;
+}
+
+_public_ int ipchannel_set_memfd_max(ipchannel *ch, uint64_t bytes) {
+        assert_channel(ch);
+        assert_return(bytes > 0, -EINVAL);
+
+        ch->memfd_max = bytes;
+        return 0;
+}
+
+_public_ int ipchannel_set_values_max(ipchannel *ch, size_t n) {
+        assert_channel(ch);
+        assert_return(n > 0, -EINVAL);
+
+        ch->values_max = n;
+        return 0;
+}
+
+_public_ int ipchannel_set_event_name_max(ipchannel *ch, size_t bytes) {
+        assert_channel(ch);
+        assert_return(bytes > 0 && bytes <= IPCHANNEL_EVENT_NAME_MAX_LIMIT, -EINVAL);
+
+        ch->event_name_max = bytes;
         return 0;
 }
 
@@ -1558,7 +1582,7 @@ static int channel_listen(ipchannel *ch, const char *event, ipchannel_handler_t 
 
         assert_channel(ch);
         assert_return(handler, -EINVAL);
-        r = names_check_event(event, NULL);
+        r = names_check_event_max(event, ch->event_name_max, NULL);
         if (r < 0)
                 return r;
         /* Each listened event is a match rule at the broker, which limits them per connection. */

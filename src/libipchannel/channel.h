@@ -7,11 +7,8 @@
 
 #include "ipchannel.h"
 #include "listeners.h"
+#include "message.h"     /* the named errors of org.ipchannel.Peer1 */
 
-/* Named D-Bus errors of the org.ipchannel.Peer1 interface. */
-#define IPCHANNEL_ERROR_NOT_A_PEER "org.ipchannel.Error.NotAPeer"
-#define IPCHANNEL_ERROR_INVALID_EVENT "org.ipchannel.Error.InvalidEvent"
-#define IPCHANNEL_ERROR_RESERVED_EVENT "org.ipchannel.Error.ReservedEvent"
 
 /* Fires the local "error" event with data (is). */
 void channel_emit_error(ipchannel *ch, int error, const char *fmt, ...) G_GNUC_PRINTF(3, 4);

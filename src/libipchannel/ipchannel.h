@@ -29,7 +29,7 @@ typedef struct ipchannel_lock ipchannel_lock;
 #define IPCHANNEL_EVENT_PEER_JOIN "peer-join"   /* sender is the id of a peer that appeared */
 #define IPCHANNEL_EVENT_PEER_LEAVE "peer-leave" /* sender is the id of a peer that went away */
 
-/* Longest event name, in bytes. */
+/* Longest event name, in bytes, by default (ipchannel_set_event_name_max() changes it). */
 #define IPCHANNEL_EVENT_NAME_MAX 255
 
 /* sender: peer id (>= 1) for peer messages; 0 for local events ("connect", ...), except
@@ -121,6 +121,35 @@ int  ipchannel_set_listener_max(ipchannel *ch, size_t n);
  * each other. 0: report at once. */
 #define IPCHANNEL_FLUSH_WAIT_USEC_DEFAULT (2 * 1000 * 1000ULL)
 int  ipchannel_set_flush_wait(ipchannel *ch, uint64_t usec);
+
+/* Payloads whose serialized size (g_variant_get_size()) is at least this many bytes travel as
+ * a sealed memfd passed as a unix fd, which the receiver maps without a copy (default
+ * IPCHANNEL_MEMFD_THRESHOLD_DEFAULT; 0: never). Smaller ones, payloads holding unix fds ("h"),
+ * and all payloads on a bus connection that cannot pass fds travel inline, in the message. */
+#define IPCHANNEL_MEMFD_THRESHOLD_DEFAULT (128u * 1024)
+int  ipchannel_set_memfd_threshold(ipchannel *ch, size_t bytes);
+
+/* The largest memfd payload this peer accepts (default IPCHANNEL_MEMFD_MAX_DEFAULT); a larger
+ * one is refused with org.freedesktop.DBus.Error.LimitsExceeded (a broadcast: dropped, and
+ * reported on "error" with -EFBIG). Inline payloads are bounded by the bus's message size. */
+#define IPCHANNEL_MEMFD_MAX_DEFAULT (256ULL * 1024 * 1024)
+int  ipchannel_set_memfd_max(ipchannel *ch, uint64_t bytes);
+
+/* The most values this peer decodes from one received message (each basic value, container
+ * and variant; an array of a fixed-size type counts once; a batch's payloads together), default
+ * IPCHANNEL_VALUES_MAX_DEFAULT; past it org.freedesktop.DBus.Error.LimitsExceeded (a broadcast:
+ * dropped, "error" with -ENOBUFS). A memfd payload is not decoded up front: its bound is its
+ * size (ipchannel_set_memfd_max()). */
+#define IPCHANNEL_VALUES_MAX_DEFAULT (1024u * 1024)
+int  ipchannel_set_values_max(ipchannel *ch, size_t n);
+
+/* The longest event name this channel sends, listens to and accepts (default
+ * IPCHANNEL_EVENT_NAME_MAX), at most IPCHANNEL_EVENT_NAME_MAX_LIMIT: a listened event is a
+ * match rule arg0='EVENT' at the broker, and dbus-daemon refuses rules over 1024 bytes (512
+ * leaves room for the longest app's path). A longer name: -EINVAL from send/emit/on/once;
+ * from the bus org.ipchannel.Error.InvalidEvent. */
+#define IPCHANNEL_EVENT_NAME_MAX_LIMIT 512u
+int  ipchannel_set_event_name_max(ipchannel *ch, size_t bytes);
 
 ipchannel_slot *ipchannel_slot_ref(ipchannel_slot *slot);
 

@@ -22,6 +22,15 @@
                 _p;                                  \
         })
 
+/* The same for an fd. */
+#define TAKE_FD(fd)                                  \
+        ({                                           \
+                int *_pfd = &(fd);                   \
+                int _fd = *_pfd;                     \
+                *_pfd = -1;                          \
+                _fd;                                 \
+        })
+
 static inline void freep(void *p) {
         free(*(void **) p);
 }

@@ -81,6 +81,10 @@ int names_check_prefix(const char *prefix, const char **ret_reason) {
 }
 
 int names_check_event(const char *event, const char **ret_reason) {
+        return names_check_event_max(event, IPCHANNEL_EVENT_NAME_MAX, ret_reason);
+}
+
+int names_check_event_max(const char *event, size_t max, const char **ret_reason) {
         const char *reason = NULL;
         size_t n;
 
@@ -88,8 +92,9 @@ int names_check_event(const char *event, const char **ret_reason) {
                 reason = "no event name given";
         else if (event[0] == '\0')
                 reason = "the event name is empty";
-        else if ((n = strlen(event)) > IPCHANNEL_EVENT_NAME_MAX)
-                reason = "the event name is longer than 255 bytes";
+        else if ((n = strnlen(event, max + 1)) > max)
+                reason = max == IPCHANNEL_EVENT_NAME_MAX ? "the event name is longer than 255 bytes"
+                                                         : "the event name is longer than the channel's limit";
         else if (!g_utf8_validate(event, (gssize) n, NULL))
                 reason = "the event name is not valid UTF-8";
 

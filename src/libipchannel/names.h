@@ -16,6 +16,8 @@ int names_check_prefix(const char *prefix, const char **ret_reason);
 
 /* 0 or -EINVAL: a non-empty UTF-8 event name of at most IPCHANNEL_EVENT_NAME_MAX bytes. */
 int names_check_event(const char *event, const char **ret_reason);
+/* The same with another bound (a channel's ipchannel_set_event_name_max()). */
+int names_check_event_max(const char *event, size_t max, const char **ret_reason);
 bool names_event_is_local(const char *event);
 
 /* Newly allocated strings (NULL on out-of-memory). */

@@ -2,10 +2,15 @@
 /* Payloads: converts GVariant values to and from the D-Bus variants that carry them in messages. */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "macro.h"
 #include "payload.h"
 
 /* D-Bus specification limits, per signature (each variant's contents has its own signature). */
@@ -624,4 +629,144 @@ int payload_read_variant(sd_bus_message *m, GVariant **ret) {
         size_t budget = PAYLOAD_VALUES_MAX;
 
         return payload_read_variant_budget(m, &budget, ret);
+}
+
+/* ---- payloads in sealed memfds ---------------------------------------------------------- */
+
+bool payload_has_handles(GVariant *value) {
+        const char *type = g_variant_get_type_string(value);
+
+        if (strchr(type, 'h'))
+                return true;
+        if (!strchr(type, 'v'))
+                return false;
+        if (g_variant_is_of_type(value, G_VARIANT_TYPE_VARIANT)) {
+                g_autoptr(GVariant) contents = g_variant_get_variant(value);
+                return payload_has_handles(contents);
+        }
+        for (size_t i = 0, n = g_variant_n_children(value); i < n; i++) {
+                g_autoptr(GVariant) child = g_variant_get_child_value(value, i);
+
+                if (payload_has_handles(child))
+                        return true;
+        }
+        return false;
+}
+
+int payload_memfd_new(GVariant *value, int *ret_fd) {
+        _cleanup_(closep) int fd = -1;
+        const uint8_t *p;
+        size_t size, done = 0;
+
+        if (!value || !ret_fd)
+                return -EINVAL;
+        size = g_variant_get_size(value);
+        p = g_variant_get_data(value);
+        if (size > 0 && !p)
+                return -ENOMEM;
+
+        fd = memfd_create("ipchannel-payload", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        if (fd < 0)
+                return -errno;
+        /* write(), not a mapping: the pages are the file's, never in the sender's RSS twice. */
+        while (done < size) {
+                ssize_t n = write(fd, p + done, size - done);
+
+                if (n < 0) {
+                        if (errno == EINTR)
+                                continue;
+                        return -errno;
+                }
+                done += (size_t) n;
+        }
+        if (fcntl(fd, F_ADD_SEALS, PAYLOAD_MEMFD_SEALS) < 0)
+                return -errno;
+        *ret_fd = TAKE_FD(fd);
+        return 0;
+}
+
+typedef struct memfd_map {
+        void *addr;
+        size_t size;
+} memfd_map;
+
+static void memfd_map_free(void *userdata) {
+        memfd_map *map = userdata;
+
+        (void) munmap(map->addr, map->size);
+        free(map);
+}
+
+static int memfd_refuse(payload_memfd_status status, const char *reason,
+                        payload_memfd_status *ret_status, const char **ret_reason) {
+        if (ret_status)
+                *ret_status = status;
+        if (ret_reason)
+                *ret_reason = reason;
+        return -EBADMSG;
+}
+
+int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, GVariant **ret,
+                      payload_memfd_status *ret_status, const char **ret_reason) {
+        g_autoptr(GVariant) value = NULL;
+        const char *reason = NULL;
+        memfd_map *map;
+        struct stat st;
+        int seals, r;
+
+        if (fd < 0 || !type_string || !ret)
+                return -EINVAL;
+
+        if (!g_variant_type_string_is_valid(type_string))
+                return memfd_refuse(PAYLOAD_MEMFD_BAD_TYPE, "the type is not one complete type",
+                                    ret_status, ret_reason);
+        r = payload_check_type(G_VARIANT_TYPE(type_string), &reason);
+        if (r < 0)
+                return memfd_refuse(PAYLOAD_MEMFD_BAD_TYPE, reason, ret_status, ret_reason);
+        if (strchr(type_string, 'h'))
+                return memfd_refuse(PAYLOAD_MEMFD_BAD_TYPE, "unix fds cannot travel in a memfd",
+                                    ret_status, ret_reason);
+
+        /* Only shared-memory files answer F_GET_SEALS; a pipe or a socket gets EINVAL. */
+        if (fstat(fd, &st) < 0)
+                return -errno;
+        seals = fcntl(fd, F_GET_SEALS);
+        if (!S_ISREG(st.st_mode) || seals < 0)
+                return memfd_refuse(PAYLOAD_MEMFD_NOT_MEMFD, "the fd is not a memfd", ret_status,
+                                    ret_reason);
+        /* Further seals (F_SEAL_FUTURE_WRITE, F_SEAL_EXEC) only forbid more: accepted. */
+        if ((seals & PAYLOAD_MEMFD_SEALS) != PAYLOAD_MEMFD_SEALS)
+                return memfd_refuse(PAYLOAD_MEMFD_NOT_SEALED,
+                                    "the memfd is not sealed against shrinking, growing and writing",
+                                    ret_status, ret_reason);
+        if (st.st_size <= 0)
+                return memfd_refuse(PAYLOAD_MEMFD_EMPTY, "the memfd is empty", ret_status, ret_reason);
+        if ((uint64_t) st.st_size > size_max || (uint64_t) st.st_size > SIZE_MAX)
+                return memfd_refuse(PAYLOAD_MEMFD_TOO_LARGE, "the memfd is larger than this peer accepts",
+                                    ret_status, ret_reason);
+
+        map = malloc(sizeof(*map));
+        if (!map)
+                return -ENOMEM;
+        *map = (memfd_map) { .size = (size_t) st.st_size };
+        map->addr = mmap(NULL, map->size, PROT_READ, MAP_SHARED, fd, 0);
+        if (map->addr == MAP_FAILED) {
+                r = -errno;
+                free(map);
+                return r;
+        }
+        /* Untrusted: GLib checks every offset it reads from the bytes. */
+        value = g_variant_ref_sink(g_variant_new_from_data(G_VARIANT_TYPE(type_string), map->addr,
+                                                           map->size, FALSE, memfd_map_free, map));
+        r = payload_check_value(value, &reason);
+        if (r < 0)
+                return memfd_refuse(PAYLOAD_MEMFD_BAD_TYPE, reason, ret_status, ret_reason);
+        if (payload_has_handles(value))
+                return memfd_refuse(PAYLOAD_MEMFD_BAD_TYPE, "unix fds cannot travel in a memfd",
+                                    ret_status, ret_reason);
+
+        if (ret_status)
+                *ret_status = PAYLOAD_MEMFD_OK;
+        *ret = g_steal_pointer(&value);
+        return 0;
 }

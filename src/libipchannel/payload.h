@@ -2,6 +2,10 @@
 /* Payloads: GVariant values to and from D-Bus message variants. Pure: no bus I/O. */
 #pragma once
 
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdint.h>
+
 #include <glib.h>
 #include <systemd/sd-bus.h>
 
@@ -11,7 +15,8 @@
 #define PAYLOAD_DEPTH_MAX 64
 
 /* Most values (each basic value, container and variant; a whole array of a fixed-size type
- * counts once) read from one message: what another process can make a receiver build. */
+ * counts once) read from one message by default: what another process can make a receiver
+ * build. A channel may set its own bound (ipchannel_set_values_max()). */
 #define PAYLOAD_VALUES_MAX (1024u * 1024)
 
 /* 0 if values of this type can travel over D-Bus, else -EINVAL and, when ret_reason is not
@@ -48,3 +53,40 @@ int payload_read_variant(sd_bus_message *m, GVariant **ret);
  * among the variants of one message (start it at PAYLOAD_VALUES_MAX): -ENOBUFS when it runs
  * out. */
 int payload_read_variant_budget(sd_bus_message *m, size_t *budget, GVariant **ret);
+
+/* ---- payloads in sealed memfds --------------------------------------------------------------
+ * A large payload travels as its GVariant serialization (native byte order: both ends are on one
+ * host) in a memfd that its sender sealed against any change, so the receiver can map it and
+ * wrap it without a copy. */
+
+/* The seals a payload memfd must carry: with these, the sender can neither change the bytes nor
+ * shrink the file under the receiver's mapping (which would fault it). */
+#define PAYLOAD_MEMFD_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL)
+
+/* Whether value holds unix fds ("h"), in its type or in a variant nested in it: such values
+ * cannot travel in a memfd, which carries bytes only. Walks only where a variant can hide. */
+bool payload_has_handles(GVariant *value);
+
+/* A new sealed memfd (close-on-exec) holding value's serialized bytes; the caller owns the fd.
+ * Negative errno on failure (-ENOSYS where the kernel has no memfds). */
+int payload_memfd_new(GVariant *value, int *ret_fd);
+
+/* Why payload_memfd_map() refused an fd: each maps to its own error for the sender. */
+typedef enum {
+        PAYLOAD_MEMFD_OK,
+        PAYLOAD_MEMFD_NOT_MEMFD,        /* not a sealable shared-memory file (a pipe, a socket, ...) */
+        PAYLOAD_MEMFD_NOT_SEALED,       /* a memfd missing one of PAYLOAD_MEMFD_SEALS */
+        PAYLOAD_MEMFD_TOO_LARGE,        /* larger than the receiver accepts */
+        PAYLOAD_MEMFD_EMPTY,            /* no bytes: no sender makes one */
+        PAYLOAD_MEMFD_BAD_TYPE,         /* the type string is no type that can travel */
+} payload_memfd_status;
+
+/* Maps the sealed memfd fd read-only and returns a new (non-floating) GVariant of type_string
+ * over the mapping, without a copy; the mapping goes with the last reference. The bytes are
+ * another process's: they are wrapped as untrusted (GLib reads malformed data as default values,
+ * never out of bounds), a type holding "h" is refused (fd indexes mean nothing in a memfd), and
+ * the variants nested in the value are checked as payload_check_value() does. fd stays the
+ * caller's. Returns 0, or -EBADMSG with *ret_status and a static reason saying why the fd or the
+ * value is refused, or another negative errno (mmap failure, out of memory). */
+int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, GVariant **ret,
+                      payload_memfd_status *ret_status, const char **ret_reason);
