@@ -2,11 +2,13 @@
 /* Integration tests with hostile peers: raw sd-bus clients abuse a peer and the lock service,
  * which must answer with named errors (or drop by design) and keep serving well-behaved peers. */
 #include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -837,6 +839,126 @@ START_TEST(test_vanished_waiter_is_dropped_and_the_next_is_served_at_once) {
 }
 END_TEST
 
+/* ---- memfd payloads ----------------------------------------------------------------------- */
+
+#define MEMFD_MAX_OF_TARGET (1024 * 1024)
+
+/* A memfd holding size bytes of fill (or data, when not NULL), with these seals. */
+static int memfd_with(const void *data, size_t size, int seals) {
+        int fd = memfd_create("hostile", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+        char block[4096];
+
+        ck_assert_int_ge(fd, 0);
+        memset(block, 0x5a, sizeof(block));
+        for (size_t done = 0; done < size;) {
+                size_t n = MIN(size - done, sizeof(block));
+                ck_assert_int_eq(write(fd, data ? (const char *) data + done : block, n), (ssize_t) n);
+                done += n;
+        }
+        if (seals)
+                ck_assert_int_eq(fcntl(fd, F_ADD_SEALS, seals), 0);
+        return fd;
+}
+
+#define ALL_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL)
+
+static int deliver_memfd(sd_bus *bus, const char *app, const char *type, int fd, sd_bus_error *error) {
+        return call_peer(bus, app, 1, NULL, NULL, "DeliverMemfd", error, "sgh", "ev", type, fd);
+}
+
+static void expect_memfd_refused(sd_bus *bus, const char *app, const char *type, int fd,
+                                 const char *name, const char *what) {
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        int r = deliver_memfd(bus, app, type, fd, &error);
+
+        expect_error(r, &error, name, what);
+        close(fd);
+}
+
+START_TEST(test_bad_memfds_get_named_errors_and_the_target_keeps_serving) {
+        char max[32];
+        int pipe_fds[2];
+        const char *line;
+
+        snprintf(max, sizeof(max), "%d", MEMFD_MAX_OF_TARGET);
+        peer *target = peer_start("--app", "badfd", "--id", "1", "--listen", "ev", "--memfd-max", max,
+                                  "--connect");
+        ck_assert_uint_eq(peer_wait_connect(target), 1);
+        peer *good = peer_start("--app", "badfd", "--id", "2", "--connect");
+        ck_assert_uint_eq(peer_wait_connect(good), 2);
+        sd_bus *bus = hostile_peer("badfd", 1);
+
+        expect_memfd_refused(bus, "badfd", "ay", memfd_with(NULL, 8192, 0),
+                             "org.ipchannel.Error.InvalidMemfd", "an unsealed memfd");
+        expect_memfd_refused(bus, "badfd", "ay",
+                             memfd_with(NULL, 8192, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL),
+                             "org.ipchannel.Error.InvalidMemfd", "a memfd without F_SEAL_WRITE");
+        expect_memfd_refused(bus, "badfd", "ay", memfd_with(NULL, 8192, F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL),
+                             "org.ipchannel.Error.InvalidMemfd", "a memfd without F_SEAL_SHRINK");
+        ck_assert_int_eq(pipe2(pipe_fds, O_CLOEXEC), 0);
+        ck_assert_int_eq(write(pipe_fds[1], "abcd", 4), 4);
+        close(pipe_fds[1]);
+        expect_memfd_refused(bus, "badfd", "ay", pipe_fds[0], "org.ipchannel.Error.InvalidMemfd",
+                             "a pipe instead of a memfd");
+        expect_memfd_refused(bus, "badfd", "ay", memfd_with(NULL, 0, ALL_SEALS),
+                             "org.ipchannel.Error.InvalidMemfd", "an empty memfd");
+        expect_memfd_refused(bus, "badfd", "ay", memfd_with(NULL, 2 * MEMFD_MAX_OF_TARGET, ALL_SEALS),
+                             SD_BUS_ERROR_LIMITS_EXCEEDED, "a memfd over the receive limit");
+        expect_memfd_refused(bus, "badfd", "ii", memfd_with(NULL, 8, ALL_SEALS), SD_BUS_ERROR_INVALID_ARGS,
+                             "two types");
+        expect_memfd_refused(bus, "badfd", "ah", memfd_with(NULL, 8, ALL_SEALS), SD_BUS_ERROR_INVALID_ARGS,
+                             "unix fds in a memfd");
+        expect_memfd_refused(bus, "badfd", "", memfd_with(NULL, 8, ALL_SEALS), SD_BUS_ERROR_INVALID_ARGS,
+                             "no type");
+        /* A variant in the bytes that names a type holding fds: refused when checked. */
+        {
+                g_autoptr(GVariant) v = g_variant_ref_sink(g_variant_new_variant(g_variant_new_handle(0)));
+                expect_memfd_refused(bus, "badfd", "v",
+                                     memfd_with(g_variant_get_data(v), g_variant_get_size(v), ALL_SEALS),
+                                     SD_BUS_ERROR_INVALID_ARGS, "a variant holding an fd index");
+        }
+        /* None of them was delivered. */
+        ck_assert(peer_quiet(target, "recv ", 200));
+
+        /* Garbage bytes with a valid type: GLib reads them as untrusted data, so the call is
+         * accepted and the handler sees some value of that type, never memory out of bounds. */
+        {
+                _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+                uint8_t junk[4096];
+                int fd;
+
+                for (size_t i = 0; i < sizeof(junk); i++)
+                        junk[i] = (uint8_t) (i * 7 + 0xf3);
+                fd = memfd_with(junk, sizeof(junk), ALL_SEALS);
+                ck_assert_int_ge(deliver_memfd(bus, "badfd", "(sasa{si}x)", fd, &error), 0);
+                close(fd);
+                line = peer_expect(target, "recv 50 ev (", PEER_TIMEOUT_MS);
+                ck_assert_msg(line, "a garbage payload of a valid type was not delivered");
+        }
+
+        /* A broadcast with an unsealed memfd is dropped and reported; the good one after it
+         * arrives. */
+        {
+                int fd = memfd_with(NULL, 8192, 0);
+                ck_assert_int_ge(sd_bus_emit_signal(bus, "/org/ipchannel/badfd", "org.ipchannel.Peer1",
+                                                    "BroadcastMemfd", "sgh", "ev", "ay", fd),
+                                 0);
+                close(fd);
+                ck_assert_int_ge(sd_bus_emit_signal(bus, "/org/ipchannel/badfd", "org.ipchannel.Peer1",
+                                                    "Broadcast", "sv", "ev", "s", "ok"),
+                                 0);
+                ck_assert_int_ge(sd_bus_flush(bus), 0);
+                line = peer_expect(target, "error ", PEER_TIMEOUT_MS);
+                ck_assert_ptr_nonnull(line);
+                ck_assert_msg(strstr(line, "InvalidMemfd"), "%s", line);
+                ck_assert_ptr_nonnull(peer_expect(target, "recv 50 ev 'ok'", PEER_TIMEOUT_MS));
+        }
+
+        assert_still_serving(target, good, 1, 2);
+        sd_bus_flush_close_unref(bus);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("hostile");
         TCase *tc;
@@ -860,6 +982,12 @@ int main(void) {
         tcase_add_test(tc, test_acquire_of_100000_locks_is_limited_and_others_still_get_locks);
         tcase_add_test(tc, test_release_of_another_connections_grant_is_refused);
         tcase_add_test(tc, test_vanished_waiter_is_dropped_and_the_next_is_served_at_once);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("memfd");
+        tcase_add_checked_fixture(tc, NULL, teardown);
+        tcase_set_timeout(tc, 60);
+        tcase_add_test(tc, test_bad_memfds_get_named_errors_and_the_target_keeps_serving);
         suite_add_tcase(s, tc);
 
         sr = srunner_create(s);

@@ -21,6 +21,12 @@
  *   mixed TO N              N messages alternating targeted/broadcast, event "seq", (u seq)
  *   on EVENT | once EVENT | off EVENT
  *   count                   prints "count N": Broadcast signals this connection received
+ *   members                 prints "members M=N ...": messages of each Peer1 member received
+ *   big TO EVENT SIZE SEED  sends an "ay" of SIZE bytes, byte i = (i * 131 + SEED) mod 256;
+ *                           a receiver prints such a payload (over 4096 bytes) as
+ *                           "recv SENDER EVENT big SIZE SEED ok|bad" instead of its text
+ *   big-order TO N SIZE     N sends of event "seq" alternating (u seq) and an "ay" of SIZE
+ *                           bytes with SEED seq, every third one to "all"
  *   state                   prints "state ID CONNECTED"
  *   has ID                  prints "has ID R"
  *   acquire LOCK USEC       ipchannel_lock_acquire() from this (loop) thread; prints
@@ -42,6 +48,8 @@ static loop_kind arg_loop = LOOP_DEFAULT;
 static size_t arg_queue_max;
 static int64_t arg_flush_wait = -1;
 static bool arg_connect;
+static int64_t arg_memfd_threshold = -1;
+static uint64_t arg_memfd_max;
 
 typedef struct slot_entry {
         struct slot_entry *next;
@@ -68,15 +76,50 @@ static void out(const char *fmt, ...) {
         funlockfile(stdout);
 }
 
+static const char *const peer_members[] = { "Deliver", "DeliverNull", "DeliverBatch", "DeliverMemfd",
+                                            "Broadcast", "BroadcastNull", "BroadcastBatch",
+                                            "BroadcastMemfd" };
+static uint64_t n_members[G_N_ELEMENTS(peer_members)];
+
 static int on_bus_message(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         if (sd_bus_message_is_signal(m, "org.ipchannel.Peer1", NULL))
                 n_broadcast_signals++;
+        if (g_strcmp0(sd_bus_message_get_interface(m), "org.ipchannel.Peer1") == 0)
+                for (size_t i = 0; i < G_N_ELEMENTS(peer_members); i++)
+                        if (g_strcmp0(sd_bus_message_get_member(m), peer_members[i]) == 0)
+                                n_members[i]++;
         return 0;
+}
+
+#define BIG_MIN 4096
+
+static GVariant *big_new(size_t size, unsigned seed) {
+        uint8_t *p = g_malloc(size);
+
+        for (size_t i = 0; i < size; i++)
+                p[i] = (uint8_t) (i * 131 + seed);
+        return g_variant_new_from_data(G_VARIANT_TYPE_BYTESTRING, p, size, TRUE, g_free, p);
+}
+
+/* "big SIZE SEED ok|bad" for a payload big_new() made, else NULL. */
+static char *big_describe(GVariant *data) {
+        const uint8_t *p;
+        gsize n = 0;
+        bool ok = true;
+
+        if (!data || !g_variant_is_of_type(data, G_VARIANT_TYPE_BYTESTRING) ||
+            g_variant_get_size(data) <= BIG_MIN)
+                return NULL;
+        p = g_variant_get_fixed_array(data, &n, 1);
+        for (size_t i = 0; i < n && ok; i++)
+                ok = p[i] == (uint8_t) (i * 131 + p[0]);
+        return g_strdup_printf("big %zu %u %s", (size_t) n, p[0], ok ? "ok" : "bad");
 }
 
 static void on_event(ipchannel *c, uint32_t sender, const char *event, GVariant *data,
                      void *userdata) {
-        g_autofree char *text = data ? g_variant_print(data, TRUE) : g_strdup("null");
+        g_autofree char *big = big_describe(data);
+        g_autofree char *text = big ? g_steal_pointer(&big) : data ? g_variant_print(data, TRUE) : g_strdup("null");
 
         if (strcmp(event, IPCHANNEL_EVENT_CONNECT) == 0) {
                 /* Count from here on what reaches this connection. */
@@ -209,7 +252,27 @@ static void run_command(char *line) {
                 out("result release %d", r);
         } else if (strcmp(w[0], "count") == 0)
                 out("count %" PRIu64, n_broadcast_signals);
-        else if (strcmp(w[0], "on") == 0 && n >= 2)
+        else if (strcmp(w[0], "members") == 0) {
+                g_autoptr(GString) text = g_string_new("members");
+                for (size_t i = 0; i < G_N_ELEMENTS(peer_members); i++)
+                        g_string_append_printf(text, " %s=%" PRIu64, peer_members[i], n_members[i]);
+                out("%s", text->str);
+        } else if (strcmp(w[0], "big") == 0 && n >= 4) {
+                g_auto(GStrv) a = g_strsplit(w[3], " ", 2);
+                parse_to(w[1], &to);
+                r = ipchannel_emit(ch, to, w[2],
+                                   big_new(strtoull(a[0], NULL, 10), a[1] ? (unsigned) atoi(a[1]) : 0));
+                out("result big %d", r);
+        } else if (strcmp(w[0], "big-order") == 0 && n >= 4) {
+                unsigned count = (unsigned) atoi(w[2]);
+                size_t size = strtoull(w[3], NULL, 10);
+                parse_to(w[1], &to);
+                r = 0;
+                for (unsigned i = 0; i < count && r >= 0; i++)
+                        r = ipchannel_emit(ch, i % 3 == 2 ? IPCHANNEL_ALL : to, "seq",
+                                           i % 2 ? big_new(size, i) : g_variant_new("(u)", i));
+                out("result big-order %d", r);
+        } else if (strcmp(w[0], "on") == 0 && n >= 2)
                 add_listener(w[1], false);
         else if (strcmp(w[0], "once") == 0 && n >= 2)
                 add_listener(w[1], true);
@@ -291,6 +354,8 @@ static int parse_argv(int argc, char *argv[]) {
                 { "queue-max", required_argument, NULL, 'q' },
                 { "flush-wait", required_argument, NULL, 'f' },
                 { "connect", no_argument, NULL, 'c' },
+                { "memfd-threshold", required_argument, NULL, 'T' },
+                { "memfd-max", required_argument, NULL, 'M' },
                 {}
         };
         int c;
@@ -316,6 +381,12 @@ static int parse_argv(int argc, char *argv[]) {
                         break;
                 case 'c':
                         arg_connect = true;
+                        break;
+                case 'T':
+                        arg_memfd_threshold = strtoll(optarg, NULL, 10);
+                        break;
+                case 'M':
+                        arg_memfd_max = strtoull(optarg, NULL, 10);
                         break;
                 case 'L':
                         break;  /* handled once the channel exists */
@@ -349,6 +420,10 @@ int main(int argc, char *argv[]) {
                 ipchannel_set_queue_max(ch, arg_queue_max);
         if (arg_flush_wait >= 0)
                 ipchannel_set_flush_wait(ch, (uint64_t) arg_flush_wait);
+        if (arg_memfd_threshold >= 0)
+                ipchannel_set_memfd_threshold(ch, (size_t) arg_memfd_threshold);
+        if (arg_memfd_max)
+                ipchannel_set_memfd_max(ch, arg_memfd_max);
 
         ipchannel_on(ch, IPCHANNEL_EVENT_CONNECT, on_event, NULL, NULL);
         ipchannel_on(ch, IPCHANNEL_EVENT_DISCONNECT, on_event, NULL, NULL);
