@@ -25,8 +25,8 @@
  *   big TO EVENT SIZE SEED  sends an "ay" of SIZE bytes, byte i = (i * 131 + SEED) mod 256;
  *                           a receiver prints such a payload (over 4096 bytes) as
  *                           "recv SENDER EVENT big SIZE SEED ok|bad" instead of its text
- *   big-order TO N SIZE     N sends of event "seq" alternating (u seq) and an "ay" of SIZE
- *                           bytes with SEED seq, every third one to "all"
+ *   big-order TO N SIZE     N sends of event "seq": every fourth an "ay" of SIZE bytes with
+ *                           SEED seq, the others (u seq); eight to TO, eight to "all", ...
  *   state                   prints "state ID CONNECTED"
  *   has ID                  prints "has ID R"
  *   acquire LOCK USEC       ipchannel_lock_acquire() from this (loop) thread; prints
@@ -269,8 +269,8 @@ static void run_command(char *line) {
                 parse_to(w[1], &to);
                 r = 0;
                 for (unsigned i = 0; i < count && r >= 0; i++)
-                        r = ipchannel_emit(ch, i % 3 == 2 ? IPCHANNEL_ALL : to, "seq",
-                                           i % 2 ? big_new(size, i) : g_variant_new("(u)", i));
+                        r = ipchannel_emit(ch, (i / 8) % 2 ? IPCHANNEL_ALL : to, "seq",
+                                           i % 4 == 3 ? big_new(size, i) : g_variant_new("(u)", i));
                 out("result big-order %d", r);
         } else if (strcmp(w[0], "on") == 0 && n >= 2)
                 add_listener(w[1], false);
