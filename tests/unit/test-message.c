@@ -1,0 +1,348 @@
+/* SPDX-License-Identifier: MIT */
+/* Unit tests of message.c and of payloads in sealed memfds (payload.c), no daemon. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <check.h>
+#include <glib.h>
+#include <systemd/sd-bus.h>
+
+#include "ipchannel.h"
+#include "macro.h"
+#include "message.h"
+#include "names.h"
+#include "payload.h"
+
+#define ALL_SEALS (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL)
+
+static const message_limits default_limits = {
+        .event_name_max = IPCHANNEL_EVENT_NAME_MAX,
+        .values_max = IPCHANNEL_VALUES_MAX_DEFAULT,
+        .memfd_max = IPCHANNEL_MEMFD_MAX_DEFAULT,
+};
+
+/* A bus that stays authenticating (nobody answers), so its messages may carry fds. */
+static sd_bus *bus;
+static int peer_fd = -1;
+
+static void bus_setup(void) {
+        int fds[2];
+
+        ck_assert_int_eq(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+        peer_fd = fds[1];
+        ck_assert_int_eq(sd_bus_new(&bus), 0);
+        ck_assert_int_eq(sd_bus_set_fd(bus, fds[0], fds[0]), 0);
+        ck_assert_int_ge(sd_bus_start(bus), 0);
+}
+
+static void bus_teardown(void) {
+        bus = sd_bus_close_unref(bus);
+        peer_fd = safe_close(peer_fd);
+}
+
+/* A memfd holding n bytes of data with these seals. */
+static int memfd_with(const void *data, size_t n, int seals) {
+        int fd = memfd_create("test", MFD_CLOEXEC | MFD_ALLOW_SEALING);
+
+        ck_assert_int_ge(fd, 0);
+        ck_assert_int_eq(write(fd, data, n), (ssize_t) n);
+        if (seals)
+                ck_assert_int_eq(fcntl(fd, F_ADD_SEALS, seals), 0);
+        return fd;
+}
+
+static GVariant *sample_value(void) {
+        static const uint8_t bytes[] = { 1, 2, 3, 250, 251 };
+        GVariantBuilder dict;
+
+        g_variant_builder_init(&dict, G_VARIANT_TYPE("a{sv}"));
+        g_variant_builder_add(&dict, "{sv}", "n", g_variant_new_int32(-7));
+        g_variant_builder_add(&dict, "{sv}", "s", g_variant_new_string("text"));
+        return g_variant_ref_sink(g_variant_new("(sa{sv}@ay)", "hello", &dict,
+                                                g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, bytes,
+                                                                          sizeof(bytes), 1)));
+}
+
+START_TEST(test_memfd_round_trip_is_sealed_and_not_copied) {
+        g_autoptr(GVariant) value = sample_value();
+        g_autoptr(GVariant) back = NULL;
+        _cleanup_(closep) int fd = -1;
+        payload_memfd_status status = -1;
+        const char *reason = NULL;
+
+        ck_assert_int_eq(payload_memfd_new(value, &fd), 0);
+        ck_assert_int_eq(fcntl(fd, F_GET_SEALS) & ALL_SEALS, ALL_SEALS);
+        ck_assert_int_eq(lseek(fd, 0, SEEK_END), (off_t) g_variant_get_size(value));
+        ck_assert_int_ge(fcntl(fd, F_GETFD), 0);
+        ck_assert(fcntl(fd, F_GETFD) & FD_CLOEXEC);
+
+        ck_assert_int_eq(payload_memfd_map(fd, g_variant_get_type_string(value), 1024, &back, &status,
+                                           &reason), 0);
+        ck_assert_int_eq(status, PAYLOAD_MEMFD_OK);
+        ck_assert(!g_variant_is_floating(back));
+        ck_assert(g_variant_equal(value, back));
+        /* The value is the mapping itself: page-aligned, not the sender's buffer. */
+        ck_assert_uint_eq((uintptr_t) g_variant_get_data(back) % (uintptr_t) getpagesize(), 0);
+        ck_assert_ptr_ne(g_variant_get_data(back), g_variant_get_data(value));
+}
+END_TEST
+
+START_TEST(test_memfd_mapping_lives_until_the_last_reference) {
+        g_autoptr(GVariant) value = sample_value();
+        g_autoptr(GVariant) child = NULL;
+        _cleanup_(closep) int fd = -1;
+        GVariant *back = NULL;
+
+        ck_assert_int_eq(payload_memfd_new(value, &fd), 0);
+        ck_assert_int_eq(payload_memfd_map(fd, g_variant_get_type_string(value), 1024, &back, NULL, NULL), 0);
+        fd = safe_close(fd);
+        child = g_variant_get_child_value(back, 2);
+        g_variant_unref(back);
+        /* The child still reads the mapping, after the fd and the parent are gone. */
+        ck_assert_uint_eq(g_variant_get_size(child), 5);
+        ck_assert_uint_eq(((const uint8_t *) g_variant_get_data(child))[3], 250);
+}
+END_TEST
+
+static void assert_refused(int fd, const char *type, uint64_t max, payload_memfd_status want) {
+        g_autoptr(GVariant) v = NULL;
+        payload_memfd_status status = PAYLOAD_MEMFD_OK;
+        const char *reason = NULL;
+
+        ck_assert_int_eq(payload_memfd_map(fd, type, max, &v, &status, &reason), -EBADMSG);
+        ck_assert_msg(status == want, "type %s: status %d, not %d (%s)", type, status, want, reason);
+        ck_assert_ptr_nonnull(reason);
+        ck_assert_ptr_null(v);
+        close(fd);
+}
+
+START_TEST(test_memfd_map_refuses_what_is_not_a_sealed_memfd_of_a_good_type) {
+        static const char data[64] = "0123456789";
+        int p[2];
+
+        assert_refused(memfd_with(data, sizeof(data), 0), "ay", 1024, PAYLOAD_MEMFD_NOT_SEALED);
+        assert_refused(memfd_with(data, sizeof(data), F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL), "ay",
+                       1024, PAYLOAD_MEMFD_NOT_SEALED);
+        assert_refused(memfd_with(data, sizeof(data), F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL), "ay",
+                       1024, PAYLOAD_MEMFD_NOT_SEALED);
+        ck_assert_int_eq(pipe2(p, O_CLOEXEC), 0);
+        close(p[1]);
+        assert_refused(p[0], "ay", 1024, PAYLOAD_MEMFD_NOT_MEMFD);
+        assert_refused(memfd_with(data, 0, ALL_SEALS), "ay", 1024, PAYLOAD_MEMFD_EMPTY);
+        assert_refused(memfd_with(data, sizeof(data), ALL_SEALS), "ay", sizeof(data) - 1,
+                       PAYLOAD_MEMFD_TOO_LARGE);
+        assert_refused(memfd_with(data, sizeof(data), ALL_SEALS), "ii", 1024, PAYLOAD_MEMFD_BAD_TYPE);
+        assert_refused(memfd_with(data, sizeof(data), ALL_SEALS), "", 1024, PAYLOAD_MEMFD_BAD_TYPE);
+        assert_refused(memfd_with(data, sizeof(data), ALL_SEALS), "mi", 1024, PAYLOAD_MEMFD_BAD_TYPE);
+        assert_refused(memfd_with(data, sizeof(data), ALL_SEALS), "()", 1024, PAYLOAD_MEMFD_BAD_TYPE);
+        assert_refused(memfd_with(data, sizeof(data), ALL_SEALS), "(ih)", 1024, PAYLOAD_MEMFD_BAD_TYPE);
+
+        /* A variant in the bytes naming a type with an fd is as bad as the type itself. */
+        g_autoptr(GVariant) v = g_variant_ref_sink(g_variant_new_variant(g_variant_new_handle(3)));
+        assert_refused(memfd_with(g_variant_get_data(v), g_variant_get_size(v), ALL_SEALS), "v", 1024,
+                       PAYLOAD_MEMFD_BAD_TYPE);
+
+        /* Exactly at the limit is fine. */
+        g_autoptr(GVariant) ok = NULL;
+        _cleanup_(closep) int fd = memfd_with(data, sizeof(data), ALL_SEALS);
+        ck_assert_int_eq(payload_memfd_map(fd, "ay", sizeof(data), &ok, NULL, NULL), 0);
+        ck_assert_uint_eq(g_variant_n_children(ok), sizeof(data));
+}
+END_TEST
+
+START_TEST(test_memfd_garbage_of_a_valid_type_reads_safely) {
+        uint8_t junk[257];
+        g_autoptr(GVariant) v = NULL;
+        _cleanup_(closep) int fd = -1;
+
+        for (size_t i = 0; i < sizeof(junk); i++)
+                junk[i] = (uint8_t) (i * 97 + 13);
+        fd = memfd_with(junk, sizeof(junk), ALL_SEALS);
+        ck_assert_int_eq(payload_memfd_map(fd, "(sasa{sx}ay)", 1024, &v, NULL, NULL), 0);
+        /* Whatever GLib makes of the bytes is a value of that type, in bounds. */
+        g_autofree char *text = g_variant_print(v, true);
+        g_autoptr(GVariant) normal = g_variant_get_normal_form(v);
+        ck_assert_ptr_nonnull(text);
+        ck_assert(g_variant_is_normal_form(normal));
+        ck_assert_str_eq(g_variant_get_type_string(normal), "(sasa{sx}ay)");
+}
+END_TEST
+
+START_TEST(test_has_handles_looks_into_variants) {
+        g_autoptr(GVariant) plain = sample_value();
+        g_autoptr(GVariant) direct = g_variant_ref_sink(g_variant_new("(ih)", 1, 2));
+        g_autoptr(GVariant) nested = g_variant_ref_sink(
+                g_variant_new("(sv)", "x", g_variant_new_variant(g_variant_new("ah", NULL))));
+        g_autoptr(GVariant) no_fd = g_variant_ref_sink(g_variant_new("(sv)", "x", g_variant_new_int32(1)));
+
+        ck_assert(!payload_has_handles(plain));
+        ck_assert(payload_has_handles(direct));
+        ck_assert(payload_has_handles(nested));
+        ck_assert(!payload_has_handles(no_fd));
+}
+END_TEST
+
+START_TEST(test_shape_of_members) {
+        ck_assert_int_eq(message_shape_of("Deliver", "sv", false), MESSAGE_ONE);
+        ck_assert_int_eq(message_shape_of("DeliverNull", "s", false), MESSAGE_NULL);
+        ck_assert_int_eq(message_shape_of("DeliverBatch", "sav", false), MESSAGE_BATCH);
+        ck_assert_int_eq(message_shape_of("DeliverMemfd", "sgh", false), MESSAGE_MEMFD);
+        ck_assert_int_eq(message_shape_of("Broadcast", "sv", true), MESSAGE_ONE);
+        ck_assert_int_eq(message_shape_of("BroadcastNull", "s", true), MESSAGE_NULL);
+        ck_assert_int_eq(message_shape_of("BroadcastBatch", "sav", true), MESSAGE_BATCH);
+        ck_assert_int_eq(message_shape_of("BroadcastMemfd", "sgh", true), MESSAGE_MEMFD);
+        /* A method name as a signal, a wrong signature, an unknown member, nothing. */
+        ck_assert_int_eq(message_shape_of("Deliver", "sv", true), -EBADMSG);
+        ck_assert_int_eq(message_shape_of("BroadcastMemfd", "sgh", false), -EBADMSG);
+        ck_assert_int_eq(message_shape_of("DeliverMemfd", "sg", false), -EBADMSG);
+        ck_assert_int_eq(message_shape_of("Other", "sv", false), -EBADMSG);
+        ck_assert_int_eq(message_shape_of(NULL, "sv", false), -EBADMSG);
+}
+END_TEST
+
+static sd_bus_message *memfd_message(const char *event, const char *type, int fd) {
+        sd_bus_message *m = NULL;
+
+        ck_assert_int_eq(sd_bus_message_new_method_call(bus, &m, "org.example.X", "/x",
+                                                        "org.ipchannel.Peer1", "DeliverMemfd"), 0);
+        ck_assert_int_ge(sd_bus_message_append(m, "sgh", event, type, fd), 0);
+        ck_assert_int_eq(sd_bus_message_seal(m, 1, 0), 0);
+        ck_assert_int_ge(sd_bus_message_rewind(m, true), 0);
+        return m;
+}
+
+static int read_with(sd_bus_message *m, message_shape shape, const message_limits *limits,
+                     const char *want_error, GPtrArray **ret) {
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        g_autoptr(GPtrArray) payloads = NULL;
+        const char *event = NULL;
+        int r = message_read(m, shape, limits, &event, &payloads, &error);
+
+        if (want_error) {
+                ck_assert_int_lt(r, 0);
+                ck_assert_msg(sd_bus_error_has_name(&error, want_error), "got %s, not %s", error.name,
+                              want_error);
+        } else {
+                ck_assert_msg(r == 0, "refused: %s", error.message);
+                ck_assert_str_eq(event, "ev");
+                if (ret)
+                        *ret = g_steal_pointer(&payloads);
+        }
+        return r;
+}
+
+START_TEST(test_read_memfd_message_and_its_limits) {
+        g_autoptr(GVariant) value = sample_value();
+        g_autoptr(GPtrArray) payloads = NULL;
+        _cleanup_(closep) int fd = -1;
+        message_limits small = default_limits;
+
+        ck_assert_int_eq(payload_memfd_new(value, &fd), 0);
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = memfd_message("ev", g_variant_get_type_string(value), fd);
+        read_with(m, MESSAGE_MEMFD, &default_limits, NULL, &payloads);
+        ck_assert_uint_eq(payloads->len, 1);
+        ck_assert(g_variant_equal(g_ptr_array_index(payloads, 0), value));
+
+        /* One byte under the size: LimitsExceeded, -EFBIG. */
+        small.memfd_max = g_variant_get_size(value) - 1;
+        ck_assert_int_ge(sd_bus_message_rewind(m, true), 0);
+        ck_assert_int_eq(read_with(m, MESSAGE_MEMFD, &small, SD_BUS_ERROR_LIMITS_EXCEEDED, NULL), -EFBIG);
+
+        /* An unsealed memfd: InvalidMemfd, -EBADF. */
+        _cleanup_(closep) int unsealed = memfd_with("abcd", 4, 0);
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m2 = memfd_message("ev", "ay", unsealed);
+        ck_assert_int_eq(read_with(m2, MESSAGE_MEMFD, &default_limits, IPCHANNEL_ERROR_INVALID_MEMFD, NULL),
+                         -EBADF);
+
+        /* A bad type: InvalidArgs. */
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m3 = memfd_message("ev", "ah", fd);
+        ck_assert_int_eq(read_with(m3, MESSAGE_MEMFD, &default_limits, SD_BUS_ERROR_INVALID_ARGS, NULL),
+                         -EBADMSG);
+}
+END_TEST
+
+START_TEST(test_read_applies_the_event_and_values_limits) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        message_limits limits = default_limits;
+        g_autoptr(GPtrArray) payloads = NULL;
+
+        ck_assert_int_eq(sd_bus_message_new_method_call(bus, &m, "org.example.X", "/x",
+                                                        "org.ipchannel.Peer1", "DeliverBatch"), 0);
+        ck_assert_int_ge(sd_bus_message_append(m, "sav", "ev", 3, "s", "a", "s", "b", "(ii)", 1, 2), 0);
+        ck_assert_int_eq(sd_bus_message_seal(m, 1, 0), 0);
+
+        ck_assert_int_ge(sd_bus_message_rewind(m, true), 0);
+        read_with(m, MESSAGE_BATCH, &limits, NULL, &payloads);
+        ck_assert_uint_eq(payloads->len, 3);
+
+        /* 2 strings + a struct of 2: 5 values; 4 is too few. */
+        limits.values_max = 4;
+        ck_assert_int_ge(sd_bus_message_rewind(m, true), 0);
+        ck_assert_int_eq(read_with(m, MESSAGE_BATCH, &limits, SD_BUS_ERROR_LIMITS_EXCEEDED, NULL), -ENOBUFS);
+        limits.values_max = 5;
+        ck_assert_int_ge(sd_bus_message_rewind(m, true), 0);
+        ck_assert_int_eq(read_with(m, MESSAGE_BATCH, &limits, NULL, NULL), 0);
+
+        /* "ev" is 2 bytes: a bound of 1 refuses it. */
+        limits.event_name_max = 1;
+        ck_assert_int_ge(sd_bus_message_rewind(m, true), 0);
+        ck_assert_int_eq(read_with(m, MESSAGE_BATCH, &limits, IPCHANNEL_ERROR_INVALID_EVENT, NULL), -EINVAL);
+}
+END_TEST
+
+START_TEST(test_event_name_bound_is_settable) {
+        char name[IPCHANNEL_EVENT_NAME_MAX_LIMIT + 2];
+
+        memset(name, 'e', sizeof(name) - 1);
+        name[sizeof(name) - 1] = '\0';
+        ck_assert_int_eq(names_check_event_max(name, IPCHANNEL_EVENT_NAME_MAX_LIMIT, NULL), -EINVAL);
+        name[IPCHANNEL_EVENT_NAME_MAX_LIMIT] = '\0';
+        ck_assert_int_eq(names_check_event_max(name, IPCHANNEL_EVENT_NAME_MAX_LIMIT, NULL), 0);
+        ck_assert_int_eq(names_check_event(name, NULL), -EINVAL);
+        /* The longest event's match rule, for the longest app, stays under dbus-daemon's 1024. */
+        char app[IPCHANNEL_APP_NAME_MAX + 1];
+        memset(app, 'a', IPCHANNEL_APP_NAME_MAX);
+        app[IPCHANNEL_APP_NAME_MAX] = '\0';
+        g_autofree char *path = names_path(IPCHANNEL_PREFIX_DEFAULT, app);
+        g_autofree char *rule = names_broadcast_match(path, name);
+        ck_assert_ptr_nonnull(rule);
+        ck_assert_uint_le(strlen(rule), 1024);
+}
+END_TEST
+
+int main(void) {
+        Suite *s = suite_create("message");
+        TCase *tc = tcase_create("memfd");
+        SRunner *sr;
+        int failed;
+
+        g_log_set_always_fatal(G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_WARNING);
+
+        tcase_add_test(tc, test_memfd_round_trip_is_sealed_and_not_copied);
+        tcase_add_test(tc, test_memfd_mapping_lives_until_the_last_reference);
+        tcase_add_test(tc, test_memfd_map_refuses_what_is_not_a_sealed_memfd_of_a_good_type);
+        tcase_add_test(tc, test_memfd_garbage_of_a_valid_type_reads_safely);
+        tcase_add_test(tc, test_has_handles_looks_into_variants);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("message");
+        tcase_add_checked_fixture(tc, bus_setup, bus_teardown);
+        tcase_add_test(tc, test_shape_of_members);
+        tcase_add_test(tc, test_read_memfd_message_and_its_limits);
+        tcase_add_test(tc, test_read_applies_the_event_and_values_limits);
+        tcase_add_test(tc, test_event_name_bound_is_settable);
+        suite_add_tcase(s, tc);
+
+        sr = srunner_create(s);
+        srunner_run_all(sr, CK_ENV);
+        failed = srunner_ntests_failed(sr);
+        srunner_free(sr);
+        return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
