@@ -103,6 +103,11 @@ static int peer_new(peer *p, const bench_opts *o) {
                 if (r < 0)
                         return r;
         }
+        if (o->memfd_threshold >= 0) {
+                r = ipchannel_set_memfd_threshold(p->ch, (size_t) o->memfd_threshold);
+                if (r < 0)
+                        return r;
+        }
         if ((r = ipchannel_on(p->ch, IPCHANNEL_EVENT_CONNECT, on_connect, p, NULL)) < 0 ||
             (r = ipchannel_on(p->ch, IPCHANNEL_EVENT_PEER_JOIN, on_peer_join, p, NULL)) < 0 ||
             (r = ipchannel_on(p->ch, IPCHANNEL_EVENT_ERROR, on_error, p, NULL)) < 0 ||

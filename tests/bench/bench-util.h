@@ -48,6 +48,7 @@ typedef struct bench_opts {
         unsigned settle_msec;   /* idle time before an RSS sample */
         bool sender;            /* this broadcast peer also sends */
         bool empty;             /* critical sections without the counter work */
+        int64_t memfd_threshold; /* ipchannel_set_memfd_threshold(), -1: the library's default */
 } bench_opts;
 
 uint64_t bench_now_nsec(void);

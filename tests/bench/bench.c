@@ -48,7 +48,8 @@ static void help(void) {
         for (size_t i = 0; i < sizeof(roles) / sizeof(roles[0]); i++)
                 printf("  %-18s %s\n", roles[i].name, roles[i].help);
         printf("\nOptions: --app NAME --peer-id N --to N --count N --warmup N --chunk N\n"
-               "         --size BYTES --file PATH --lock NAME --settle-msec N --sender --empty\n");
+               "         --size BYTES --file PATH --lock NAME --settle-msec N --sender --empty\n"
+               "         --memfd-threshold BYTES (0: payloads always inline)\n");
 }
 
 static int parse_u64(const char *s, uint64_t *ret) {
@@ -61,7 +62,7 @@ static int parse_u64(const char *s, uint64_t *ret) {
 
 static int parse_argv(int argc, char *argv[], bench_opts *o) {
         enum { ARG_APP = 0x100, ARG_PEER_ID, ARG_TO, ARG_COUNT, ARG_WARMUP, ARG_CHUNK, ARG_SIZE,
-               ARG_FILE, ARG_LOCK, ARG_SETTLE, ARG_SENDER, ARG_EMPTY };
+               ARG_FILE, ARG_LOCK, ARG_SETTLE, ARG_SENDER, ARG_EMPTY, ARG_MEMFD_THRESHOLD };
         static const struct option options[] = {
                 { "app", required_argument, NULL, ARG_APP },
                 { "peer-id", required_argument, NULL, ARG_PEER_ID },
@@ -75,6 +76,7 @@ static int parse_argv(int argc, char *argv[], bench_opts *o) {
                 { "settle-msec", required_argument, NULL, ARG_SETTLE },
                 { "sender", no_argument, NULL, ARG_SENDER },
                 { "empty", no_argument, NULL, ARG_EMPTY },
+                { "memfd-threshold", required_argument, NULL, ARG_MEMFD_THRESHOLD },
                 { "help", no_argument, NULL, 'h' },
                 {}
         };
@@ -106,6 +108,7 @@ static int parse_argv(int argc, char *argv[], bench_opts *o) {
                 case ARG_SETTLE: o->settle_msec = (unsigned) v; break;
                 case ARG_SENDER: o->sender = true; break;
                 case ARG_EMPTY: o->empty = true; break;
+                case ARG_MEMFD_THRESHOLD: o->memfd_threshold = (int64_t) v; break;
                 default: return -EINVAL;
                 }
         }
@@ -124,6 +127,7 @@ int main(int argc, char *argv[]) {
                 .chunk = 1000,
                 .lock = "counter",
                 .settle_msec = 500,
+                .memfd_threshold = -1,
         };
 
         /* Never outlive the conductor, whatever happens to it. */
