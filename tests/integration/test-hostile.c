@@ -959,6 +959,104 @@ START_TEST(test_bad_memfds_get_named_errors_and_the_target_keeps_serving) {
 }
 END_TEST
 
+/* ---- receive limits, set per channel ---------------------------------------------------- */
+
+static char *event_of_length(size_t n) {
+        char *e = g_malloc(n + 1);
+
+        memset(e, 'e', n);
+        e[n] = '\0';
+        return e;
+}
+
+START_TEST(test_receive_limits_are_settable_and_each_has_its_error) {
+        g_autofree char *e300 = event_of_length(300), *e301 = event_of_length(301);
+        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+        char expect[512];
+        int r, fd;
+
+        peer *target = peer_start("--app", "limits", "--id", "1", "--listen", "ev", "--connect");
+        ck_assert_uint_eq(peer_wait_connect(target), 1);
+        peer *good = peer_start("--app", "limits", "--id", "2", "--connect");
+        ck_assert_uint_eq(peer_wait_connect(good), 2);
+
+        /* The setters refuse what cannot be a bound. */
+        peer_cmd(target, "set-limit event-name-max 513");
+        ck_assert_ptr_nonnull(peer_expect(target, "result set-limit event-name-max -22", PEER_TIMEOUT_MS));
+        peer_cmd(target, "set-limit event-name-max 0");
+        ck_assert_ptr_nonnull(peer_expect(target, "result set-limit event-name-max -22", PEER_TIMEOUT_MS));
+        peer_cmd(target, "set-limit values-max 0");
+        ck_assert_ptr_nonnull(peer_expect(target, "result set-limit values-max -22", PEER_TIMEOUT_MS));
+        peer_cmd(target, "set-limit memfd-max 0");
+        ck_assert_ptr_nonnull(peer_expect(target, "result set-limit memfd-max -22", PEER_TIMEOUT_MS));
+
+        peer_cmd(target, "set-limit event-name-max 300");
+        ck_assert_ptr_nonnull(peer_expect(target, "result set-limit event-name-max 0", PEER_TIMEOUT_MS));
+        peer_cmd(target, "set-limit values-max 10");
+        ck_assert_ptr_nonnull(peer_expect(target, "result set-limit values-max 0", PEER_TIMEOUT_MS));
+        peer_cmd(target, "set-limit memfd-max 4096");
+        ck_assert_ptr_nonnull(peer_expect(target, "result set-limit memfd-max 0", PEER_TIMEOUT_MS));
+        peer_cmd(target, "on %s", e301);
+        ck_assert_ptr_nonnull(peer_expect(target, "result on -22", PEER_TIMEOUT_MS));
+        peer_cmd(target, "on %s", e300);
+        ck_assert_ptr_nonnull(peer_expect(target, "result on 0", PEER_TIMEOUT_MS));
+        /* A sender keeps the default (255) until it sets its own. */
+        peer_cmd(good, "emit 1 %s 'x'", e300);
+        ck_assert_ptr_nonnull(peer_expect(good, "result emit -22", PEER_TIMEOUT_MS));
+        peer_cmd(good, "set-limit event-name-max 300");
+        ck_assert_ptr_nonnull(peer_expect(good, "result set-limit event-name-max 0", PEER_TIMEOUT_MS));
+        peer_cmd(good, "emit 1 %s 'y'", e300);
+        ck_assert_ptr_nonnull(peer_expect(good, "result emit 0", PEER_TIMEOUT_MS));
+        snprintf(expect, sizeof(expect), "recv 2 %s 'y'", e300);
+        ck_assert_ptr_nonnull(peer_expect(target, expect, PEER_TIMEOUT_MS));
+
+        sd_bus *bus = hostile_peer("limits", 1);
+
+        /* Event names: up to the bound, not past it. */
+        r = call_peer(bus, "limits", 1, NULL, NULL, "Deliver", &error, "sv", e301, "s", "x");
+        expect_error(r, &error, "org.ipchannel.Error.InvalidEvent", "an event over the channel's bound");
+        sd_bus_error_free(&error);
+        ck_assert_int_ge(call_peer(bus, "limits", 1, NULL, NULL, "Deliver", &error, "sv", e300, "s", "x"), 0);
+        snprintf(expect, sizeof(expect), "recv 50 %s 'x'", e300);
+        ck_assert_ptr_nonnull(peer_expect(target, expect, PEER_TIMEOUT_MS));
+
+        /* Values: an array of 12 strings is 13 values, over 10; 5 strings are 6. */
+        r = call_peer(bus, "limits", 1, NULL, NULL, "Deliver", &error, "sv", "ev", "as", 12, "a", "b", "c",
+                      "d", "e", "f", "g", "h", "i", "j", "k", "l");
+        expect_error(r, &error, SD_BUS_ERROR_LIMITS_EXCEEDED, "more values than the channel's bound");
+        sd_bus_error_free(&error);
+        ck_assert_int_ge(call_peer(bus, "limits", 1, NULL, NULL, "Deliver", &error, "sv", "ev", "as", 5, "a",
+                                   "b", "c", "d", "e"),
+                         0);
+        ck_assert_ptr_nonnull(peer_expect(target, "recv 50 ev ['a', 'b', 'c', 'd', 'e']", PEER_TIMEOUT_MS));
+        ck_assert_int_ge(sd_bus_emit_signal(bus, "/org/ipchannel/limits", "org.ipchannel.Peer1", "Broadcast",
+                                            "sv", "ev", "as", 12, "a", "b", "c", "d", "e", "f", "g", "h", "i",
+                                            "j", "k", "l"),
+                         0);
+        snprintf(expect, sizeof(expect), "error %d ", -ENOBUFS);
+        ck_assert_ptr_nonnull(peer_expect(target, expect, PEER_TIMEOUT_MS));
+
+        /* Memfds: the bound is the file's size. */
+        fd = memfd_with(NULL, 8192, ALL_SEALS);
+        expect_memfd_refused(bus, "limits", "ay", fd, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                             "a memfd over the channel's bound");
+        fd = memfd_with(NULL, 8192, ALL_SEALS);
+        ck_assert_int_ge(sd_bus_emit_signal(bus, "/org/ipchannel/limits", "org.ipchannel.Peer1",
+                                            "BroadcastMemfd", "sgh", "ev", "ay", fd),
+                         0);
+        close(fd);
+        snprintf(expect, sizeof(expect), "error %d ", -EFBIG);
+        ck_assert_ptr_nonnull(peer_expect(target, expect, PEER_TIMEOUT_MS));
+        fd = memfd_with(NULL, 4096, ALL_SEALS);
+        ck_assert_int_ge(deliver_memfd(bus, "limits", "ay", fd, &error), 0);
+        close(fd);
+        ck_assert_ptr_nonnull(peer_expect(target, "recv 50 ev [byte 0x5a, 0x5a", PEER_TIMEOUT_MS));
+
+        assert_still_serving(target, good, 1, 2);
+        sd_bus_flush_close_unref(bus);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("hostile");
         TCase *tc;
@@ -988,6 +1086,7 @@ int main(void) {
         tcase_add_checked_fixture(tc, NULL, teardown);
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, test_bad_memfds_get_named_errors_and_the_target_keeps_serving);
+        tcase_add_test(tc, test_receive_limits_are_settable_and_each_has_its_error);
         suite_add_tcase(s, tc);
 
         sr = srunner_create(s);

@@ -22,6 +22,8 @@
  *   on EVENT | once EVENT | off EVENT
  *   count                   prints "count N": Broadcast signals this connection received
  *   members                 prints "members M=N ...": messages of each Peer1 member received
+ *   set-limit NAME N        ipchannel_set_NAME(N) for memfd-threshold, memfd-max, values-max,
+ *                           event-name-max; prints "result set-limit NAME R"
  *   big TO EVENT SIZE SEED  sends an "ay" of SIZE bytes, byte i = (i * 131 + SEED) mod 256;
  *                           a receiver prints such a payload (over 4096 bytes) as
  *                           "recv SENDER EVENT big SIZE SEED ok|bad" instead of its text
@@ -257,6 +259,14 @@ static void run_command(char *line) {
                 for (size_t i = 0; i < G_N_ELEMENTS(peer_members); i++)
                         g_string_append_printf(text, " %s=%" PRIu64, peer_members[i], n_members[i]);
                 out("%s", text->str);
+        } else if (strcmp(w[0], "set-limit") == 0 && n >= 3) {
+                uint64_t v = strtoull(w[2], NULL, 10);
+                r = strcmp(w[1], "memfd-threshold") == 0 ? ipchannel_set_memfd_threshold(ch, (size_t) v)
+                    : strcmp(w[1], "memfd-max") == 0     ? ipchannel_set_memfd_max(ch, v)
+                    : strcmp(w[1], "values-max") == 0    ? ipchannel_set_values_max(ch, (size_t) v)
+                    : strcmp(w[1], "event-name-max") == 0 ? ipchannel_set_event_name_max(ch, (size_t) v)
+                                                          : -ENOENT;
+                out("result set-limit %s %d", w[1], r);
         } else if (strcmp(w[0], "big") == 0 && n >= 4) {
                 g_auto(GStrv) a = g_strsplit(w[3], " ", 2);
                 parse_to(w[1], &to);
@@ -356,6 +366,7 @@ static int parse_argv(int argc, char *argv[]) {
                 { "connect", no_argument, NULL, 'c' },
                 { "memfd-threshold", required_argument, NULL, 'T' },
                 { "memfd-max", required_argument, NULL, 'M' },
+
                 {}
         };
         int c;
@@ -388,6 +399,7 @@ static int parse_argv(int argc, char *argv[]) {
                 case 'M':
                         arg_memfd_max = strtoull(optarg, NULL, 10);
                         break;
+
                 case 'L':
                         break;  /* handled once the channel exists */
                 default:
