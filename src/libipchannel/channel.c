@@ -959,18 +959,30 @@ static bool channel_wants_memfd(ipchannel *ch, GVariant *data) {
 static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *event,
                                      GVariant *const *data, size_t n_data, bool memfd) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        _cleanup_(closep) int fd = -1;
         const char *member;
         int r;
 
+        /* No memfd to be had (out of fds or memory, no memfd_create()): the message can
+         * still carry the payload itself. */
+        if (memfd && payload_memfd_new(data[0], &fd) < 0)
+                memfd = false;
+
         if (to == IPCHANNEL_ALL) {
-                member = memfd ? "BroadcastMemfd" : n_data == 0 ? "BroadcastNull" : n_data == 1 ? "Broadcast" : "BroadcastBatch";
+                member = memfd ? "BroadcastMemfd"
+                         : n_data == 0 ? "BroadcastNull"
+                         : n_data == 1 ? "Broadcast"
+                                       : "BroadcastBatch";
                 r = sd_bus_message_new_signal(ch->bus, &m, ch->path, IPCHANNEL_PEER_INTERFACE, member);
         } else {
                 g_autofree char *dest = names_peer(ch->prefix, ch->app, to);
 
                 if (!dest)
                         return -ENOMEM;
-                member = memfd ? "DeliverMemfd" : n_data == 0 ? "DeliverNull" : n_data == 1 ? "Deliver" : "DeliverBatch";
+                member = memfd ? "DeliverMemfd"
+                         : n_data == 0 ? "DeliverNull"
+                         : n_data == 1 ? "Deliver"
+                                       : "DeliverBatch";
                 r = sd_bus_message_new_method_call(ch->bus, &m, dest, ch->path, IPCHANNEL_PEER_INTERFACE,
                                                    member);
                 if (r < 0)
@@ -986,11 +998,6 @@ static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *eve
         if (r < 0)
                 return r;
         if (memfd) {
-                _cleanup_(closep) int fd = -1;
-
-                r = payload_memfd_new(data[0], &fd);
-                if (r < 0)
-                        return r;
                 /* The message keeps a duplicate of fd. */
                 r = sd_bus_message_append(m, "gh", g_variant_get_type_string(data[0]), fd);
                 if (r < 0)
