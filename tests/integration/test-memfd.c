@@ -160,6 +160,34 @@ START_TEST(test_sends_queued_before_connect_keep_order_and_use_memfd) {
 }
 END_TEST
 
+/* A payload holding unix fds, and any payload on a connection that cannot pass fds, travels
+ * inline whatever its size. */
+START_TEST(test_fds_in_the_payload_or_a_bus_without_fds_keep_it_inline) {
+        peer *rx = peer_start("--app", "nofd", "--id", "1", "--listen", "ev", "--listen", "big", "--connect");
+        ck_assert_uint_eq(peer_wait_connect(rx), 1);
+        peer *tx = peer_start("--app", "nofd", "--id", "2", "--memfd-threshold", "1", "--connect");
+        ck_assert_uint_eq(peer_wait_connect(tx), 2);
+        peer *tx_nofd = peer_start("--app", "nofd", "--id", "3", "--no-fds", "--connect");
+        ck_assert_uint_eq(peer_wait_connect(tx_nofd), 3);
+
+        /* Threshold 1: a plain payload goes by memfd, one with an fd (test-peer's stdin) inline. */
+        peer_cmd(tx, "emit 1 ev (uint32 7,)");
+        ck_assert_ptr_nonnull(peer_expect(rx, "recv 2 ev (uint32 7,)", PEER_TIMEOUT_MS));
+        ck_assert_uint_eq(members_of(rx, "DeliverMemfd"), 1);
+        peer_cmd(tx, "emit 1 ev (handle 0,)");
+        ck_assert_ptr_nonnull(peer_expect(tx, "result emit 0", PEER_TIMEOUT_MS));
+        ck_assert_ptr_nonnull(peer_expect(rx, "recv 2 ev (handle ", PEER_TIMEOUT_MS));
+        ck_assert_uint_eq(members_of(rx, "DeliverMemfd"), 1);
+        ck_assert_uint_eq(members_of(rx, "Deliver"), 1);
+
+        /* 1 MiB from a connection that cannot pass fds: inline. */
+        peer_cmd(tx_nofd, "big 1 big %u 9", MIB);
+        expect_big(rx, 3, "big", MIB, 9);
+        ck_assert_uint_eq(members_of(rx, "DeliverMemfd"), 1);
+        ck_assert_uint_eq(members_of(rx, "Deliver"), 2);
+}
+END_TEST
+
 int main(void) {
         Suite *s = suite_create("memfd");
         TCase *tc = tcase_create("memfd");
@@ -172,6 +200,7 @@ int main(void) {
         tcase_add_test(tc, test_small_payloads_stay_inline_and_the_threshold_is_settable);
         tcase_add_test(tc, test_order_is_kept_across_inline_batched_and_memfd_sends);
         tcase_add_test(tc, test_sends_queued_before_connect_keep_order_and_use_memfd);
+        tcase_add_test(tc, test_fds_in_the_payload_or_a_bus_without_fds_keep_it_inline);
         suite_add_tcase(s, tc);
 
         sr = srunner_create(s);

@@ -52,6 +52,7 @@ static int64_t arg_flush_wait = -1;
 static bool arg_connect;
 static int64_t arg_memfd_threshold = -1;
 static uint64_t arg_memfd_max;
+static bool arg_no_fds;         /* the first connection cannot pass unix fds */
 
 typedef struct slot_entry {
         struct slot_entry *next;
@@ -366,6 +367,7 @@ static int parse_argv(int argc, char *argv[]) {
                 { "connect", no_argument, NULL, 'c' },
                 { "memfd-threshold", required_argument, NULL, 'T' },
                 { "memfd-max", required_argument, NULL, 'M' },
+                { "no-fds", no_argument, NULL, 'N' },
 
                 {}
         };
@@ -398,6 +400,9 @@ static int parse_argv(int argc, char *argv[]) {
                         break;
                 case 'M':
                         arg_memfd_max = strtoull(optarg, NULL, 10);
+                        break;
+                case 'N':
+                        arg_no_fds = true;
                         break;
 
                 case 'L':
@@ -436,6 +441,15 @@ int main(int argc, char *argv[]) {
                 ipchannel_set_memfd_threshold(ch, (size_t) arg_memfd_threshold);
         if (arg_memfd_max)
                 ipchannel_set_memfd_max(ch, arg_memfd_max);
+        if (arg_no_fds) {
+                sd_bus *bus = NULL;
+
+                if (sd_bus_new(&bus) < 0 || sd_bus_set_address(bus, getenv("DBUS_SESSION_BUS_ADDRESS")) < 0 ||
+                    sd_bus_set_bus_client(bus, 1) < 0 || sd_bus_negotiate_fds(bus, 0) < 0 ||
+                    sd_bus_start(bus) < 0 || ipchannel_set_bus(ch, bus) < 0)
+                        out("result no-fds -1");
+                sd_bus_unref(bus);
+        }
 
         ipchannel_on(ch, IPCHANNEL_EVENT_CONNECT, on_event, NULL, NULL);
         ipchannel_on(ch, IPCHANNEL_EVENT_DISCONNECT, on_event, NULL, NULL);
