@@ -124,6 +124,7 @@ struct ipchannel {
         size_t batch_bytes;
         sd_event_source *batch_defer;
         GSource *batch_glib;
+        bool sent_alone;                /* a send of this loop iteration went out unbatched */
 
         lock_client *locks;             /* lock-client.c's state, once locks are used */
         uint64_t sync_timeout_usec;
@@ -276,13 +277,23 @@ static int read_message(sd_bus_message *m, message_shape shape, const char **ret
                                          event);
 
         if (shape == SHAPE_BATCH) {
-                r = sd_bus_message_enter_container(m, 'a', "v");
+                const void *packed;
+                size_t size;
+
+                r = sd_bus_message_read_array(m, 'y', &packed, &size);
                 if (r < 0)
                         return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "Cannot read the batch.");
+                g_clear_pointer(&payloads, g_ptr_array_unref);
+                r = payload_unpack(packed, size, &budget, &payloads);
+                if (r == -ENOBUFS)
+                        return sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                                                 "The batch holds more than %u payloads.",
+                                                 PAYLOAD_VALUES_MAX);
+                if (r < 0)
+                        return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS,
+                                                "The batch is not a packed array of payloads.");
         }
-        while (shape != SHAPE_NULL) {
-                if (shape == SHAPE_BATCH && sd_bus_message_at_end(m, false) > 0)
-                        break;
+        while (shape == SHAPE_ONE) {
                 r = payload_read_variant_budget(m, &budget, &data);
                 if (r == -ENOBUFS)
                         return sd_bus_error_setf(error, SD_BUS_ERROR_LIMITS_EXCEEDED,
@@ -292,8 +303,7 @@ static int read_message(sd_bus_message *m, message_shape shape, const char **ret
                         return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                                  "Cannot read the payload: %s.", g_strerror(-r));
                 g_ptr_array_add(payloads, data);
-                if (shape == SHAPE_ONE)
-                        break;
+                break;
         }
         /* No sender makes an empty batch (one payload goes as Deliver): dispatching it would make
          * up a message with no payload that nobody sent, as if it came by DeliverNull. */
@@ -373,11 +383,11 @@ static const sd_bus_vtable peer_vtable[] = {
                                 method_deliver, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("DeliverNull", SD_BUS_ARGS("s", event), SD_BUS_NO_RESULT,
                                 method_deliver_null, SD_BUS_VTABLE_UNPRIVILEGED),
-        SD_BUS_METHOD_WITH_ARGS("DeliverBatch", SD_BUS_ARGS("s", event, "av", data), SD_BUS_NO_RESULT,
+        SD_BUS_METHOD_WITH_ARGS("DeliverBatch", SD_BUS_ARGS("s", event, "ay", batch), SD_BUS_NO_RESULT,
                                 method_deliver_batch, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_SIGNAL_WITH_ARGS("Broadcast", SD_BUS_ARGS("s", event, "v", data), 0),
         SD_BUS_SIGNAL_WITH_ARGS("BroadcastNull", SD_BUS_ARGS("s", event), 0),
-        SD_BUS_SIGNAL_WITH_ARGS("BroadcastBatch", SD_BUS_ARGS("s", event, "av", data), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("BroadcastBatch", SD_BUS_ARGS("s", event, "ay", batch), 0),
         SD_BUS_PROPERTY("PeerId", "u", property_get_peer_id, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("App", "s", property_get_app, 0, SD_BUS_VTABLE_PROPERTY_CONST),
         SD_BUS_VTABLE_END,
@@ -397,7 +407,7 @@ static int handle_broadcast(sd_bus_message *m, ipchannel *ch, bool catchall) {
                 shape = SHAPE_ONE;
         else if (g_strcmp0(member, "BroadcastNull") == 0 && g_strcmp0(signature, "s") == 0)
                 shape = SHAPE_NULL;
-        else if (g_strcmp0(member, "BroadcastBatch") == 0 && g_strcmp0(signature, "sav") == 0)
+        else if (g_strcmp0(member, "BroadcastBatch") == 0 && g_strcmp0(signature, "say") == 0)
                 shape = SHAPE_BATCH;
         else
                 return 0;
@@ -869,6 +879,7 @@ static void channel_teardown_bus(ipchannel *ch) {
                 g_source_destroy(ch->batch_glib);
                 ch->batch_glib = (g_source_unref(ch->batch_glib), NULL);
         }
+        ch->sent_alone = false;
 
         for (listener_event *ev = ch->listeners.events; ev; ev = ev->next)
                 ev->match = sd_bus_slot_unref(ev->match);
@@ -1019,20 +1030,15 @@ static int channel_send_message(ipchannel *ch, uint32_t to, const char *event, G
         if (r < 0)
                 return r;
         if (n_data > 1) {
-                r = sd_bus_message_open_container(m, 'a', "v");
-                if (r < 0)
-                        return r;
-        }
-        for (size_t i = 0; i < n_data; i++) {
-                r = payload_append_variant(m, data[i]);
-                if (r < 0)
-                        return r;
-        }
-        if (n_data > 1) {
-                r = sd_bus_message_close_container(m);
-                if (r < 0)
-                        return r;
-        }
+                g_autoptr(GBytes) packed = payload_pack(data, n_data);
+                size_t size;
+                const void *p = g_bytes_get_data(packed, &size);
+
+                r = sd_bus_message_append_array(m, 'y', p, size);
+        } else if (n_data == 1)
+                r = payload_append_variant(m, data[0]);
+        if (r < 0)
+                return r;
         r = sd_bus_send(ch->bus, m, NULL);
         return r < 0 ? r : 0;
 }
@@ -1086,6 +1092,8 @@ void channel_flush_sends(ipchannel *ch) {
 
 static void channel_flush_batch_deferred(ipchannel *ch) {
         int r = channel_flush_batch(ch);
+
+        ch->sent_alone = false;
 
         if (r < 0)
                 channel_emit_error(ch, r, "Messages could not be sent: %s", g_strerror(-r));
@@ -1157,19 +1165,30 @@ static bool channel_in_dispatch(ipchannel *ch) {
 #define BATCH_BYTES_MAX (64 * 1024)
 
 int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *data) {
+        bool batchable;
         int r;
 
         if (to != IPCHANNEL_ALL && !channel_peer_present(ch, to))
                 return -ENXIO;
 
-        if (ch->batch->len > 0 && (!data || to != ch->batch_to || strcmp(event, ch->batch_event) != 0 ||
-                                   !channel_in_dispatch(ch))) {
+        /* Sends made from a callback of the loop wait in a batch for the end of the iteration;
+         * a payload holding fds cannot be packed and goes alone, after the batch. */
+        batchable = data && channel_in_dispatch(ch) && !payload_value_has_fd(data);
+        if (ch->batch->len > 0 && (!batchable || to != ch->batch_to || strcmp(event, ch->batch_event) != 0)) {
                 r = channel_flush_batch(ch);
                 if (r < 0)
                         return r;
         }
-        if (!data || !channel_in_dispatch(ch))
+        if (!batchable)
                 return channel_send_message(ch, to, event, &data, data ? 1 : 0);
+
+        /* The first send of an iteration goes at once, so a lone message (a reply, a
+         * ping-pong) waits for nothing; those after it in the same iteration are batched. */
+        if (ch->batch->len == 0 && !ch->sent_alone) {
+                if (channel_arm_batch_flush(ch) >= 0)
+                        ch->sent_alone = true;
+                return channel_send_message(ch, to, event, &data, 1);
+        }
 
         if (ch->batch->len == 0) {
                 ch->batch_to = to;

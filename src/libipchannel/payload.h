@@ -2,6 +2,8 @@
 /* Payloads: GVariant values to and from D-Bus message variants. Pure: no bus I/O. */
 #pragma once
 
+#include <stdbool.h>
+
 #include <glib.h>
 #include <systemd/sd-bus.h>
 
@@ -48,3 +50,16 @@ int payload_read_variant(sd_bus_message *m, GVariant **ret);
  * among the variants of one message (start it at PAYLOAD_VALUES_MAX): -ENOBUFS when it runs
  * out. */
 int payload_read_variant_budget(sd_bus_message *m, size_t *budget, GVariant **ret);
+
+/* Packed batches: several payloads as one GVariant of type "av" in GVariant's own
+ * serialization (host byte order: both ends are on one host), carried as a D-Bus "ay". A
+ * receiver builds no value per D-Bus element: the bytes are checked and wrapped as they are.
+ * payload_value_has_fd(): whether value holds a "h" (fds cannot be packed). */
+bool payload_value_has_fd(GVariant *value);
+/* Returns the packed form of values[0..n) (each passed payload_check_value() and holds no fd). */
+GBytes *payload_pack(GVariant *const *values, size_t n);
+/* Unpacks size bytes (copied) into a new array of new GVariants, each of a type that passes
+ * payload_check_value(). Errors: -EBADMSG for data that is not a normal-form "av" of such
+ * values, -ENOBUFS when it holds more than *budget values (each payload and each value in
+ * it counts, as for payload_read_variant_budget()). */
+int payload_unpack(const void *data, size_t size, size_t *budget, GPtrArray **ret);
