@@ -125,6 +125,8 @@ struct ipchannel {
         sd_event_source *batch_defer;
         GSource *batch_glib;
         bool sent_alone;                /* a send of this loop iteration went out unbatched */
+        char *dest;                     /* the bus name of peer dest_id */
+        uint32_t dest_id;
 
         lock_client *locks;             /* lock-client.c's state, once locks are used */
         uint64_t sync_timeout_usec;
@@ -1010,12 +1012,16 @@ static int channel_send_message(ipchannel *ch, uint32_t to, const char *event, G
                 member = n_data == 0 ? "BroadcastNull" : n_data == 1 ? "Broadcast" : "BroadcastBatch";
                 r = sd_bus_message_new_signal(ch->bus, &m, ch->path, IPCHANNEL_PEER_INTERFACE, member);
         } else {
-                g_autofree char *dest = names_peer(ch->prefix, ch->app, to);
-
-                if (!dest)
-                        return -ENOMEM;
+                /* The last receiver's name is kept: sends mostly go to one peer after another. */
+                if (to != ch->dest_id || !ch->dest) {
+                        free(ch->dest);
+                        ch->dest = names_peer(ch->prefix, ch->app, to);
+                        if (!ch->dest)
+                                return -ENOMEM;
+                        ch->dest_id = to;
+                }
                 member = n_data == 0 ? "DeliverNull" : n_data == 1 ? "Deliver" : "DeliverBatch";
-                r = sd_bus_message_new_method_call(ch->bus, &m, dest, ch->path, IPCHANNEL_PEER_INTERFACE,
+                r = sd_bus_message_new_method_call(ch->bus, &m, ch->dest, ch->path, IPCHANNEL_PEER_INTERFACE,
                                                    member);
                 if (r < 0)
                         return r;
@@ -1344,6 +1350,7 @@ static void channel_free(ipchannel *ch) {
         g_hash_table_unref(ch->owner_queries);
         g_ptr_array_unref(ch->batch);
         free(ch->batch_event);
+        free(ch->dest);
         free(ch->address);
         free(ch->unique_name);
         free(ch->app);
