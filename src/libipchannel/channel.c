@@ -124,7 +124,8 @@ struct ipchannel {
         size_t batch_bytes;
         sd_event_source *batch_defer;
         GSource *batch_glib;
-        bool sent_alone;                /* a send of this loop iteration went out unbatched */
+        bool sent_alone;                /* GLib: a send of this loop iteration went out unbatched */
+        uint64_t alone_iteration;       /* sd-event: the same, as that iteration's number + 1 */
         char *dest;                     /* the bus name of peer dest_id */
         uint32_t dest_id;
 
@@ -882,6 +883,7 @@ static void channel_teardown_bus(ipchannel *ch) {
                 ch->batch_glib = (g_source_unref(ch->batch_glib), NULL);
         }
         ch->sent_alone = false;
+        ch->alone_iteration = 0;
 
         for (listener_event *ev = ch->listeners.events; ev; ev = ev->next)
                 ev->match = sd_bus_slot_unref(ev->match);
@@ -1167,6 +1169,26 @@ static bool channel_in_dispatch(ipchannel *ch) {
         return ch->event && sd_event_get_state(ch->event) == SD_EVENT_RUNNING;
 }
 
+static bool channel_sent_alone(ipchannel *ch) {
+        uint64_t iteration;
+
+        if (ch->glib)
+                return ch->sent_alone;
+        return sd_event_get_iteration(ch->event, &iteration) >= 0 && ch->alone_iteration == iteration + 1;
+}
+
+/* sd-event numbers its iterations, so nothing has to run when the next one begins; GLib does
+ * not, and the batch source clears the flag. */
+static void channel_mark_sent_alone(ipchannel *ch) {
+        uint64_t iteration;
+
+        if (ch->glib) {
+                if (channel_arm_batch_flush(ch) >= 0)
+                        ch->sent_alone = true;
+        } else if (sd_event_get_iteration(ch->event, &iteration) >= 0)
+                ch->alone_iteration = iteration + 1;
+}
+
 #define BATCH_MAX 256
 #define BATCH_BYTES_MAX (64 * 1024)
 
@@ -1190,9 +1212,8 @@ int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *da
 
         /* The first send of an iteration goes at once, so a lone message (a reply, a
          * ping-pong) waits for nothing; those after it in the same iteration are batched. */
-        if (ch->batch->len == 0 && !ch->sent_alone) {
-                if (channel_arm_batch_flush(ch) >= 0)
-                        ch->sent_alone = true;
+        if (ch->batch->len == 0 && !channel_sent_alone(ch)) {
+                channel_mark_sent_alone(ch);
                 return channel_send_message(ch, to, event, &data, 1);
         }
 
