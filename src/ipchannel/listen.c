@@ -341,7 +341,6 @@ static bool peer_member(const char *member, const char *base, message_shape *ret
  * from another process and is not trusted). */
 static bool read_payloads(sd_bus_message *m, message_shape shape, GPtrArray *out) {
         GVariant *v;
-        int r;
 
         if (shape == SHAPE_NULL)
                 return true;
@@ -351,12 +350,16 @@ static bool read_payloads(sd_bus_message *m, message_shape shape, GPtrArray *out
                 g_ptr_array_add(out, v);
                 return true;
         }
-        if (sd_bus_message_enter_container(m, 'a', "v") <= 0)
+        g_autoptr(GPtrArray) batch = NULL;
+        size_t size, budget = PAYLOAD_VALUES_MAX;
+        const void *packed;
+
+        if (sd_bus_message_read_array(m, 'y', &packed, &size) < 0 ||
+            payload_unpack(packed, size, &budget, &batch) < 0)
                 return false;
-        while ((r = payload_read_variant(m, &v)) >= 0)
-                g_ptr_array_add(out, v);
-        /* -ENXIO: the end of the array, where no variant is left to read. */
-        return r == -ENXIO && sd_bus_message_exit_container(m) >= 0;
+        for (guint i = 0; i < batch->len; i++)
+                g_ptr_array_add(out, g_variant_ref(g_ptr_array_index(batch, i)));
+        return true;
 }
 
 static void monitor_handle(monitor *mon, sd_bus_message *m) {

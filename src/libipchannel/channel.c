@@ -132,6 +132,10 @@ struct ipchannel {
         size_t batch_bytes;
         sd_event_source *batch_defer;
         GSource *batch_glib;
+        bool sent_alone;                /* GLib: a send of this loop iteration went out unbatched */
+        uint64_t alone_iteration;       /* sd-event: the same, as that iteration's number + 1 */
+        char *dest;                     /* the bus name of peer dest_id */
+        uint32_t dest_id;
 
         lock_client *locks;             /* lock-client.c's state, once locks are used */
         uint64_t sync_timeout_usec;
@@ -335,13 +339,13 @@ static const sd_bus_vtable peer_vtable[] = {
                                 method_deliver, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("DeliverNull", SD_BUS_ARGS("s", event), SD_BUS_NO_RESULT,
                                 method_deliver_null, SD_BUS_VTABLE_UNPRIVILEGED),
-        SD_BUS_METHOD_WITH_ARGS("DeliverBatch", SD_BUS_ARGS("s", event, "av", data), SD_BUS_NO_RESULT,
+        SD_BUS_METHOD_WITH_ARGS("DeliverBatch", SD_BUS_ARGS("s", event, "ay", batch), SD_BUS_NO_RESULT,
                                 method_deliver_batch, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("DeliverMemfd", SD_BUS_ARGS("s", event, "g", type, "h", data),
                                 SD_BUS_NO_RESULT, method_deliver_memfd, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_SIGNAL_WITH_ARGS("Broadcast", SD_BUS_ARGS("s", event, "v", data), 0),
         SD_BUS_SIGNAL_WITH_ARGS("BroadcastNull", SD_BUS_ARGS("s", event), 0),
-        SD_BUS_SIGNAL_WITH_ARGS("BroadcastBatch", SD_BUS_ARGS("s", event, "av", data), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("BroadcastBatch", SD_BUS_ARGS("s", event, "ay", batch), 0),
         SD_BUS_SIGNAL_WITH_ARGS("BroadcastMemfd", SD_BUS_ARGS("s", event, "g", type, "h", data), 0),
         SD_BUS_PROPERTY("PeerId", "u", property_get_peer_id, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("App", "s", property_get_app, 0, SD_BUS_VTABLE_PROPERTY_CONST),
@@ -828,6 +832,8 @@ static void channel_teardown_bus(ipchannel *ch) {
                 g_source_destroy(ch->batch_glib);
                 ch->batch_glib = (g_source_unref(ch->batch_glib), NULL);
         }
+        ch->sent_alone = false;
+        ch->alone_iteration = 0;
 
         for (listener_event *ev = ch->listeners.events; ev; ev = ev->next)
                 ev->match = sd_bus_slot_unref(ev->match);
@@ -975,15 +981,19 @@ static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *eve
                                        : "BroadcastBatch";
                 r = sd_bus_message_new_signal(ch->bus, &m, ch->path, IPCHANNEL_PEER_INTERFACE, member);
         } else {
-                g_autofree char *dest = names_peer(ch->prefix, ch->app, to);
-
-                if (!dest)
-                        return -ENOMEM;
+                /* The last receiver's name is kept: sends mostly go to one peer after another. */
+                if (to != ch->dest_id || !ch->dest) {
+                        free(ch->dest);
+                        ch->dest = names_peer(ch->prefix, ch->app, to);
+                        if (!ch->dest)
+                                return -ENOMEM;
+                        ch->dest_id = to;
+                }
                 member = memfd ? "DeliverMemfd"
                          : n_data == 0 ? "DeliverNull"
                          : n_data == 1 ? "Deliver"
                                        : "DeliverBatch";
-                r = sd_bus_message_new_method_call(ch->bus, &m, dest, ch->path, IPCHANNEL_PEER_INTERFACE,
+                r = sd_bus_message_new_method_call(ch->bus, &m, ch->dest, ch->path, IPCHANNEL_PEER_INTERFACE,
                                                    member);
                 if (r < 0)
                         return r;
@@ -1005,20 +1015,15 @@ static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *eve
                 n_data = 0;
         }
         if (n_data > 1) {
-                r = sd_bus_message_open_container(m, 'a', "v");
-                if (r < 0)
-                        return r;
-        }
-        for (size_t i = 0; i < n_data; i++) {
-                r = payload_append_variant(m, data[i]);
-                if (r < 0)
-                        return r;
-        }
-        if (n_data > 1) {
-                r = sd_bus_message_close_container(m);
-                if (r < 0)
-                        return r;
-        }
+                g_autoptr(GBytes) packed = payload_pack(data, n_data);
+                size_t size;
+                const void *p = g_bytes_get_data(packed, &size);
+
+                r = sd_bus_message_append_array(m, 'y', p, size);
+        } else if (n_data == 1)
+                r = payload_append_variant(m, data[0]);
+        if (r < 0)
+                return r;
         r = sd_bus_send(ch->bus, m, NULL);
         return r < 0 ? r : 0;
 }
@@ -1079,6 +1084,8 @@ void channel_flush_sends(ipchannel *ch) {
 
 static void channel_flush_batch_deferred(ipchannel *ch) {
         int r = channel_flush_batch(ch);
+
+        ch->sent_alone = false;
 
         if (r < 0)
                 channel_emit_error(ch, r, "Messages could not be sent: %s", g_strerror(-r));
@@ -1146,26 +1153,55 @@ static bool channel_in_dispatch(ipchannel *ch) {
         return ch->event && sd_event_get_state(ch->event) == SD_EVENT_RUNNING;
 }
 
+static bool channel_sent_alone(ipchannel *ch) {
+        uint64_t iteration;
+
+        if (ch->glib)
+                return ch->sent_alone;
+        return sd_event_get_iteration(ch->event, &iteration) >= 0 && ch->alone_iteration == iteration + 1;
+}
+
+/* sd-event numbers its iterations, so nothing has to run when the next one begins; GLib does
+ * not, and the batch source clears the flag. */
+static void channel_mark_sent_alone(ipchannel *ch) {
+        uint64_t iteration;
+
+        if (ch->glib) {
+                if (channel_arm_batch_flush(ch) >= 0)
+                        ch->sent_alone = true;
+        } else if (sd_event_get_iteration(ch->event, &iteration) >= 0)
+                ch->alone_iteration = iteration + 1;
+}
+
 #define BATCH_MAX 256
 #define BATCH_BYTES_MAX (64 * 1024)
 
 int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *data) {
-        bool memfd;
+        bool batchable, memfd;
         int r;
 
         if (to != IPCHANNEL_ALL && !channel_peer_present(ch, to))
                 return -ENXIO;
 
-        /* A memfd payload goes alone, after the batch before it. */
+        /* Sends made from a callback of the loop wait in a batch for the end of the iteration;
+         * a memfd payload, or one holding fds (which cannot be packed), goes alone, after the
+         * batch. */
         memfd = channel_wants_memfd(ch, data);
-        if (ch->batch->len > 0 && (!data || memfd || to != ch->batch_to ||
-                                   strcmp(event, ch->batch_event) != 0 || !channel_in_dispatch(ch))) {
+        batchable = data && !memfd && channel_in_dispatch(ch) && !payload_has_handles(data);
+        if (ch->batch->len > 0 && (!batchable || to != ch->batch_to || strcmp(event, ch->batch_event) != 0)) {
                 r = channel_flush_batch(ch);
                 if (r < 0)
                         return r;
         }
-        if (!data || memfd || !channel_in_dispatch(ch))
+        if (!batchable)
                 return channel_send_message_full(ch, to, event, &data, data ? 1 : 0, memfd);
+
+        /* The first send of an iteration goes at once, so a lone message (a reply, a
+         * ping-pong) waits for nothing; those after it in the same iteration are batched. */
+        if (ch->batch->len == 0 && !channel_sent_alone(ch)) {
+                channel_mark_sent_alone(ch);
+                return channel_send_message_full(ch, to, event, &data, 1, false);
+        }
 
         if (ch->batch->len == 0) {
                 ch->batch_to = to;
@@ -1325,6 +1361,7 @@ static void channel_free(ipchannel *ch) {
         g_hash_table_unref(ch->owner_queries);
         g_ptr_array_unref(ch->batch);
         free(ch->batch_event);
+        free(ch->dest);
         free(ch->address);
         free(ch->unique_name);
         free(ch->app);

@@ -136,7 +136,8 @@ int  ipchannel_set_memfd_threshold(ipchannel *ch, size_t bytes);
 int  ipchannel_set_memfd_max(ipchannel *ch, uint64_t bytes);
 
 /* The most values this peer decodes from one received message (each basic value, container
- * and variant; an array of a fixed-size type counts once; a batch's payloads together), default
+ * and variant; an array of a fixed-size type counts once), and the most payloads in one batch
+ * (a batch arrives as GVariant bytes, wrapped per payload, not decoded per value), default
  * IPCHANNEL_VALUES_MAX_DEFAULT; past it org.freedesktop.DBus.Error.LimitsExceeded (a broadcast:
  * dropped, "error" with -ENOBUFS). A memfd payload is not decoded up front: its bound is its
  * size (ipchannel_set_memfd_max()). */

@@ -16,7 +16,7 @@ int message_shape_of(const char *member, const char *signature, bool signal) {
         } shapes[] = {
                 { "Deliver",      "Broadcast",      "sv",  MESSAGE_ONE },
                 { "DeliverNull",  "BroadcastNull",  "s",   MESSAGE_NULL },
-                { "DeliverBatch", "BroadcastBatch", "sav", MESSAGE_BATCH },
+                { "DeliverBatch", "BroadcastBatch", "say", MESSAGE_BATCH },
                 { "DeliverMemfd", "BroadcastMemfd", "sgh", MESSAGE_MEMFD },
         };
 
@@ -95,13 +95,22 @@ int message_read(sd_bus_message *m, message_shape shape, const message_limits *l
                 g_ptr_array_add(payloads, data);
                 shape = MESSAGE_NULL;   /* nothing more to read */
         } else if (shape == MESSAGE_BATCH) {
-                r = sd_bus_message_enter_container(m, 'a', "v");
-                if (r <= 0)
+                const void *packed = NULL;
+                size_t size = 0;
+
+                r = sd_bus_message_read_array(m, 'y', &packed, &size);
+                if (r < 0)
                         return fail(error, -EBADMSG, SD_BUS_ERROR_INVALID_ARGS, "Cannot read the batch.");
+                g_clear_pointer(&payloads, g_ptr_array_unref);
+                r = payload_unpack(packed, size, &budget, &payloads);
+                if (r == -ENOBUFS)
+                        return fail(error, -ENOBUFS, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                                    "The batch holds more than %zu payloads.", limits->values_max);
+                if (r < 0)
+                        return fail(error, -EBADMSG, SD_BUS_ERROR_INVALID_ARGS,
+                                    "The batch is not a packed array of payloads.");
         }
-        while (shape != MESSAGE_NULL) {
-                if (shape == MESSAGE_BATCH && sd_bus_message_at_end(m, false) > 0)
-                        break;
+        if (shape == MESSAGE_ONE) {
                 r = payload_read_variant_budget(m, &budget, &data);
                 if (r == -ENOBUFS)
                         return fail(error, -ENOBUFS, SD_BUS_ERROR_LIMITS_EXCEEDED,
@@ -111,8 +120,6 @@ int message_read(sd_bus_message *m, message_shape shape, const message_limits *l
                         return fail(error, -EBADMSG, SD_BUS_ERROR_INVALID_ARGS,
                                     "Cannot read the payload: %s.", g_strerror(-r));
                 g_ptr_array_add(payloads, data);
-                if (shape == MESSAGE_ONE)
-                        break;
         }
         /* No sender makes an empty batch (one payload goes as Deliver): dispatching it would make
          * up a message with no payload that nobody sent, as if it came by DeliverNull. */

@@ -29,7 +29,7 @@ typedef enum {
 /* What a receiver accepts from one message. */
 typedef struct message_limits {
         size_t event_name_max;          /* bytes */
-        size_t values_max;              /* values decoded from inline payloads, a batch's together */
+        size_t values_max;              /* values decoded from an inline payload; payloads in a batch */
         uint64_t memfd_max;             /* bytes of a memfd payload */
 } message_limits;
 
@@ -37,7 +37,7 @@ typedef struct message_limits {
  * (signal false) or the signals Broadcast* (signal true). -EBADMSG for anything else. */
 int message_shape_of(const char *member, const char *signature, bool signal);
 
-/* Reads (s event, [v data | av data | g type, h memfd]) and checks the event and every payload.
+/* Reads (s event, [v data | ay packed batch | g type, h memfd]) and checks the event and every payload.
  * Every payload is decoded before any is returned, so a bad one refuses the whole message and
  * a receiver never sees half a batch. On success *ret_event points into m and *ret_payloads
  * holds the payloads in order (none for MESSAGE_NULL). On failure error holds a named error

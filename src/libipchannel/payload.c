@@ -770,3 +770,57 @@ int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, GVaria
         *ret = g_steal_pointer(&value);
         return 0;
 }
+
+/* ---- packed batches --------------------------------------------------------------------- */
+
+GBytes *payload_pack(GVariant *const *values, size_t n) {
+        g_autofree GVariant **wrapped = g_new(GVariant *, n);
+        g_autoptr(GVariant) array = NULL;
+
+        for (size_t i = 0; i < n; i++)
+                wrapped[i] = g_variant_new_variant(values[i]);
+        array = g_variant_ref_sink(g_variant_new_array(G_VARIANT_TYPE_VARIANT, wrapped, n));
+        return g_variant_get_data_as_bytes(array);
+}
+
+int payload_unpack(const void *data, size_t size, size_t *budget, GPtrArray **ret) {
+        g_autoptr(GPtrArray) values = NULL;
+        g_autoptr(GVariant) array = NULL;
+        g_autoptr(GBytes) bytes = NULL;
+        const GVariantType *checked = NULL;
+        size_t n;
+
+        if ((!data && size > 0) || !budget || !ret)
+                return -EINVAL;
+
+        bytes = g_bytes_new(data, size);
+        array = g_variant_ref_sink(g_variant_new_from_bytes(G_VARIANT_TYPE("av"), bytes, FALSE));
+        /* Normal form, checked once over the bytes without building values: from here on every
+         * offset and every variant's type in it are as a serializer would have written them. */
+        if (!g_variant_is_normal_form(array))
+                return -EBADMSG;
+        n = g_variant_n_children(array);
+        if (n > *budget)
+                return -ENOBUFS;
+
+        values = g_ptr_array_new_full(n, (GDestroyNotify) g_variant_unref);
+        for (size_t i = 0; i < n; i++) {
+                g_autoptr(GVariant) child = g_variant_get_child_value(array, i);
+                GVariant *value = g_variant_get_variant(child);
+                const GVariantType *type = g_variant_get_type(value);
+
+                g_ptr_array_add(values, value);
+                /* A batch is mostly one type over and over: a type without variants inside is
+                 * settled once (GLib interns types, and the values keep theirs alive). */
+                if (type == checked)
+                        continue;
+                /* An "h" here would be a number with no fd behind it. */
+                if (payload_check_value(value, NULL) < 0 || payload_has_handles(value))
+                        return -EBADMSG;
+                if (!strchr(g_variant_get_type_string(value), 'v'))
+                        checked = type;
+        }
+        *budget -= n;
+        *ret = g_steal_pointer(&values);
+        return 0;
+}

@@ -90,3 +90,16 @@ typedef enum {
  * value is refused, or another negative errno (mmap failure, out of memory). */
 int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, GVariant **ret,
                       payload_memfd_status *ret_status, const char **ret_reason);
+
+/* ---- packed batches ----------------------------------------------------------------------
+ * Several payloads as one GVariant of type "av" in GVariant's own serialization (host byte
+ * order), carried as a D-Bus "ay". A receiver builds no value per D-Bus element: the bytes are
+ * checked once and wrapped as they are. Payloads holding fds cannot be packed. */
+
+/* Returns the packed form of values[0..n) (each passed payload_check_value() and holds no fd). */
+GBytes *payload_pack(GVariant *const *values, size_t n);
+/* Unpacks size bytes (copied) into a new array of new GVariants, each of a type that passes
+ * payload_check_value(). Errors: -EBADMSG for data that is not a normal-form "av" of such
+ * values, -ENOBUFS when it holds more than *budget values (each payload and each value in
+ * it counts, as for payload_read_variant_budget()). */
+int payload_unpack(const void *data, size_t size, size_t *budget, GPtrArray **ret);

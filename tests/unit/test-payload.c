@@ -1311,6 +1311,144 @@ START_TEST(test_append_consumes_floating_value) {
 }
 END_TEST
 
+/* ---- packed batches ----------------------------------------------------------------------- */
+
+static GPtrArray *unpack_ok(GBytes *packed, size_t n_expected) {
+        size_t size, budget = n_expected;
+        const void *data = g_bytes_get_data(packed, &size);
+        GPtrArray *values = NULL;
+
+        ck_assert_int_eq(payload_unpack(data, size, &budget, &values), 0);
+        ck_assert_uint_eq(values->len, n_expected);
+        ck_assert_uint_eq(budget, 0);
+        return values;
+}
+
+static int unpack_raw(const void *data, size_t size) {
+        g_autoptr(GPtrArray) values = NULL;
+        size_t budget = PAYLOAD_VALUES_MAX;
+        int r = payload_unpack(data, size, &budget, &values);
+
+        if (r >= 0)
+                for (guint i = 0; i < values->len; i++)
+                        ck_assert_int_eq(payload_check_value(g_ptr_array_index(values, i), NULL), 0);
+        return r;
+}
+
+START_TEST(test_packed_random_batches_round_trip) {
+        guint32 seed = random_seed();
+        unsigned count = random_count(RANDOM_VALUES) / 4;
+
+        for (unsigned i = 0; i < count;) {
+                unsigned n = 1 + (seed + i) % 24;
+                g_autoptr(GPtrArray) sent = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref);
+                g_autoptr(GPtrArray) back = NULL;
+                g_autoptr(GBytes) packed = NULL;
+
+                for (unsigned k = 0; k < n; k++, i++)
+                        g_ptr_array_add(sent, random_payload(seed + i, true));
+                packed = payload_pack((GVariant *const *) sent->pdata, n);
+                back = unpack_ok(packed, n);
+                for (unsigned k = 0; k < n; k++) {
+                        GVariant *a = g_ptr_array_index(sent, k), *b = g_ptr_array_index(back, k);
+
+                        ck_assert_msg(variants_identical(a, b), "PAYLOAD_TEST_SEED=%u: %s came back different",
+                                      seed + i - n + k, g_variant_get_type_string(a));
+                }
+        }
+}
+END_TEST
+
+START_TEST(test_packed_budget) {
+        GVariant *values[3] = { g_variant_new_int32(1), g_variant_new_string("two"),
+                                g_variant_new_parsed("[(1, 'x'), (2, 'y')]") };
+        g_autoptr(GPtrArray) back = NULL;
+        g_autoptr(GBytes) packed = NULL;
+        size_t size, budget = 2;
+        const void *data;
+
+        for (size_t i = 0; i < 3; i++)
+                g_variant_ref_sink(values[i]);
+        packed = payload_pack(values, 3);
+        data = g_bytes_get_data(packed, &size);
+        ck_assert_int_eq(payload_unpack(data, size, &budget, &back), -ENOBUFS);
+        ck_assert_ptr_null(back);
+        ck_assert_uint_eq(budget, 2);
+        budget = 10;
+        ck_assert_int_eq(payload_unpack(data, size, &budget, &back), 0);
+        ck_assert_uint_eq(budget, 7);
+        ck_assert_str_eq(g_variant_get_string(g_ptr_array_index(back, 1), NULL), "two");
+        for (size_t i = 0; i < 3; i++)
+                g_variant_unref(values[i]);
+}
+END_TEST
+
+START_TEST(test_packed_refusals) {
+        /* An "av" holding one variant: its bytes, the NUL, its type, then the offset table. */
+        static const uint8_t normal[] = { 0x05, 0x00, 'y', 0x03 };
+        static const uint8_t short_value[] = { 0x05, 0x00, 'q', 0x03 };    /* a "q" of 1 byte */
+        static const uint8_t maybe[] = { 0x05, 0x00, 'm', 'y', 0x04 };     /* no maybe on D-Bus */
+        static const uint8_t unit[] = { 0x00, 0x00, '(', ')', 0x04 };      /* nor "()" */
+        static const uint8_t bad_offset[] = { 0x05, 0x00, 'y', 0x09 };
+        static const uint8_t not_utf8[] = { 0xff, 0xfe, 0x00, 0x00, 's', 0x05 };
+        g_autoptr(GVariant) handle = g_variant_ref_sink(g_variant_new_handle(0));
+        g_autoptr(GVariant) nested = g_variant_ref_sink(g_variant_new_variant(g_variant_new_handle(0)));
+        g_autoptr(GVariant) dict = g_variant_ref_sink(g_variant_new_parsed("@a{sv} {'k': <(1, 'x')>}"));
+        g_autoptr(GBytes) with_fd = NULL, with_nested_fd = NULL;
+        const void *data;
+        size_t size;
+
+        ck_assert_int_eq(unpack_raw(normal, sizeof(normal)), 0);
+        ck_assert_int_eq(unpack_raw(short_value, sizeof(short_value)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw(maybe, sizeof(maybe)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw(unit, sizeof(unit)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw(bad_offset, sizeof(bad_offset)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw(not_utf8, sizeof(not_utf8)), -EBADMSG);
+        /* An "h" is an index into the message's fds, and a batch carries none. */
+        ck_assert(payload_has_handles(handle));
+        ck_assert(payload_has_handles(nested));
+        ck_assert(!payload_has_handles(dict));
+        with_fd = payload_pack(&handle, 1);
+        data = g_bytes_get_data(with_fd, &size);
+        ck_assert_int_eq(unpack_raw(data, size), -EBADMSG);
+        with_nested_fd = payload_pack(&nested, 1);
+        data = g_bytes_get_data(with_nested_fd, &size);
+        ck_assert_int_eq(unpack_raw(data, size), -EBADMSG);
+}
+END_TEST
+
+START_TEST(test_packed_survives_garbage) {
+        g_autoptr(GRand) rand = g_rand_new_with_seed(random_seed());
+        GVariant *values[4] = { g_variant_new_parsed("(1, 'a string')"), g_variant_new_parsed("[1, 2, 3]"),
+                                g_variant_new_parsed("@a{sv} {'k': <'v'>}"), g_variant_new_parsed("@ay [1]") };
+        g_autoptr(GBytes) packed = NULL;
+        unsigned ok = 0, refused = 0;
+        uint8_t buf[256];
+        const uint8_t *data;
+        size_t size;
+
+        for (size_t i = 0; i < 4; i++)
+                g_variant_ref_sink(values[i]);
+        packed = payload_pack(values, 4);
+        data = g_bytes_get_data(packed, &size);
+        ck_assert_uint_le(size, sizeof(buf));
+        /* Every result is a clean refusal or values that pass the checks (unpack_raw()). */
+        for (unsigned i = 0; i < 20000; i++) {
+                memcpy(buf, data, size);
+                for (unsigned k = 0, n = g_rand_int_range(rand, 1, 4); k < n; k++)
+                        buf[g_rand_int_range(rand, 0, (gint32) size)] = (uint8_t) g_rand_int(rand);
+                if (unpack_raw(buf, size) == 0)
+                        ok++;
+                else
+                        refused++;
+        }
+        ck_assert_uint_gt(refused, 0);
+        ck_assert_uint_gt(ok, 0);
+        for (size_t i = 0; i < 4; i++)
+                g_variant_unref(values[i]);
+}
+END_TEST
+
 static Suite *payload_suite(void) {
         Suite *s = suite_create("payload");
         TCase *tc;
@@ -1363,6 +1501,14 @@ static Suite *payload_suite(void) {
         tcase_add_test(tc, test_read_refuses_deep_signature);
         tcase_add_test(tc, test_read_not_a_variant);
         tcase_add_test(tc, test_read_inside_container_not_a_variant);
+        suite_add_tcase(s, tc);
+
+        tc = tcase_create("packed");
+        tcase_set_timeout(tc, 120);
+        tcase_add_test(tc, test_packed_random_batches_round_trip);
+        tcase_add_test(tc, test_packed_budget);
+        tcase_add_test(tc, test_packed_refusals);
+        tcase_add_test(tc, test_packed_survives_garbage);
         suite_add_tcase(s, tc);
 
         return s;
