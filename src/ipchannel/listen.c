@@ -5,6 +5,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "message.h"
 #include "names.h"
 #include "payload.h"
 #include "tool.h"
@@ -316,57 +317,19 @@ static void monitor_owner_changed(monitor *mon, const char *name, const char *ol
                 g_hash_table_insert(mon->ids, g_strdup(new_owner), GUINT_TO_POINTER(id));
 }
 
-/* What a Peer1 message carries after its event: nothing (…Null), one payload, or a batch of
- * payloads of the same event (…Batch: consecutive sends that the sender coalesced, which the
- * receiver hands to its handlers one by one). */
-typedef enum { SHAPE_NULL, SHAPE_ONE, SHAPE_BATCH } message_shape;
-
-static bool peer_member(const char *member, const char *base, message_shape *ret) {
-        size_t n = strlen(base);
-
-        if (strncmp(member, base, n) != 0)
-                return false;
-        if (member[n] == '\0')
-                *ret = SHAPE_ONE;
-        else if (strcmp(member + n, "Null") == 0)
-                *ret = SHAPE_NULL;
-        else if (strcmp(member + n, "Batch") == 0)
-                *ret = SHAPE_BATCH;
-        else
-                return false;
-        return true;
-}
-
-/* The payloads of m after its event; false if m is malformed (it is then skipped: it comes
- * from another process and is not trusted). */
-static bool read_payloads(sd_bus_message *m, message_shape shape, GPtrArray *out) {
-        GVariant *v;
-
-        if (shape == SHAPE_NULL)
-                return true;
-        if (shape == SHAPE_ONE) {
-                if (payload_read_variant(m, &v) < 0)
-                        return false;
-                g_ptr_array_add(out, v);
-                return true;
-        }
-        g_autoptr(GPtrArray) batch = NULL;
-        size_t size, budget = PAYLOAD_VALUES_MAX;
-        const void *packed;
-
-        if (sd_bus_message_read_array(m, 'y', &packed, &size) < 0 ||
-            payload_unpack(packed, size, &budget, &batch) < 0)
-                return false;
-        for (guint i = 0; i < batch->len; i++)
-                g_ptr_array_add(out, g_variant_ref(g_ptr_array_index(batch, i)));
-        return true;
-}
-
 static void monitor_handle(monitor *mon, sd_bus_message *m) {
-        g_autoptr(GPtrArray) payloads = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref);
+        _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
+        /* What the receiver would accept at its defaults, any event name it could be set to. */
+        const message_limits limits = {
+                .event_name_max = IPCHANNEL_EVENT_NAME_MAX_LIMIT,
+                .values_max = IPCHANNEL_VALUES_MAX_DEFAULT,
+                .memfd_max = IPCHANNEL_MEMFD_MAX_DEFAULT,
+        };
+        g_autoptr(GPtrArray) payloads = NULL;
         const char *member = sd_bus_message_get_member(m), *sender = sd_bus_message_get_sender(m);
         const char *event = NULL, *name, *old_owner, *new_owner;
-        message_shape shape;
+        bool signal;
+        int shape;
         uint32_t to = 0, from;
 
         if (!mon->is_monitor) {
@@ -385,23 +348,28 @@ static void monitor_handle(monitor *mon, sd_bus_message *m) {
         if (!member || g_strcmp0(sd_bus_message_get_interface(m), IPCHANNEL_PEER_INTERFACE) != 0)
                 return;
 
-        if (sd_bus_message_is_method_call(m, NULL, NULL) > 0 && peer_member(member, "Deliver", &shape)) {
+        /* Decoded as a receiver would (message.c): what it would refuse is skipped, as it comes
+         * from another process and is not trusted. A memfd payload shows only if the broker
+         * passed its fd on to us. */
+        signal = sd_bus_message_is_signal(m, NULL, NULL) > 0;
+        if (!signal && sd_bus_message_is_method_call(m, NULL, NULL) <= 0)
+                return;
+        shape = message_shape_of(member, sd_bus_message_get_signature(m, true), signal);
+        if (shape < 0)
+                return;
+        if (signal)
+                to = IPCHANNEL_ALL;
+        else {
                 const char *dest = sd_bus_message_get_destination(m);
 
                 to = dest ? names_parse_peer(IPCHANNEL_PREFIX_DEFAULT, arg_app, dest) : 0;
                 if (to == 0 && dest)    /* addressed by unique name */
                         to = GPOINTER_TO_UINT(g_hash_table_lookup(mon->ids, dest));
-        } else if (sd_bus_message_is_signal(m, NULL, NULL) > 0 && peer_member(member, "Broadcast", &shape))
-                to = IPCHANNEL_ALL;
-        else
-                return;
-
-        if (sd_bus_message_read_basic(m, 's', &event) <= 0 || names_check_event(event, NULL) < 0)
-                return;
-        if (!event_wanted(event) || !read_payloads(m, shape, payloads))
+        }
+        if (message_read(m, shape, &limits, &event, &payloads, &error) < 0 || !event_wanted(event))
                 return;
         from = sender ? GPOINTER_TO_UINT(g_hash_table_lookup(mon->ids, sender)) : 0;
-        if (shape == SHAPE_NULL)
+        if (payloads->len == 0)
                 print_message(from, sender ?: "-", to, event, NULL);
         for (guint i = 0; i < payloads->len; i++)
                 print_message(from, sender ?: "-", to, event, payloads->pdata[i]);

@@ -197,6 +197,16 @@ got = json_lines("\n".join(l or "" for l in (mon.out.next() for _ in range(8))))
 check(got is not None and [(o["sender"], o["to"], o["data"]) for o in got] ==
       [(3, 1, [i]) for i in range(5)] + [(3, "all", [i]) for i in range(3)],
       "a burst of sends shows as one line per message, in order", got)
+# A payload over the sender's memfd threshold travels as DeliverMemfd/BroadcastMemfd with its fd;
+# the monitor maps it as a receiver would.
+by_id[3].cmd("set-limit memfd-threshold 16")
+check(by_id[3].expect("result set-limit memfd-threshold 0") is not None, "peer 3 sends memfds from 16 bytes")
+by_id[3].cmd("emit 1 ev ('carried in a sealed memfd', 42)")
+by_id[3].cmd("emit all ev ('a broadcast in a memfd', 43)")
+got = json_lines("\n".join(l or "" for l in (mon.out.next() for _ in range(2))))
+check(got is not None and [(o["sender"], o["to"], o["data"]) for o in got] ==
+      [(3, 1, ["carried in a sealed memfd", 42]), (3, "all", ["a broadcast in a memfd", 43])],
+      "the monitor shows memfd payloads, targeted and broadcast", got)
 line = mon2.out.next()
 check(line is not None and line.split(" ", 1)[1] == "peer 2 -> peer 1 message ('between', 2)",
       "the text monitor prints 'peer 2 -> peer 1 message DATA' and, by default, only \"message\"", line)
