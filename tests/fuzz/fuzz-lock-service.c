@@ -441,7 +441,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
 
         /* Blocks until the broker thread has answered Hello. */
         {
-                int r = lock_service_new(&s, client, SERVICE_PATH, SERVICE_NAME, false);
+                int r;
+
+                /* Its wait for Hello is a ppoll() that libFuzzer's SIGALRM (-timeout) can
+                 * interrupt; nothing was set up then, so it is asked again. */
+                do
+                        r = lock_service_new(&s, client, SERVICE_PATH, SERVICE_NAME, false);
+                while (r == -EINTR);
 
                 if (r < 0) {
                         fprintf(stderr, "lock_service_new: %s\n", strerror(-r));
