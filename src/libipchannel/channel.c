@@ -1,8 +1,10 @@
 /* SPDX-License-Identifier: MIT */
 /* The channel: a peer id claimed through a bus name, sends, broadcasts, listeners, reconnect. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <glib.h>
 #include <systemd/sd-bus.h>
@@ -154,6 +156,31 @@ static int channel_flush_batch(ipchannel *ch);
 static void channel_requeue_batch(ipchannel *ch);
 
 /* ---- small helpers ---------------------------------------------------------------------- */
+
+/* Every API call checks that it is not made from a forked child, and getpid() is a system call
+ * (glibc stopped caching it): the pid is kept, and forgotten in a child forked by fork(). */
+static pid_t pid_cached;
+
+static void pid_forget(void) {
+        __atomic_store_n(&pid_cached, 0, __ATOMIC_RELAXED);
+}
+
+static void pid_cache_init(void) {
+        (void) pthread_atfork(NULL, NULL, pid_forget);
+}
+
+static pid_t self_pid(void) {
+        static pthread_once_t once = PTHREAD_ONCE_INIT;
+        pid_t pid;
+
+        (void) pthread_once(&once, pid_cache_init);
+        pid = __atomic_load_n(&pid_cached, __ATOMIC_RELAXED);
+        if (pid == 0) {
+                pid = getpid();
+                __atomic_store_n(&pid_cached, pid, __ATOMIC_RELAXED);
+        }
+        return pid;
+}
 
 /* Takes data: a floating value, or a reference the caller hands over. */
 static void emit_local(ipchannel *ch, uint32_t sender, const char *event, GVariant *data) {
@@ -1269,7 +1296,7 @@ static int channel_send(ipchannel *ch, uint32_t to, const char *event, GVariant 
 #define assert_channel(ch)                                       \
         do {                                                     \
                 assert_return(channel_usable(ch), -EINVAL);      \
-                assert_return((ch)->pid == getpid(), -ECHILD);   \
+                assert_return((ch)->pid == self_pid(), -ECHILD);   \
         } while (0)
 
 _public_ int ipchannel_check_app_name(const char *app, const char **ret_reason) {
@@ -1291,7 +1318,7 @@ _public_ int ipchannel_new(ipchannel **ret, const char *app) {
                 return -ENOMEM;
         *ch = (ipchannel) {
                 .n_ref = 1,
-                .pid = getpid(),
+                .pid = self_pid(),
                 .app = strdup(app),
                 .prefix = strdup(prefix),
                 .path = names_path(prefix, app),
@@ -1554,7 +1581,7 @@ uint64_t channel_sync_timeout(ipchannel *ch) {
 }
 
 bool channel_check(ipchannel *ch) {
-        return channel_usable(ch) && ch->pid == getpid();
+        return channel_usable(ch) && ch->pid == self_pid();
 }
 
 _public_ int ipchannel_set_sync_timeout(ipchannel *ch, uint64_t usec) {

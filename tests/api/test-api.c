@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <ipchannel.h>
 
@@ -67,6 +69,25 @@ int main(void) {
         CHECK(ipchannel_send(ch, 1, g_variant_new_variant(g_variant_new_maybe(G_VARIANT_TYPE_INT32, NULL))) ==
               -EINVAL);
         CHECK(ipchannel_send(ch, 1, g_variant_new_variant(g_variant_new_int32(7))) == 0);
+
+        /* A channel belongs to the process that made it: a forked child gets -ECHILD, twice
+         * (the pid the library keeps is forgotten at fork), and the parent goes on. */
+        {
+                pid_t child = fork();
+                int status;
+
+                CHECK(child >= 0);
+                if (child == 0) {
+                        GVariant *v = g_variant_ref_sink(g_variant_new_string("from the child"));
+                        int r1 = ipchannel_send(ch, 1, v), r2 = ipchannel_emit(ch, 1, "ev", v);
+
+                        g_variant_unref(v);
+                        _exit(r1 == -ECHILD && r2 == -ECHILD ? 0 : 1);
+                }
+                CHECK(waitpid(child, &status, 0) == child);
+                CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+                CHECK(ipchannel_send(ch, 1, g_variant_new_string("from the parent")) == 0);
+        }
 
         CHECK(ipchannel_ref(ch) == ch);
         CHECK(ipchannel_unref(ch) == NULL);
