@@ -324,6 +324,20 @@ _public_ int ipchannel_lock_release(ipchannel_lock *l, int error) {
         return s == LOCK_HELD ? 0 : -ETIME;
 }
 
+_public_ int ipchannel_set_lock_limits(ipchannel *ch, uint32_t max_locks_per_connection,
+                                      uint32_t max_waiters_per_lock) {
+        int r;
+
+        assert_return(channel_check(ch), -EINVAL);
+
+        r = lock_client_start(ch);
+        if (r < 0)
+                return r;
+        lock_agent_set_limits((*channel_lock_client(ch))->agent, max_locks_per_connection,
+                              max_waiters_per_lock);
+        return 0;
+}
+
 _public_ uint64_t ipchannel_lock_get_token(ipchannel_lock *l) {
         uint64_t token = 0;
 
