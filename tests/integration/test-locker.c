@@ -142,7 +142,7 @@ static void on_done(ipchannel *c, int error, void *userdata) {
         }
         if (arg_gap_usec > 0 && n_done < arg_count)
                 (void) sd_event_add_time_relative(ipchannel_get_event(c), NULL, CLOCK_MONOTONIC, arg_gap_usec,
-                                                  0, on_gap, NULL);
+                                                  1, on_gap, NULL);     /* accuracy 0 would be 250 ms */
         else
                 next_sync();
 }
