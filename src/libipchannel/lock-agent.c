@@ -117,6 +117,9 @@ struct lock_agent {
         GHashTable *grants;             /* lock name → lock_grant * */
         GHashTable *n_waiting;          /* lock name → requests of ours waiting for it */
         bool sync_signalled;            /* grants changed; the agent will tell the service */
+        bool notify_signalled;          /* notify_fd was written and not drained since */
+        void (*kick)(void *userdata);   /* wakes the app's loop from inside its dispatch */
+        void *kick_userdata;
         uint32_t max_locks, max_waiters;        /* for the service we host; 0: default */
         bool limits_changed;
 
@@ -155,6 +158,22 @@ static void fd_drain(int fd) {
         uint64_t v;
 
         (void) !read(fd, &v, sizeof(v));
+}
+
+/* The agent whose notifications the calling thread is dispatching from the app's loop. */
+static __thread lock_agent *dispatching_agent;
+
+/* Mutex held. Wakes the app's loop: from inside its own dispatch (the hot path of a re-take,
+ * where a release or the next synchronize() happens in a body or "done") with the loop's
+ * deferred event, without a syscall; from any other thread through notify_fd, once until the
+ * loop drains it. */
+static void agent_notify_locked(lock_agent *a) {
+        if (a->kick && dispatching_agent == a)
+                a->kick(a->kick_userdata);
+        else if (!a->notify_signalled) {
+                a->notify_signalled = true;
+                fd_signal(a->notify_fd);
+        }
 }
 
 /* ---- requests --------------------------------------------------------------------------- */
@@ -236,10 +255,10 @@ static void lock_change_locked(lock_agent *a, ipchannel_lock *l, lock_state stat
                         l->notified = true;
                         l->n_ref++;
                         g_ptr_array_add(a->notifications, l);
-                        fd_signal(a->notify_fd);
+                        agent_notify_locked(a);
                 }
         } else if (wake && was_waiting && !l->cancelled)
-                fd_signal(a->notify_fd);
+                agent_notify_locked(a);
         pthread_cond_broadcast(&a->cond);
 }
 
@@ -1333,8 +1352,11 @@ int lock_agent_get_notify_fd(lock_agent *a) {
 GPtrArray *lock_agent_take_notifications(lock_agent *a) {
         GPtrArray *taken = NULL;
 
-        fd_drain(a->notify_fd);
         pthread_mutex_lock(&a->mutex);
+        if (a->notify_signalled) {
+                a->notify_signalled = false;
+                fd_drain(a->notify_fd);
+        }
         if (a->notifications->len > 0) {
                 taken = a->notifications;
                 a->notifications = g_ptr_array_new();
@@ -1417,6 +1439,17 @@ void lock_agent_release(lock_agent *a, ipchannel_lock *l) {
         if (!let_go || l->release_token != 0)
                 (void) agent_post_locked(a, OP_RELEASE, l);
         pthread_mutex_unlock(&a->mutex);
+}
+
+void lock_agent_set_kick(lock_agent *a, void (*kick)(void *userdata), void *userdata) {
+        pthread_mutex_lock(&a->mutex);
+        a->kick = kick;
+        a->kick_userdata = userdata;
+        pthread_mutex_unlock(&a->mutex);
+}
+
+void lock_agent_set_dispatching(lock_agent *a, bool dispatching) {
+        dispatching_agent = dispatching ? a : NULL;
 }
 
 void lock_agent_cancel(lock_agent *a, ipchannel_lock *l) {

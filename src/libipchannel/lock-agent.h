@@ -87,6 +87,13 @@ void lock_agent_stop(lock_agent *a);
 
 /* An fd that becomes readable when lock_agent_take_notifications() has something. */
 int lock_agent_get_notify_fd(lock_agent *a);
+/* kick, if set, wakes the app's loop (e.g. enables a deferred event) without a syscall; it is
+ * called only from inside the app's dispatch of notifications (see below), on the loop's
+ * thread, with the agent's mutex held. NULL: notify_fd only. */
+void lock_agent_set_kick(lock_agent *a, void (*kick)(void *userdata), void *userdata);
+/* The calling thread is (true) or is no longer (false) dispatching a's notifications from the
+ * app's loop. */
+void lock_agent_set_dispatching(lock_agent *a, bool dispatching);
 /* Returns the requests whose state changed since the last call, each with a reference the
  * caller drops with lock_unref(); NULL if none. Free the array with g_ptr_array_unref(). */
 GPtrArray *lock_agent_take_notifications(lock_agent *a);
