@@ -103,6 +103,9 @@ struct lock_agent {
         unsigned n_ref;                 /* atomic */
         pthread_t thread;
         bool thread_started;
+        /* The agent's thread holds it while it runs anything but its wait for events; the
+         * app's thread takes it (before `mutex`) to send a Release on `bus` itself. */
+        pthread_mutex_t bus_mutex;
         pthread_mutex_t mutex;
         pthread_cond_t cond;
         int wake_fd;
@@ -1205,15 +1208,39 @@ static int on_wake(sd_event_source *s, int fd, uint32_t revents, void *userdata)
         return 0;
 }
 
+/* sd_event_loop(), with bus_mutex held except while waiting. */
+static void agent_run(lock_agent *a) {
+        for (;;) {
+                bool finished;
+                int r;
+
+                pthread_mutex_lock(&a->bus_mutex);
+                r = sd_event_prepare(a->event);
+                if (r == 0) {
+                        pthread_mutex_unlock(&a->bus_mutex);
+                        r = sd_event_wait(a->event, UINT64_MAX);
+                        pthread_mutex_lock(&a->bus_mutex);
+                }
+                if (r > 0)
+                        r = sd_event_dispatch(a->event);
+                finished = r < 0 || sd_event_get_state(a->event) == SD_EVENT_FINISHED;
+                pthread_mutex_unlock(&a->bus_mutex);
+                if (finished)
+                        return;
+        }
+}
+
 static void *agent_thread(void *userdata) {
         lock_agent *a = userdata;
 
+        pthread_mutex_lock(&a->bus_mutex);
         if (agent_connect(a) < 0) {
                 a->reconnect_usec = RECONNECT_USEC_MIN;
                 (void) sd_event_add_time_relative(a->event, &a->reconnect_source, CLOCK_MONOTONIC,
                                                   a->reconnect_usec, 0, on_reconnect, a);
         }
-        (void) sd_event_loop(a->event);
+        pthread_mutex_unlock(&a->bus_mutex);
+        agent_run(a);
 
         /* From here on the app's ops are refused; those already posted are answered. */
         pthread_mutex_lock(&a->mutex);
@@ -1221,7 +1248,9 @@ static void *agent_thread(void *userdata) {
         lock_op *ops = a->ops;
         a->ops = a->ops_tail = NULL;
         pthread_mutex_unlock(&a->mutex);
+        pthread_mutex_lock(&a->bus_mutex);
         agent_disconnect(a);
+        pthread_mutex_unlock(&a->bus_mutex);
         while (ops) {
                 lock_op *o = ops;
                 ops = o->next;
@@ -1262,6 +1291,7 @@ int lock_agent_new(lock_agent **ret, const char *address, const char *prefix, co
                 .service_name = names_locks(prefix, app),
                 .service_path = names_locks_path(prefix, app),
         };
+        pthread_mutex_init(&a->bus_mutex, NULL);
         pthread_mutex_init(&a->mutex, NULL);
         pthread_cond_init(&a->cond, NULL);
         if (a->wake_fd < 0 || a->notify_fd < 0 || !a->address || !a->service_name || !a->service_path) {
@@ -1325,6 +1355,7 @@ static void agent_free(lock_agent *a) {
         sd_event_unref(a->event);
         safe_close(a->wake_fd);
         safe_close(a->notify_fd);
+        pthread_mutex_destroy(&a->bus_mutex);
         pthread_mutex_destroy(&a->mutex);
         pthread_cond_destroy(&a->cond);
         free(a->address);
@@ -1425,20 +1456,37 @@ void lock_agent_release(lock_agent *a, ipchannel_lock *l) {
         lock_grant *g;
         bool let_go = false;
 
+        /* A grant someone else waits for goes back from this thread, on the agent's bus
+         * (under bus_mutex, which the agent's thread holds whenever it uses the bus): the
+         * next holder does not wait for the agent's thread to wake up. */
+        pthread_mutex_lock(&a->bus_mutex);
         pthread_mutex_lock(&a->mutex);
         g = g_hash_table_lookup(a->grants, l->name);
         if (g && g->holder == l) {
-                uint64_t token = g->token;
+                uint64_t token = g->token, release;
 
                 let_go = true;
-                l->release_token = grant_let_go_locked(a, g, clock_usec(CLOCK_MONOTONIC));
+                release = grant_let_go_locked(a, g, clock_usec(CLOCK_MONOTONIC));
+                if (release != 0 && agent_ready(a)) {
+                        uint64_t queued = 0;
+
+                        agent_send_release(a, l->name, release);
+                        if (sd_bus_get_n_queued_write(a->bus, &queued) >= 0 && queued > 0)
+                                fd_signal(a->wake_fd);  /* the agent's loop must wait to write */
+                        if (agent_n_waiting_locked(a, l->name) > 0)
+                                agent_request_sync_locked(a);   /* our next request may ask now */
+                        release = 0;
+                }
+                l->release_token = release;
                 lock_set_state_locked(a, l, LOCK_RELEASED, token, 0);
                 l->n_ref--;     /* the grant's; the caller still holds its own */
         }
-        /* Posted under the mutex, so that a Release goes out before any later Acquire. */
+        /* Sent, or posted, under the mutexes, so that a Release goes out before any later
+         * Acquire. */
         if (!let_go || l->release_token != 0)
                 (void) agent_post_locked(a, OP_RELEASE, l);
         pthread_mutex_unlock(&a->mutex);
+        pthread_mutex_unlock(&a->bus_mutex);
 }
 
 void lock_agent_set_kick(lock_agent *a, void (*kick)(void *userdata), void *userdata) {
