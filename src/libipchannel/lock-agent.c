@@ -104,7 +104,7 @@ struct lock_agent {
         pthread_t thread;
         bool thread_started;
         /* The agent's thread holds it while it runs anything but its wait for events; the
-         * app's thread takes it (before `mutex`) to send a Release on `bus` itself. */
+         * app's thread may take it (trylock, before `mutex`) to send a Release on `bus`. */
         pthread_mutex_t bus_mutex;
         pthread_mutex_t mutex;
         pthread_cond_t cond;
@@ -1454,12 +1454,20 @@ int lock_agent_submit(lock_agent *a, ipchannel_lock *l) {
 
 void lock_agent_release(lock_agent *a, ipchannel_lock *l) {
         lock_grant *g;
-        bool let_go = false;
+        bool let_go = false, direct;
 
-        /* A grant someone else waits for goes back from this thread, on the agent's bus
-         * (under bus_mutex, which the agent's thread holds whenever it uses the bus): the
-         * next holder does not wait for the agent's thread to wake up. */
-        pthread_mutex_lock(&a->bus_mutex);
+        /* A grant someone else waits for goes back from this thread, on the agent's bus, if
+         * the agent's thread is waiting for events (then it does not hold bus_mutex, which it
+         * holds whenever it uses the bus): the next holder does not wait for that thread to
+         * wake up. If it is busy, it is awake anyway: the Release is posted to it. A parked
+         * grant needs neither. */
+        pthread_mutex_lock(&a->mutex);
+        g = g_hash_table_lookup(a->grants, l->name);
+        direct = g && g->holder == l && (g->contended || !grant_is_usable(g, clock_usec(CLOCK_MONOTONIC)));
+        pthread_mutex_unlock(&a->mutex);
+        if (direct && pthread_mutex_trylock(&a->bus_mutex) != 0)
+                direct = false;
+
         pthread_mutex_lock(&a->mutex);
         g = g_hash_table_lookup(a->grants, l->name);
         if (g && g->holder == l) {
@@ -1467,7 +1475,7 @@ void lock_agent_release(lock_agent *a, ipchannel_lock *l) {
 
                 let_go = true;
                 release = grant_let_go_locked(a, g, clock_usec(CLOCK_MONOTONIC));
-                if (release != 0 && agent_ready(a)) {
+                if (release != 0 && direct && agent_ready(a)) {
                         uint64_t queued = 0;
 
                         agent_send_release(a, l->name, release);
@@ -1481,12 +1489,13 @@ void lock_agent_release(lock_agent *a, ipchannel_lock *l) {
                 lock_set_state_locked(a, l, LOCK_RELEASED, token, 0);
                 l->n_ref--;     /* the grant's; the caller still holds its own */
         }
-        /* Sent, or posted, under the mutexes, so that a Release goes out before any later
-         * Acquire. */
+        /* Sent, or posted, under the mutex, so that a Release goes out before any later
+         * Acquire of ours. */
         if (!let_go || l->release_token != 0)
                 (void) agent_post_locked(a, OP_RELEASE, l);
         pthread_mutex_unlock(&a->mutex);
-        pthread_mutex_unlock(&a->bus_mutex);
+        if (direct)
+                pthread_mutex_unlock(&a->bus_mutex);
 }
 
 void lock_agent_set_kick(lock_agent *a, void (*kick)(void *userdata), void *userdata) {
