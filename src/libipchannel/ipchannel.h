@@ -152,6 +152,17 @@ int  ipchannel_set_values_max(ipchannel *ch, size_t n);
 #define IPCHANNEL_EVENT_NAME_MAX_LIMIT 512u
 int  ipchannel_set_event_name_max(ipchannel *ch, size_t bytes);
 
+/* Limits of the lock service while this process's lock agent hosts it (no effect while
+ * ipchannel-lockd or another process hosts it): locks held or awaited per bus connection, and
+ * waiters per lock; past them a caller gets org.ipchannel.Error.LimitsExceeded (a lock call of
+ * this library: -ENOBUFS). 0 restores a default (IPCHANNEL_LOCKS_PER_CONNECTION_DEFAULT,
+ * IPCHANNEL_WAITERS_PER_LOCK_DEFAULT). Any time: before connect, or later, when it applies at
+ * once to a service hosted here (to later requests; nothing is evicted). Starts the lock agent. */
+#define IPCHANNEL_LOCKS_PER_CONNECTION_DEFAULT 1024u
+#define IPCHANNEL_WAITERS_PER_LOCK_DEFAULT 65536u
+int  ipchannel_set_lock_limits(ipchannel *ch, uint32_t max_locks_per_connection,
+                               uint32_t max_waiters_per_lock);
+
 ipchannel_slot *ipchannel_slot_ref(ipchannel_slot *slot);
 
 static inline void ipchannel_unrefp(ipchannel **ch) {

@@ -12,6 +12,7 @@
 
 #include "lock-agent.h"
 #include "lock-service.h"
+#include "lockqueue.h"
 #include "macro.h"
 #include "names.h"
 
@@ -42,6 +43,29 @@
  * - At most one request per lock name is at the service at a time; other requests of this
  *   process for the same lock wait here, in order, and go to the service when the one before
  *   them is released (so other processes are not starved by one process's stream of requests).
+ *
+ * Grant caching. Grants come from AcquireCached and live in `grants` (under `mutex`), one per
+ * lock name, from the grant until the service has it back. A grant is in use (`holder` set) or
+ * parked (no holder: the local holder released and nobody else was known to wait). A request
+ * of this process takes a parked grant without asking anyone: from the app's thread in
+ * lock_agent_submit() when no earlier request of this process waits for the lock, else from
+ * agent_pump() for the first one that waits. A re-take keeps the grant's token: tokens still
+ * strictly increase from one holding process to the next, and the same token means the same
+ * grant, never lost in between.
+ * - Never two holders: a grant has one holder at a time (under `mutex`), and the service hands
+ *   the lock to someone else only once we released it. A parked grant is released at once when
+ *   the service calls us back (ReleaseRequested); a grant in use is marked contended and is
+ *   released, not parked, at its local release. A grant whose reply says others wait is
+ *   contended from the start. So a contended lock is never parked, and FIFO among processes is
+ *   the service's FIFO.
+ * - Leases cover active holding only. What the service was last told is `told_parked`: the
+ *   agent thread tells it Park when a grant is parked and Resume (which restarts the lease)
+ *   after a take, at most once per SYNC_INTERVAL_USEC, as one-way calls (no round trip on any
+ *   path). While the service still runs a lease (not told parked) a grant is parked or re-taken
+ *   locally only if that lease has more than a margin left, which covers the time for Park to
+ *   reach the service; else it goes back to the service.
+ * - Takeover: ReassertCached reports every grant, parked or in use (see agent_reassert()).
+ *   When the connection closes, every grant ends with it, at the service as here.
  */
 
 #define RECONNECT_USEC_MIN (50 * 1000ULL)
@@ -49,10 +73,39 @@
 
 #define DBUS_NAME_FLAG_ALLOW_REPLACEMENT 1u
 
+/* How often, at most, the agent tells the service that grants were parked or taken again. */
+#define SYNC_INTERVAL_USEC (1000ULL)
+/* A lease that the service still runs must have this much left (at most half the lease) for a
+ * grant to be parked or re-taken locally: Park must reach the service before it ends. */
+#define PARK_MARGIN_USEC (50 * 1000ULL)
+
+/* A grant this process holds from the service. Under the agent's mutex. */
+typedef struct lock_grant {
+        char *name;
+        uint64_t token;
+        uint64_t lease_usec;            /* 0: none */
+        ipchannel_lock *holder;         /* NULL: parked; else holds a reference */
+        bool contended;                 /* someone else waits: release at the local release */
+        uint64_t n_takes, n_takes_told; /* local takes; how many the service heard of (Resume) */
+        bool told_parked;               /* the service was last told Park: it runs no lease */
+        uint64_t deadline;              /* else: the service's deadline, as we estimate it */
+        uint64_t taken_at;              /* CLOCK_MONOTONIC of the last take */
+} lock_grant;
+
+static void lock_grant_free(void *p) {
+        lock_grant *g = p;
+
+        free(g->name);
+        free(g);
+}
+
 struct lock_agent {
         unsigned n_ref;                 /* atomic */
         pthread_t thread;
         bool thread_started;
+        /* The agent's thread holds it while it runs anything but its wait for events; the
+         * app's thread may take it (trylock, before `mutex`) to send a Release on `bus`. */
+        pthread_mutex_t bus_mutex;
         pthread_mutex_t mutex;
         pthread_cond_t cond;
         int wake_fd;
@@ -64,6 +117,14 @@ struct lock_agent {
         int error;                      /* sticky: why we could not join the service's queue */
         lock_op *ops, *ops_tail;
         GPtrArray *notifications;       /* ipchannel_lock *, each with a reference */
+        GHashTable *grants;             /* lock name → lock_grant * */
+        GHashTable *n_waiting;          /* lock name → requests of ours waiting for it */
+        bool sync_signalled;            /* grants changed; the agent will tell the service */
+        bool notify_signalled;          /* notify_fd was written and not drained since */
+        void (*kick)(void *userdata);   /* wakes the app's loop from inside its dispatch */
+        void *kick_userdata;
+        uint32_t max_locks, max_waiters;        /* for the service we host; 0: default */
+        bool limits_changed;
 
         /* Agent thread only. */
         char *address;
@@ -78,6 +139,9 @@ struct lock_agent {
         sd_bus_slot *reassert_slot;
         sd_event_source *retry_source;  /* re-sends a failed Reassert, re-queues after a failure */
         sd_event_source *pump_source;   /* sends again what a host not yet serving turned away */
+        sd_event_source *sync_source;   /* the next telling of parks and takes */
+        uint64_t synced_at;
+        sd_bus_slot *release_requested_slot;
         char *unique_name;
         char *host;                     /* owner of the service name; NULL if unknown/none */
         char *reasserted_to;            /* the host our last report went to */
@@ -97,6 +161,22 @@ static void fd_drain(int fd) {
         uint64_t v;
 
         (void) !read(fd, &v, sizeof(v));
+}
+
+/* The agent whose notifications the calling thread is dispatching from the app's loop. */
+static __thread lock_agent *dispatching_agent;
+
+/* Mutex held. Wakes the app's loop: from inside its own dispatch (the hot path of a re-take,
+ * where a release or the next synchronize() happens in a body or "done") with the loop's
+ * deferred event, without a syscall; from any other thread through notify_fd, once until the
+ * loop drains it. */
+static void agent_notify_locked(lock_agent *a) {
+        if (a->kick && dispatching_agent == a)
+                a->kick(a->kick_userdata);
+        else if (!a->notify_signalled) {
+                a->notify_signalled = true;
+                fd_signal(a->notify_fd);
+        }
 }
 
 /* ---- requests --------------------------------------------------------------------------- */
@@ -144,19 +224,50 @@ void lock_unref(ipchannel_lock *l) {
                 lock_free(l);   /* may drop the agent's last reference: after the unlock */
 }
 
-/* Called with the mutex held. */
-static void lock_set_state_locked(lock_agent *a, ipchannel_lock *l, lock_state state, uint64_t token,
-                                  int error) {
+static unsigned agent_n_waiting_locked(lock_agent *a, const char *name) {
+        return GPOINTER_TO_UINT(g_hash_table_lookup(a->n_waiting, name));
+}
+
+static void agent_count_waiting_locked(lock_agent *a, ipchannel_lock *l, bool waiting) {
+        unsigned n = agent_n_waiting_locked(a, l->name);
+
+        if (waiting == l->counted)
+                return;
+        l->counted = waiting;
+        n = waiting ? n + 1 : n - 1;
+        if (n == 0)
+                g_hash_table_remove(a->n_waiting, l->name);
+        else
+                g_hash_table_replace(a->n_waiting, g_strdup(l->name), GUINT_TO_POINTER(n));
+}
+
+/* Called with the mutex held. synchronize()'s requests go on the notification list, for the
+ * app's loop; a blocking request only needs its waiter woken (wake: from the agent's thread,
+ * where the waiter may be running the app's loop), if it waited. */
+static void lock_change_locked(lock_agent *a, ipchannel_lock *l, lock_state state, uint64_t token,
+                               int error, bool wake) {
+        bool was_waiting = l->state == LOCK_NEW || l->state == LOCK_WAITING;
+
+        if (state != LOCK_NEW && state != LOCK_WAITING)
+                agent_count_waiting_locked(a, l, false);
         l->state = state;
         l->token = token;
         l->error = error;
-        if (!l->notified && !l->cancelled) {
-                l->notified = true;
-                l->n_ref++;
-                g_ptr_array_add(a->notifications, l);
-                fd_signal(a->notify_fd);
-        }
+        if (l->async) {
+                if (!l->notified && !l->cancelled) {
+                        l->notified = true;
+                        l->n_ref++;
+                        g_ptr_array_add(a->notifications, l);
+                        agent_notify_locked(a);
+                }
+        } else if (wake && was_waiting && !l->cancelled)
+                agent_notify_locked(a);
         pthread_cond_broadcast(&a->cond);
+}
+
+static void lock_set_state_locked(lock_agent *a, ipchannel_lock *l, lock_state state, uint64_t token,
+                                  int error) {
+        lock_change_locked(a, l, state, token, error, true);
 }
 
 static void lock_set_state(lock_agent *a, ipchannel_lock *l, lock_state state, uint64_t token, int error) {
@@ -192,10 +303,103 @@ static void agent_list_remove(lock_agent *a, ipchannel_lock *l) {
         lock_unref(l);          /* the agent's reference */
 }
 
+/* ---- grants ----------------------------------------------------------------------------- */
+
+static uint64_t usec_add(uint64_t a, uint64_t b) {
+        return b == 0 || a >= UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
+/* Mutex held. Asks the agent's thread to tell the service of parks and takes (and to look at
+ * its waiting requests); one wake-up until it has done so. */
+static void agent_request_sync_locked(lock_agent *a) {
+        if (!a->sync_signalled && !a->stopped) {
+                a->sync_signalled = true;
+                fd_signal(a->wake_fd);
+        }
+}
+
+/* Whether g may be parked, or taken again, at now: either the service runs no lease on it, or
+ * that lease has more than the margin left. */
+static bool grant_is_usable(const lock_grant *g, uint64_t now) {
+        uint64_t margin;
+
+        if (g->told_parked || g->lease_usec == 0 || g->deadline == UINT64_MAX)
+                return true;
+        margin = MIN(PARK_MARGIN_USEC, g->lease_usec / 2);
+        return g->deadline > now && g->deadline - now > margin;
+}
+
+/* Mutex held. l takes the parked grant g; quiet: l's taker checks its state itself. */
+static void grant_take_locked(lock_agent *a, lock_grant *g, ipchannel_lock *l, uint64_t now, bool quiet) {
+        g->holder = l;
+        l->n_ref++;             /* the grant's, dropped when it lets go of l */
+        g->n_takes++;
+        g->taken_at = now;
+        lock_change_locked(a, l, LOCK_HELD, g->token, 0, !quiet);
+        if (g->lease_usec != 0)
+                agent_request_sync_locked(a);   /* Resume: the lease restarts */
+}
+
+/* Mutex held. The holder of g is done: g is parked, or, if someone else waits or its lease is
+ * about to end, taken out of `grants`; then the token to release at the service is returned
+ * (0 if parked). The caller drops g's reference on its former holder. */
+static uint64_t grant_let_go_locked(lock_agent *a, lock_grant *g, uint64_t now) {
+        uint64_t token = g->token;
+
+        g->holder = NULL;
+        if (!g->contended && grant_is_usable(g, now)) {
+                if (g->lease_usec != 0 || agent_n_waiting_locked(a, g->name) > 0)
+                        agent_request_sync_locked(a);   /* Park; or hand it to our next waiter */
+                return 0;
+        }
+        g_hash_table_remove(a->grants, g->name);
+        return token;
+}
+
+/* The service no longer counts our grant of name under token (0: any token): forget it, and
+ * tell its holder, if any, that it is lost. */
+static void agent_drop_grant(lock_agent *a, const char *name, uint64_t token, int error) {
+        ipchannel_lock *holder = NULL;
+        lock_grant *g;
+
+        pthread_mutex_lock(&a->mutex);
+        g = g_hash_table_lookup(a->grants, name);
+        if (g && (token == 0 || g->token == token)) {
+                holder = g->holder;
+                if (holder)
+                        lock_set_state_locked(a, holder, LOCK_EXPIRED, g->token, error);
+                g_hash_table_remove(a->grants, name);
+        }
+        pthread_mutex_unlock(&a->mutex);
+        if (holder)
+                lock_unref(holder);
+}
+
+/* Every grant ends (the connection closed, or the agent stops). */
+static void agent_drop_all_grants(lock_agent *a, int error) {
+        g_autoptr(GPtrArray) holders = g_ptr_array_new();
+        GHashTableIter it;
+        lock_grant *g;
+
+        pthread_mutex_lock(&a->mutex);
+        g_hash_table_iter_init(&it, a->grants);
+        while (g_hash_table_iter_next(&it, NULL, (void **) &g)) {
+                if (g->holder) {
+                        lock_set_state_locked(a, g->holder, LOCK_EXPIRED, g->token, error);
+                        g_ptr_array_add(holders, g->holder);
+                }
+                g_hash_table_iter_remove(&it);
+        }
+        pthread_mutex_unlock(&a->mutex);
+        for (guint i = 0; i < holders->len; i++)
+                lock_unref(g_ptr_array_index(holders, i));
+}
+
 /* ---- talking to the service ------------------------------------------------------------- */
 
 static void agent_pump(lock_agent *a);
 static void agent_pump_later(lock_agent *a);
+static void agent_apply_limits(lock_agent *a);
 static void agent_lost(lock_agent *a);
 
 static bool agent_ready(lock_agent *a) {
@@ -207,12 +411,120 @@ static int errno_of_reply(sd_bus_message *reply) {
         return r > 0 ? -r : -EIO;
 }
 
+/* Release, Park, Resume: one-way calls, so that nobody waits for them and the service sends
+ * nothing back. */
+static void agent_send_oneway(lock_agent *a, const char *member, const char *name, uint64_t token) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+
+        if (sd_bus_message_new_method_call(a->bus, &m, a->service_name, a->service_path,
+                                           IPCHANNEL_LOCK_INTERFACE, member) < 0 ||
+            sd_bus_message_set_expect_reply(m, false) < 0 || sd_bus_message_append(m, "st", name, token) < 0)
+                return;
+        (void) sd_bus_send(a->bus, m, NULL);
+}
+
 static void agent_send_release(lock_agent *a, const char *name, uint64_t token) {
         if (!agent_ready(a))
                 return;     /* the grant went with the connection or the host anyway */
-        (void) sd_bus_call_method_async(a->bus, NULL, a->service_name, a->service_path,
-                                        IPCHANNEL_LOCK_INTERFACE, "Release", NULL, NULL, "st", name,
-                                        token);
+        agent_send_oneway(a, "Release", name, token);
+}
+
+/* Tells the service which grants were parked or taken again since last time. */
+static void agent_sync(lock_agent *a) {
+        typedef struct told {
+                char *name;
+                uint64_t token;
+                bool park;
+        } told;
+        g_autoptr(GArray) out = g_array_new(FALSE, FALSE, sizeof(told));
+        uint64_t now = clock_usec(CLOCK_MONOTONIC);
+        GHashTableIter it;
+        lock_grant *g;
+        bool ready = agent_ready(a);
+
+        a->synced_at = now;
+        pthread_mutex_lock(&a->mutex);
+        a->sync_signalled = false;
+        g_hash_table_iter_init(&it, a->grants);
+        while (ready && g_hash_table_iter_next(&it, NULL, (void **) &g)) {
+                told t;
+
+                if (g->lease_usec == 0)
+                        continue;       /* no lease to stop or restart */
+                if (!g->holder && !g->told_parked)
+                        g->told_parked = true;
+                else if (g->holder && (g->told_parked || g->n_takes != g->n_takes_told)) {
+                        g->told_parked = false;
+                        g->n_takes_told = g->n_takes;
+                        g->deadline = usec_add(now, g->lease_usec);
+                } else
+                        continue;
+                t = (told) { .name = strdup(g->name), .token = g->token, .park = g->told_parked };
+                if (t.name)
+                        g_array_append_val(out, t);
+        }
+        pthread_mutex_unlock(&a->mutex);
+        /* Not ready: the report to the next host (agent_reassert) says it all. */
+        for (guint i = 0; i < out->len; i++) {
+                told *t = &g_array_index(out, told, i);
+
+                agent_send_oneway(a, t->park ? "Park" : "Resume", t->name, t->token);
+                free(t->name);
+        }
+}
+
+static int on_sync(sd_event_source *s, uint64_t usec, void *userdata) {
+        lock_agent *a = userdata;
+
+        a->sync_source = sd_event_source_disable_unref(a->sync_source);
+        agent_sync(a);
+        agent_pump(a);
+        return 0;
+}
+
+/* At most once per SYNC_INTERVAL_USEC: a stream of re-takes costs the bus little. */
+static void agent_schedule_sync(lock_agent *a) {
+        uint64_t now = clock_usec(CLOCK_MONOTONIC), next = usec_add(a->synced_at, SYNC_INTERVAL_USEC);
+
+        if (a->sync_source)
+                return;
+        if (now >= next ||
+            sd_event_add_time(a->event, &a->sync_source, CLOCK_MONOTONIC, next, 0, on_sync, a) < 0)
+                agent_sync(a);
+}
+
+/* l's Acquire was answered: the grant is ours, in use by l. */
+static void agent_grant_add(lock_agent *a, ipchannel_lock *l, uint64_t token, bool contended) {
+        uint64_t now = clock_usec(CLOCK_MONOTONIC);
+        lock_grant *g = malloc(sizeof(*g));
+
+        if (g)
+                *g = (lock_grant) {
+                        .name = strdup(l->name),
+                        .token = token,
+                        .lease_usec = l->lease_usec,
+                        .holder = l,
+                        .contended = contended,
+                        .n_takes = 1,
+                        .n_takes_told = 1,
+                        /* Read a little after the service made it: the margin covers that. */
+                        .deadline = usec_add(now, l->lease_usec),
+                        .taken_at = now,
+                };
+        if (!g || !g->name) {
+                free(g);
+                agent_send_release(a, l->name, token);
+                lock_set_state(a, l, LOCK_FAILED, 0, -ENOMEM);
+                agent_list_remove(a, l);
+                agent_pump(a);
+                return;
+        }
+        pthread_mutex_lock(&a->mutex);
+        l->n_ref++;             /* the grant's */
+        g_hash_table_replace(a->grants, g->name, g);
+        lock_set_state_locked(a, l, LOCK_HELD, token, 0);
+        pthread_mutex_unlock(&a->mutex);
+        agent_list_remove(a, l);        /* held requests live in `grants` */
 }
 
 static int on_acquire_reply(sd_bus_message *reply, void *userdata, sd_bus_error *ret_error) {
@@ -221,6 +533,7 @@ static int on_acquire_reply(sd_bus_message *reply, void *userdata, sd_bus_error 
         const sd_bus_error *e;
         bool cancelled;
         uint64_t token;
+        int contended;
 
         l->call_slot = sd_bus_slot_unref(l->call_slot);
         lock_get_state(a, l, &cancelled);
@@ -256,7 +569,7 @@ static int on_acquire_reply(sd_bus_message *reply, void *userdata, sd_bus_error 
                 return 0;
         }
 
-        if (sd_bus_message_read(reply, "t", &token) < 0) {
+        if (sd_bus_message_read(reply, "tb", &token, &contended) < 0) {
                 lock_set_state(a, l, LOCK_FAILED, 0, -EBADMSG);
                 agent_list_remove(a, l);
                 agent_pump(a);
@@ -277,8 +590,7 @@ static int on_acquire_reply(sd_bus_message *reply, void *userdata, sd_bus_error 
                 return 0;
         }
 
-        l->granted_at = clock_usec(CLOCK_MONOTONIC);
-        lock_set_state(a, l, LOCK_HELD, token, 0);
+        agent_grant_add(a, l, token, contended);
         return 0;
 }
 
@@ -302,7 +614,7 @@ static int agent_send_acquire(lock_agent *a, ipchannel_lock *l) {
         int r;
 
         r = sd_bus_message_new_method_call(a->bus, &m, a->service_name, a->service_path,
-                                           IPCHANNEL_LOCK_INTERFACE, "Acquire");
+                                           IPCHANNEL_LOCK_INTERFACE, "AcquireCached");
         if (r < 0)
                 return r;
         r = sd_bus_message_append(m, "st", l->name, l->lease_usec);
@@ -317,6 +629,32 @@ static int agent_send_acquire(lock_agent *a, ipchannel_lock *l) {
         l->sent_to = strdup(a->host);
         lock_set_state(a, l, LOCK_WAITING, 0, 0);
         return 0;
+}
+
+/* 1: l took our parked grant of its lock; -EBUSY: the grant is in use here; 0: we have none
+ * (a parked one that may not be taken again is released first). */
+static int agent_take_parked(lock_agent *a, ipchannel_lock *l) {
+        uint64_t now = clock_usec(CLOCK_MONOTONIC), release = 0;
+        lock_grant *g;
+        int r = 0;
+
+        pthread_mutex_lock(&a->mutex);
+        g = g_hash_table_lookup(a->grants, l->name);
+        if (g && g->holder)
+                r = -EBUSY;
+        else if (g && grant_is_usable(g, now)) {
+                grant_take_locked(a, g, l, now, false);
+                r = 1;
+        } else if (g) {
+                release = g->token;
+                g_hash_table_remove(a->grants, l->name);
+        }
+        pthread_mutex_unlock(&a->mutex);
+        if (release)
+                agent_send_release(a, l->name, release);
+        if (r > 0)
+                agent_list_remove(a, l);
+        return r;
 }
 
 /* Sends Acquire for every request that may go to the service now: the first live request for
@@ -347,6 +685,8 @@ static void agent_pump(lock_agent *a) {
                 g_hash_table_add(busy, l->name);
                 if (s == LOCK_HELD || l->call_slot)
                         continue;
+                if (agent_take_parked(a, l) != 0)
+                        continue;       /* taken, or in use here */
 
                 r = agent_send_acquire(a, l);
                 if (r == -ENOTCONN || r == -ECONNRESET)
@@ -387,47 +727,48 @@ static int on_reassert_reply(sd_bus_message *reply, void *userdata, sd_bus_error
                 return 0;
         /* The new host gave these to someone else first: our grants of them are void. */
         while (sd_bus_message_read_basic(reply, 's', &name) > 0)
-                for (ipchannel_lock *l = a->locks; l; l = l->agent_next) {
-                        uint64_t token;
-                        int error;
-
-                        if (strcmp(l->name, name) == 0 &&
-                            lock_agent_get_state(a, l, &token, &error) == LOCK_HELD)
-                                lock_set_state(a, l, LOCK_EXPIRED, token, -ETIME);
-                }
+                agent_drop_grant(a, name, 0, -ETIME);
+        agent_pump(a);
         return 0;
 }
 
-/* Tells a (new) host what this process holds, so it can grant safely. Sent on every owner
- * change, also when empty: the host waits for a report from every queued connection. */
+/* Tells a (new) host what this process holds, so it can grant safely: every grant, parked or
+ * in use (lock, token, lease left, full lease, parked). Sent on every owner change, also when
+ * empty: the host waits for a report from every queued connection. */
 static void agent_reassert(lock_agent *a) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         uint64_t now = clock_usec(CLOCK_MONOTONIC);
+        GHashTableIter it;
+        lock_grant *g;
         int r;
 
         r = sd_bus_message_new_method_call(a->bus, &m, a->service_name, a->service_path,
-                                           IPCHANNEL_LOCK_INTERFACE, "Reassert");
+                                           IPCHANNEL_LOCK_INTERFACE, "ReassertCached");
         if (r < 0)
                 return;
-        r = sd_bus_message_open_container(m, 'a', "(stt)");
-        for (ipchannel_lock *l = a->locks; l && r >= 0; l = l->agent_next) {
-                uint64_t token;
-                int error;
+        r = sd_bus_message_open_container(m, 'a', "(stttb)");
+        pthread_mutex_lock(&a->mutex);
+        g_hash_table_iter_init(&it, a->grants);
+        while (r >= 0 && g_hash_table_iter_next(&it, NULL, (void **) &g)) {
+                bool parked = !g->holder;
+                uint64_t left = 0;      /* 0: no lease (a parked grant runs none) */
 
-                if (lock_agent_get_state(a, l, &token, &error) != LOCK_HELD)
-                        continue;
-                /* Counted from when we read the grant, which is after the host made it: the new
-                 * host's deadline is, if anything, later than the old one, never earlier. */
-                uint64_t left = 0;      /* 0: no lease */
-                if (l->lease_usec != 0) {
-                        uint64_t end = l->granted_at + l->lease_usec;
-                        if (end < l->granted_at)
-                                left = 0;       /* beyond any clock: as good as none */
-                        else
-                                left = MAX(end, now + 1) - now;
+                if (!parked && g->lease_usec != 0) {
+                        /* From the last take, or what the old host runs if that is later: the
+                         * new host's deadline is, if anything, later than the old one. */
+                        uint64_t end = usec_add(g->taken_at, g->lease_usec);
+                        if (!g->told_parked)
+                                end = MAX(end, g->deadline);
+                        left = end == UINT64_MAX ? 0 : MAX(end, now + 1) - now;
                 }
-                r = sd_bus_message_append(m, "(stt)", l->name, token, left);
+                r = sd_bus_message_append(m, "(stttb)", g->name, g->token, left, g->lease_usec, (int) parked);
+                /* What the new host believes from now on. */
+                g->told_parked = parked;
+                g->n_takes_told = g->n_takes;
+                if (!parked)
+                        g->deadline = left == 0 ? UINT64_MAX : now + left;
         }
+        pthread_mutex_unlock(&a->mutex);
         if (r >= 0)
                 r = sd_bus_message_close_container(m);
         if (r < 0)
@@ -478,6 +819,8 @@ static void agent_set_host(lock_agent *a, const char *host) {
                 a->service = lock_service_free(a->service);
         if (is_self && !a->service) {
                 r = lock_service_new(&a->service, a->bus, a->service_path, a->service_name, true);
+                if (r >= 0)
+                        agent_apply_limits(a);
                 if (r < 0) {
                         /* Holding the name without serving it would stall everyone: give it to
                          * the next in the queue, and queue again a little later. */
@@ -514,17 +857,38 @@ static int on_lease_expired(sd_bus_message *m, void *userdata, sd_bus_error *ret
 
         if (!a->host || g_strcmp0(sd_bus_message_get_sender(m), a->host) != 0)
                 return 0;       /* only the current host speaks for the leases */
+        if (sd_bus_message_read(m, "st", &name, &token) < 0 || token == 0)
+                return 0;
+        agent_drop_grant(a, name, token, -ETIME);
+        agent_pump(a);
+        return 0;
+}
+
+/* Someone else waits for a lock we hold: give it back now if parked, else at the local release. */
+static int on_release_requested(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        lock_agent *a = userdata;
+        const char *name;
+        uint64_t token, release = 0;
+        lock_grant *g;
+
+        if (!a->host || g_strcmp0(sd_bus_message_get_sender(m), a->host) != 0)
+                return 0;
         if (sd_bus_message_read(m, "st", &name, &token) < 0)
                 return 0;
-        for (ipchannel_lock *l = a->locks; l; l = l->agent_next) {
-                uint64_t t;
-                int error;
-
-                if (strcmp(l->name, name) == 0 && lock_agent_get_state(a, l, &t, &error) == LOCK_HELD &&
-                    t == token) {
-                        lock_set_state(a, l, LOCK_EXPIRED, token, -ETIME);
-                        break;
+        pthread_mutex_lock(&a->mutex);
+        g = g_hash_table_lookup(a->grants, name);
+        if (g && g->token == token) {
+                if (g->holder)
+                        g->contended = true;
+                else {
+                        release = token;
+                        g_hash_table_remove(a->grants, name);
                 }
+        }
+        pthread_mutex_unlock(&a->mutex);
+        if (release) {
+                agent_send_release(a, name, release);
+                agent_pump(a);
         }
         return 0;
 }
@@ -597,6 +961,7 @@ static void agent_disconnect(lock_agent *a) {
         a->filter_slot = sd_bus_slot_unref(a->filter_slot);
         a->noc_slot = sd_bus_slot_unref(a->noc_slot);
         a->expired_slot = sd_bus_slot_unref(a->expired_slot);
+        a->release_requested_slot = sd_bus_slot_unref(a->release_requested_slot);
         a->request_slot = sd_bus_slot_unref(a->request_slot);
         a->owner_slot = sd_bus_slot_unref(a->owner_slot);
         a->reassert_slot = sd_bus_slot_unref(a->reassert_slot);
@@ -616,13 +981,7 @@ static void agent_lost(lock_agent *a) {
         agent_disconnect(a);
 
         /* The grants went with the connection: the service released them when it closed. */
-        for (ipchannel_lock *l = a->locks; l; l = l->agent_next) {
-                uint64_t token;
-                int error;
-
-                if (lock_agent_get_state(a, l, &token, &error) == LOCK_HELD)
-                        lock_set_state(a, l, LOCK_EXPIRED, token, -ECONNRESET);
-        }
+        agent_drop_all_grants(a, -ECONNRESET);
 
         a->reconnect_usec = RECONNECT_USEC_MIN;
         a->reconnect_source = sd_event_source_disable_unref(a->reconnect_source);
@@ -649,7 +1008,7 @@ static int agent_request_name(lock_agent *a) {
 
 static int agent_connect(lock_agent *a) {
         _cleanup_(sd_bus_unrefp) sd_bus *bus = NULL;
-        g_autofree char *noc = NULL, *expired = NULL;
+        g_autofree char *noc = NULL, *expired = NULL, *requested = NULL;
         const char *u;
         int r;
 
@@ -679,6 +1038,11 @@ static int agent_connect(lock_agent *a) {
         expired = g_strdup_printf("type='signal',interface='" IPCHANNEL_LOCK_INTERFACE "',"
                                   "member='LeaseExpired',path='%s'", a->service_path);
         r = sd_bus_add_match_async(a->bus, &a->expired_slot, expired, on_lease_expired, NULL, a);
+        if (r < 0)
+                goto fail;
+        requested = g_strdup_printf("type='signal',interface='" IPCHANNEL_LOCK_INTERFACE "',"
+                                    "member='ReleaseRequested',path='%s'", a->service_path);
+        r = sd_bus_add_match_async(a->bus, &a->release_requested_slot, requested, on_release_requested, NULL, a);
         if (r < 0)
                 goto fail;
         r = agent_request_name(a);
@@ -720,23 +1084,51 @@ static void agent_do_op(lock_agent *a, lock_op *o) {
                 l = NULL;       /* the op's reference is now the list's */
                 break;
 
-        case OP_RELEASE:
-                if (lock_agent_get_state(a, l, &token, &error) == LOCK_HELD && l->on_list)
-                        agent_send_release(a, l->name, token);
-                /* Also when it is no longer ours (failed, expired): the app's "done" waits
-                 * for this state. */
-                lock_set_state(a, l, LOCK_RELEASED, token, 0);
+        case OP_RELEASE: {
+                uint64_t release;
+
+                /* A grant someone else waits for, handed back by lock_agent_release(); else the
+                 * request is no longer ours (failed, expired): the app's "done" waits for
+                 * RELEASED anyway. */
+                pthread_mutex_lock(&a->mutex);
+                release = l->release_token;
+                l->release_token = 0;
+                if (l->state != LOCK_RELEASED)
+                        lock_set_state_locked(a, l, LOCK_RELEASED, l->token, 0);
+                pthread_mutex_unlock(&a->mutex);
+                if (release)
+                        agent_send_release(a, l->name, release);
                 if (l->on_list)
                         agent_list_remove(a, l);
                 break;
+        }
 
         case OP_CANCEL:
+                if (lock_agent_get_state(a, l, &token, &error) == LOCK_HELD) {
+                        /* Granted just before the app gave up: let go of it as a release would. */
+                        uint64_t release = 0;
+                        ipchannel_lock *unref = NULL;
+                        lock_grant *g;
+
+                        pthread_mutex_lock(&a->mutex);
+                        g = g_hash_table_lookup(a->grants, l->name);
+                        if (g && g->holder == l) {
+                                release = grant_let_go_locked(a, g, clock_usec(CLOCK_MONOTONIC));
+                                unref = l;
+                        }
+                        lock_set_state_locked(a, l, LOCK_FAILED, 0, -ETIMEDOUT);
+                        pthread_mutex_unlock(&a->mutex);
+                        if (release)
+                                agent_send_release(a, l->name, release);
+                        if (unref)
+                                lock_unref(unref);
+                        if (l->on_list)
+                                agent_list_remove(a, l);
+                        break;
+                }
                 if (!l->on_list)
                         break;
                 switch (lock_agent_get_state(a, l, &token, &error)) {
-                case LOCK_HELD:
-                        agent_send_release(a, l->name, token);
-                        _fallthrough_;
                 case LOCK_EXPIRED:
                 case LOCK_NEW:
                         lock_set_state(a, l, LOCK_FAILED, 0, -ETIMEDOUT);
@@ -767,10 +1159,26 @@ static void agent_do_op(lock_agent *a, lock_op *o) {
         agent_pump(a);
 }
 
+/* The limits the app set, on the service we host. */
+static void agent_apply_limits(lock_agent *a) {
+        uint32_t locks, waiters;
+
+        pthread_mutex_lock(&a->mutex);
+        locks = a->max_locks;
+        waiters = a->max_waiters;
+        a->limits_changed = false;
+        pthread_mutex_unlock(&a->mutex);
+        if (a->service)
+                (void) lock_service_set_limits(a->service, locks ?: LOCKQUEUE_MAX_LOCKS_PER_OWNER_DEFAULT,
+                                               waiters ?: LOCKQUEUE_MAX_WAITERS_PER_LOCK_DEFAULT);
+}
+
 static int on_wake(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         lock_agent *a = userdata;
         lock_op *ops;
         bool quit;
+
+        bool sync, limits;
 
         fd_drain(a->wake_fd);
         pthread_mutex_lock(&a->mutex);
@@ -779,28 +1187,60 @@ static int on_wake(sd_event_source *s, int fd, uint32_t revents, void *userdata)
         for (lock_op *o = ops; o; o = o->next)
                 o->posted = false;
         quit = a->quit;
+        sync = a->sync_signalled;
+        limits = a->limits_changed;
         pthread_mutex_unlock(&a->mutex);
 
+        if (limits)
+                agent_apply_limits(a);
         while (ops) {
                 lock_op *o = ops;
                 ops = o->next;
                 o->next = NULL;
                 agent_do_op(a, o);
         }
+        if (sync) {
+                agent_pump(a);  /* a parked grant may go to a request of ours that waits */
+                agent_schedule_sync(a);
+        }
         if (quit)
                 sd_event_exit(a->event, 0);
         return 0;
 }
 
+/* sd_event_loop(), with bus_mutex held except while waiting. */
+static void agent_run(lock_agent *a) {
+        for (;;) {
+                bool finished;
+                int r;
+
+                pthread_mutex_lock(&a->bus_mutex);
+                r = sd_event_prepare(a->event);
+                if (r == 0) {
+                        pthread_mutex_unlock(&a->bus_mutex);
+                        r = sd_event_wait(a->event, UINT64_MAX);
+                        pthread_mutex_lock(&a->bus_mutex);
+                }
+                if (r > 0)
+                        r = sd_event_dispatch(a->event);
+                finished = r < 0 || sd_event_get_state(a->event) == SD_EVENT_FINISHED;
+                pthread_mutex_unlock(&a->bus_mutex);
+                if (finished)
+                        return;
+        }
+}
+
 static void *agent_thread(void *userdata) {
         lock_agent *a = userdata;
 
+        pthread_mutex_lock(&a->bus_mutex);
         if (agent_connect(a) < 0) {
                 a->reconnect_usec = RECONNECT_USEC_MIN;
                 (void) sd_event_add_time_relative(a->event, &a->reconnect_source, CLOCK_MONOTONIC,
                                                   a->reconnect_usec, 0, on_reconnect, a);
         }
-        (void) sd_event_loop(a->event);
+        pthread_mutex_unlock(&a->bus_mutex);
+        agent_run(a);
 
         /* From here on the app's ops are refused; those already posted are answered. */
         pthread_mutex_lock(&a->mutex);
@@ -808,7 +1248,9 @@ static void *agent_thread(void *userdata) {
         lock_op *ops = a->ops;
         a->ops = a->ops_tail = NULL;
         pthread_mutex_unlock(&a->mutex);
+        pthread_mutex_lock(&a->bus_mutex);
         agent_disconnect(a);
+        pthread_mutex_unlock(&a->bus_mutex);
         while (ops) {
                 lock_op *o = ops;
                 ops = o->next;
@@ -825,6 +1267,7 @@ static void *agent_thread(void *userdata) {
                 lock_set_state(a, l, LOCK_FAILED, 0, -ECONNRESET);
                 agent_list_remove(a, l);
         }
+        agent_drop_all_grants(a, -ECONNRESET);
         return NULL;
 }
 
@@ -842,10 +1285,13 @@ int lock_agent_new(lock_agent **ret, const char *address, const char *prefix, co
                 .wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
                 .notify_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
                 .notifications = g_ptr_array_new(),
+                .grants = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, lock_grant_free),
+                .n_waiting = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
                 .address = strdup(address),
                 .service_name = names_locks(prefix, app),
                 .service_path = names_locks_path(prefix, app),
         };
+        pthread_mutex_init(&a->bus_mutex, NULL);
         pthread_mutex_init(&a->mutex, NULL);
         pthread_cond_init(&a->cond, NULL);
         if (a->wake_fd < 0 || a->notify_fd < 0 || !a->address || !a->service_name || !a->service_path) {
@@ -898,12 +1344,18 @@ static void agent_free(lock_agent *a) {
         lock_agent_stop(a);
         if (a->notifications)
                 g_ptr_array_unref(a->notifications);
+        if (a->grants)
+                g_hash_table_unref(a->grants);
+        if (a->n_waiting)
+                g_hash_table_unref(a->n_waiting);
+        sd_event_source_disable_unref(a->sync_source);
 
         sd_event_source_disable_unref(a->wake_source);
         sd_event_source_disable_unref(a->reconnect_source);
         sd_event_unref(a->event);
         safe_close(a->wake_fd);
         safe_close(a->notify_fd);
+        pthread_mutex_destroy(&a->bus_mutex);
         pthread_mutex_destroy(&a->mutex);
         pthread_cond_destroy(&a->cond);
         free(a->address);
@@ -931,8 +1383,11 @@ int lock_agent_get_notify_fd(lock_agent *a) {
 GPtrArray *lock_agent_take_notifications(lock_agent *a) {
         GPtrArray *taken = NULL;
 
-        fd_drain(a->notify_fd);
         pthread_mutex_lock(&a->mutex);
+        if (a->notify_signalled) {
+                a->notify_signalled = false;
+                fd_drain(a->notify_fd);
+        }
         if (a->notifications->len > 0) {
                 taken = a->notifications;
                 a->notifications = g_ptr_array_new();
@@ -943,11 +1398,10 @@ GPtrArray *lock_agent_take_notifications(lock_agent *a) {
         return taken;
 }
 
-static int agent_post(lock_agent *a, lock_op_kind kind, ipchannel_lock *l) {
+static int agent_post_locked(lock_agent *a, lock_op_kind kind, ipchannel_lock *l) {
         lock_op *o = &l->ops[kind];
         int r = 0;
 
-        pthread_mutex_lock(&a->mutex);
         if (a->stopped)
                 r = -ECONNRESET;        /* the channel is gone; so are its grants */
         else if (kind == OP_SUBMIT && a->error < 0)
@@ -964,22 +1418,109 @@ static int agent_post(lock_agent *a, lock_op_kind kind, ipchannel_lock *l) {
                         a->ops = o;
                 a->ops_tail = o;
         }
-        pthread_mutex_unlock(&a->mutex);
         if (r == 0)
                 fd_signal(a->wake_fd);
         return r;
 }
 
+static int agent_post(lock_agent *a, lock_op_kind kind, ipchannel_lock *l) {
+        int r;
+
+        pthread_mutex_lock(&a->mutex);
+        r = agent_post_locked(a, kind, l);
+        pthread_mutex_unlock(&a->mutex);
+        return r;
+}
+
 int lock_agent_submit(lock_agent *a, ipchannel_lock *l) {
-        return agent_post(a, OP_SUBMIT, l);
+        lock_grant *g = NULL;
+        uint64_t now;
+        int r = 0;
+
+        pthread_mutex_lock(&a->mutex);
+        if (!a->stopped && a->error >= 0 && agent_n_waiting_locked(a, l->name) == 0)
+                g = g_hash_table_lookup(a->grants, l->name);
+        if (g && !g->holder && grant_is_usable(g, now = clock_usec(CLOCK_MONOTONIC)))
+                /* The re-take: no bus, no agent thread. */
+                grant_take_locked(a, g, l, now, true);
+        else {
+                r = agent_post_locked(a, OP_SUBMIT, l);
+                if (r >= 0)
+                        agent_count_waiting_locked(a, l, true);
+        }
+        pthread_mutex_unlock(&a->mutex);
+        return r;
 }
 
 void lock_agent_release(lock_agent *a, ipchannel_lock *l) {
-        (void) agent_post(a, OP_RELEASE, l);
+        lock_grant *g;
+        bool let_go = false, direct;
+
+        /* A grant someone else waits for goes back from this thread, on the agent's bus, if
+         * the agent's thread is waiting for events (then it does not hold bus_mutex, which it
+         * holds whenever it uses the bus): the next holder does not wait for that thread to
+         * wake up. If it is busy, it is awake anyway: the Release is posted to it. A parked
+         * grant needs neither. */
+        pthread_mutex_lock(&a->mutex);
+        g = g_hash_table_lookup(a->grants, l->name);
+        direct = g && g->holder == l && (g->contended || !grant_is_usable(g, clock_usec(CLOCK_MONOTONIC)));
+        pthread_mutex_unlock(&a->mutex);
+        if (direct && pthread_mutex_trylock(&a->bus_mutex) != 0)
+                direct = false;
+
+        pthread_mutex_lock(&a->mutex);
+        g = g_hash_table_lookup(a->grants, l->name);
+        if (g && g->holder == l) {
+                uint64_t token = g->token, release;
+
+                let_go = true;
+                release = grant_let_go_locked(a, g, clock_usec(CLOCK_MONOTONIC));
+                if (release != 0 && direct && agent_ready(a)) {
+                        uint64_t queued = 0;
+
+                        agent_send_release(a, l->name, release);
+                        if (sd_bus_get_n_queued_write(a->bus, &queued) >= 0 && queued > 0)
+                                fd_signal(a->wake_fd);  /* the agent's loop must wait to write */
+                        if (agent_n_waiting_locked(a, l->name) > 0)
+                                agent_request_sync_locked(a);   /* our next request may ask now */
+                        release = 0;
+                }
+                l->release_token = release;
+                lock_set_state_locked(a, l, LOCK_RELEASED, token, 0);
+                l->n_ref--;     /* the grant's; the caller still holds its own */
+        }
+        /* Sent, or posted, under the mutex, so that a Release goes out before any later
+         * Acquire of ours. */
+        if (!let_go || l->release_token != 0)
+                (void) agent_post_locked(a, OP_RELEASE, l);
+        pthread_mutex_unlock(&a->mutex);
+        if (direct)
+                pthread_mutex_unlock(&a->bus_mutex);
+}
+
+void lock_agent_set_kick(lock_agent *a, void (*kick)(void *userdata), void *userdata) {
+        pthread_mutex_lock(&a->mutex);
+        a->kick = kick;
+        a->kick_userdata = userdata;
+        pthread_mutex_unlock(&a->mutex);
+}
+
+void lock_agent_set_dispatching(lock_agent *a, bool dispatching) {
+        dispatching_agent = dispatching ? a : NULL;
 }
 
 void lock_agent_cancel(lock_agent *a, ipchannel_lock *l) {
         (void) agent_post(a, OP_CANCEL, l);
+}
+
+void lock_agent_set_limits(lock_agent *a, uint32_t max_locks_per_connection, uint32_t max_waiters_per_lock) {
+        pthread_mutex_lock(&a->mutex);
+        a->max_locks = max_locks_per_connection;
+        a->max_waiters = max_waiters_per_lock;
+        a->limits_changed = true;
+        if (!a->stopped)
+                fd_signal(a->wake_fd);
+        pthread_mutex_unlock(&a->mutex);
 }
 
 void lock_agent_wait(lock_agent *a, ipchannel_lock *l, uint64_t deadline) {

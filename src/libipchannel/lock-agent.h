@@ -52,13 +52,14 @@ struct ipchannel_lock {
         bool notified;                  /* agent lock: on the app's notification list */
         bool cancelled;                 /* agent lock: the app gave up waiting */
         bool done_pending;              /* agent lock: "done" waits for the app's loop */
+        bool counted;                   /* agent lock: in the agent's count of local waits */
+        uint64_t release_token;         /* agent lock: the agent sends Release for this grant */
         int done_error;
         lock_op ops[_OP_MAX];           /* agent lock */
 
         /* Agent thread only. */
         void *call_slot;                /* sd_bus_slot * of the Acquire call in flight */
         char *sent_to;                  /* the host the Acquire in flight went to */
-        uint64_t granted_at;            /* CLOCK_MONOTONIC usec when the grant was read */
         bool on_list;
         ipchannel_lock *agent_next;     /* the agent's list of live requests */
         ipchannel_lock *agent_prev;
@@ -86,14 +87,24 @@ void lock_agent_stop(lock_agent *a);
 
 /* An fd that becomes readable when lock_agent_take_notifications() has something. */
 int lock_agent_get_notify_fd(lock_agent *a);
+/* kick, if set, wakes the app's loop (e.g. enables a deferred event) without a syscall; it is
+ * called only from inside the app's dispatch of notifications (see below), on the loop's
+ * thread, with the agent's mutex held. NULL: notify_fd only. */
+void lock_agent_set_kick(lock_agent *a, void (*kick)(void *userdata), void *userdata);
+/* The calling thread is (true) or is no longer (false) dispatching a's notifications from the
+ * app's loop. */
+void lock_agent_set_dispatching(lock_agent *a, bool dispatching);
 /* Returns the requests whose state changed since the last call, each with a reference the
  * caller drops with lock_unref(); NULL if none. Free the array with g_ptr_array_unref(). */
 GPtrArray *lock_agent_take_notifications(lock_agent *a);
 
-/* Hands a request to the agent (takes its own reference). Fails with the agent's sticky error
- * if it could not join the service's queue. */
+/* Hands a request to the agent (takes its own reference). If this process keeps the lock's
+ * grant parked and nobody here waits for it before, the request takes it at once, from this
+ * thread (its state is LOCK_HELD on return, and a notification is queued). Fails with the
+ * agent's sticky error if it could not join the service's queue. */
 int lock_agent_submit(lock_agent *a, ipchannel_lock *l);
-/* The holder is done with it: the agent releases the grant. */
+/* The holder is done with it: the grant is parked here (from this thread) unless someone else
+ * waits for it, else the agent releases it. */
 void lock_agent_release(lock_agent *a, ipchannel_lock *l);
 /* The app gave up waiting: the agent withdraws the request, or releases it if granted. */
 void lock_agent_cancel(lock_agent *a, ipchannel_lock *l);
@@ -103,6 +114,9 @@ void lock_agent_wait(lock_agent *a, ipchannel_lock *l, uint64_t deadline);
 
 /* Reads state/token/error consistently. */
 lock_state lock_agent_get_state(lock_agent *a, ipchannel_lock *l, uint64_t *ret_token, int *ret_error);
+
+/* Limits of the lock service while this agent hosts it (0: the default), now and later. */
+void lock_agent_set_limits(lock_agent *a, uint32_t max_locks_per_connection, uint32_t max_waiters_per_lock);
 
 ipchannel_lock *lock_new(lock_agent *a, const char *name, uint64_t lease_usec);
 void lock_unref(ipchannel_lock *l);

@@ -23,6 +23,7 @@ struct lock_client {
         lock_agent *agent;
         pthread_t loop_thread;          /* the thread that started it: the loop's thread */
         sd_event_source *event_source;
+        sd_event_source *kick_source;   /* deferred: notifications made inside the dispatch */
         GSource *glib_source;
 };
 
@@ -42,6 +43,7 @@ static void lock_client_dispatch(ipchannel *ch) {
         g_autoptr(GPtrArray) changed = lock_agent_take_notifications(c->agent);
 
         ipchannel_ref(ch);
+        lock_agent_set_dispatching(c->agent, true);
         for (guint i = 0; changed && i < changed->len; i++) {
                 ipchannel_lock *l = g_ptr_array_index(changed, i);
                 uint64_t token;
@@ -74,12 +76,24 @@ static void lock_client_dispatch(ipchannel *ch) {
                 }
                 lock_unref(l);          /* the notification's reference */
         }
+        lock_agent_set_dispatching(c->agent, false);
         ipchannel_unref(ch);
 }
 
 static int on_notify_event(sd_event_source *s, int fd, uint32_t revents, void *userdata) {
         lock_client_dispatch(userdata);
         return 0;
+}
+
+static int on_kick_event(sd_event_source *s, void *userdata) {
+        lock_client_dispatch(userdata);
+        return 0;
+}
+
+static void lock_client_kick(void *userdata) {
+        lock_client *c = userdata;
+
+        (void) sd_event_source_set_enabled(c->kick_source, SD_EVENT_ONESHOT);
 }
 
 static gboolean on_notify_glib(gint fd, GIOCondition condition, gpointer userdata) {
@@ -128,11 +142,18 @@ int lock_client_start(ipchannel *ch) {
                                     on_notify_event, ch);
                 if (r < 0)
                         goto fail;
+                r = sd_event_add_defer(e, &c->kick_source, on_kick_event, ch);
+                if (r < 0)
+                        goto fail;
+                (void) sd_event_source_set_enabled(c->kick_source, SD_EVENT_OFF);
+                lock_agent_set_kick(c->agent, lock_client_kick, c);
         }
         *pc = c;
         return 0;
 
 fail:
+        c->event_source = sd_event_source_disable_unref(c->event_source);
+        c->kick_source = sd_event_source_disable_unref(c->kick_source);
         lock_agent_stop(c->agent);
         lock_agent_unref(c->agent);
         free(c);
@@ -144,7 +165,9 @@ void lock_client_free(ipchannel *ch) {
 
         if (!c)
                 return;
+        lock_agent_set_kick(c->agent, NULL, NULL);
         c->event_source = sd_event_source_disable_unref(c->event_source);
+        c->kick_source = sd_event_source_disable_unref(c->kick_source);
         if (c->glib_source) {
                 g_source_destroy(c->glib_source);
                 g_source_unref(c->glib_source);
@@ -322,6 +345,20 @@ _public_ int ipchannel_lock_release(ipchannel_lock *l, int error) {
         lock_agent_release(l->agent, l);
         lock_unref(l);          /* the caller's reference */
         return s == LOCK_HELD ? 0 : -ETIME;
+}
+
+_public_ int ipchannel_set_lock_limits(ipchannel *ch, uint32_t max_locks_per_connection,
+                                      uint32_t max_waiters_per_lock) {
+        int r;
+
+        assert_return(channel_check(ch), -EINVAL);
+
+        r = lock_client_start(ch);
+        if (r < 0)
+                return r;
+        lock_agent_set_limits((*channel_lock_client(ch))->agent, max_locks_per_connection,
+                              max_waiters_per_lock);
+        return 0;
 }
 
 _public_ uint64_t ipchannel_lock_get_token(ipchannel_lock *l) {

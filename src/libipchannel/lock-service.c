@@ -31,6 +31,17 @@
  * anyone else gets org.ipchannel.Error.NotQueued. Every call that changes state waits for that
  * check (which keeps each caller's calls in order); ListLocks is open to all.
  *
+ * Cached grants (AcquireCached, used by ipchannel's lock agents): the holder may keep a grant
+ * after its local release ("parked") and take it again without asking. The service keeps, per
+ * such grant, its full lease, whether it is parked, and whether the holder was told that others
+ * wait. While parked a grant has no deadline (a lease covers active holding only); Park and
+ * Resume, one-way calls from the holder, remove and restart it. When someone queues behind a
+ * cached grant, the holder is called back once (the unicast signal ReleaseRequested) and, if the
+ * grant is parked, given its lease to answer, so a stopped process cannot keep it forever. A
+ * grant that goes to a caller while others wait says so in the reply (contended), and needs no
+ * call back. Everything else (FIFO, tokens, the end of a grant when its connection closes,
+ * Reassert) is as for any grant: ReassertCached reports parked grants too.
+ *
  * Tokens keep increasing across hosts: the new host starts above a clock-based epoch (the
  * CLOCK_REALTIME microsecond, which an earlier host's counter, one per grant, cannot have
  * passed unless it granted more than once a microsecond) and above every token reported.
@@ -52,10 +63,28 @@ static void held_call_free(void *p) {
 
 typedef struct pending {
         uint64_t request;
+        bool cached;                    /* AcquireCached: the reply is (tb) */
+        uint64_t lease_usec;
         sd_bus_message *call;           /* the Acquire call awaiting its reply */
         char *owner;
         char *lock;
 } pending;
+
+/* What the service knows of a cached grant beyond the queue's holder entry. */
+typedef struct cached_grant {
+        char *owner;
+        uint64_t token;
+        uint64_t lease_usec;            /* the full lease, restarted by Resume; 0 = none */
+        bool parked;
+        bool called;                    /* the holder knows that others wait */
+} cached_grant;
+
+static void cached_grant_free(void *p) {
+        cached_grant *c = p;
+
+        free(c->owner);
+        free(c);
+}
 
 struct lock_service {
         sd_bus *bus;
@@ -71,6 +100,8 @@ struct lock_service {
         GHashTable *tracks;             /* owner → sd_bus_track * */
         GHashTable *pending;            /* request (uint64_t *) → pending * */
         uint64_t n_requests;
+        uint64_t n_grants;              /* the Grants property */
+        GHashTable *cached;             /* lock name → cached_grant * */
 
         /* Who may hold locks: connections seen in the service name's queue (see the takeover
          * comment). Calls from others wait in `held` while the queue is read again. */
@@ -156,6 +187,72 @@ static int on_lease_timer(sd_event_source *source, uint64_t usec, void *userdata
         return 0;
 }
 
+/* ---- cached grants ---------------------------------------------------------------------- */
+
+static int service_cached_add(lock_service *s, const char *lock, const char *owner, uint64_t token,
+                              uint64_t lease_usec, bool parked, bool called) {
+        cached_grant *c = malloc(sizeof(*c));
+
+        if (!c)
+                return -ENOMEM;
+        *c = (cached_grant) {
+                .owner = strdup(owner),
+                .token = token,
+                .lease_usec = lease_usec,
+                .parked = parked,
+                .called = called,
+        };
+        if (!c->owner) {
+                cached_grant_free(c);
+                return -ENOMEM;
+        }
+        g_hash_table_replace(s->cached, g_strdup(lock), c);
+        return 0;
+}
+
+/* The cached grant of lock, if owner holds it under token. */
+static cached_grant *service_cached_get(lock_service *s, const char *lock, const char *owner, uint64_t token) {
+        cached_grant *c = g_hash_table_lookup(s->cached, lock);
+
+        if (!c || c->token != token || g_strcmp0(c->owner, owner) != 0)
+                return NULL;
+        return c;
+}
+
+static void service_cached_remove(lock_service *s, const char *lock, const char *owner, uint64_t token) {
+        if (service_cached_get(s, lock, owner, token))
+                g_hash_table_remove(s->cached, lock);
+}
+
+/* Someone waits for lock: if its holder keeps the grant cached and does not know yet, call it
+ * back; a parked grant gets its lease to answer in. */
+static void service_call_back(lock_service *s, const char *lock) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        const char *holder = NULL;
+        uint64_t token = 0;
+        cached_grant *c;
+
+        if (lockqueue_get_n_waiters(s->q, lock) == 0 ||
+            lockqueue_get_holder(s->q, lock, &holder, &token, NULL) <= 0)
+                return;
+        c = service_cached_get(s, lock, holder, token);
+        if (!c || c->called)
+                return;
+        c->called = true;
+        if (sd_bus_message_new_signal(s->bus, &m, s->path, IPCHANNEL_LOCK_INTERFACE, "ReleaseRequested") >= 0 &&
+            sd_bus_message_set_destination(m, c->owner) >= 0 &&
+            sd_bus_message_append(m, "st", lock, token) >= 0)
+                (void) sd_bus_send(s->bus, m, NULL);
+        if (c->parked && c->lease_usec != 0) {
+                uint64_t now = clock_usec(CLOCK_MONOTONIC);
+                g_autofree char *name = g_strdup(lock), *owner = g_strdup(c->owner);
+
+                /* May revoke it at once (a lease so short it is due): c is gone then. */
+                (void) lockqueue_set_deadline(s->q, name, owner, token, now + c->lease_usec, now);
+                service_arm_lease_timer(s);
+        }
+}
+
 /* ---- events from the queue -------------------------------------------------------------- */
 
 static void on_queue_event(lockqueue *q, const lockqueue_event *ev, void *userdata) {
@@ -164,12 +261,22 @@ static void on_queue_event(lockqueue *q, const lockqueue_event *ev, void *userda
         if (ev->kind == LOCKQUEUE_EVENT_GRANTED) {
                 pending *p = g_hash_table_lookup(s->pending, &ev->request);
 
-                if (p) {
+                s->n_grants++;
+                g_hash_table_remove(s->cached, ev->lock);
+                if (p && p->cached) {
+                        bool contended = lockqueue_get_n_waiters(q, ev->lock) > 0;
+
+                        (void) service_cached_add(s, ev->lock, ev->owner, ev->token, p->lease_usec, false,
+                                                  contended);
+                        (void) sd_bus_reply_method_return(p->call, "tb", ev->token, (int) contended);
+                } else if (p)
                         (void) sd_bus_reply_method_return(p->call, "t", ev->token);
+                if (p)
                         g_hash_table_remove(s->pending, &ev->request);
-                }
                 return;
         }
+
+        service_cached_remove(s, ev->lock, ev->owner, ev->token);
 
         if (ev->reason == LOCKQUEUE_REASON_EXPIRED) {
                 /* Tell the holder, and only the holder, that its grant is no longer good. */
@@ -374,16 +481,11 @@ static int service_admit(lock_service *s, sd_bus_message *m, method_t method, sd
 
 /* ---- methods ---------------------------------------------------------------------------- */
 
-static int method_acquire(sd_bus_message *m, void *userdata, sd_bus_error *error) {
-        lock_service *s = userdata;
+static int service_acquire(lock_service *s, sd_bus_message *m, bool cached, sd_bus_error *error) {
         const char *lock, *owner = sd_bus_message_get_sender(m);
         uint64_t lease, request, token;
         pending *p;
         int r;
-
-        r = service_admit(s, m, method_acquire, error);
-        if (r <= 0)
-                return r < 0 ? r : 1;   /* answered when the queue check comes back */
 
         r = sd_bus_message_read(m, "st", &lock, &lease);
         if (r < 0)
@@ -401,6 +503,8 @@ static int method_acquire(sd_bus_message *m, void *userdata, sd_bus_error *error
                 return -ENOMEM;
         *p = (pending) {
                 .request = request,
+                .cached = cached,
+                .lease_usec = lease,
                 .call = sd_bus_message_ref(m),
                 .owner = strdup(owner),
                 .lock = strdup(lock),
@@ -416,8 +520,89 @@ static int method_acquire(sd_bus_message *m, void *userdata, sd_bus_error *error
                 g_hash_table_remove(s->pending, &request);
                 return reply_error(error, r, lock);
         }
+        if (r == 0)
+                service_call_back(s, lock);
         service_arm_lease_timer(s);
         return 1;
+}
+
+static int method_acquire(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        lock_service *s = userdata;
+        int r;
+
+        r = service_admit(s, m, method_acquire, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;   /* answered when the queue check comes back */
+        return service_acquire(s, m, false, error);
+}
+
+static int method_acquire_cached(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        lock_service *s = userdata;
+        int r;
+
+        r = service_admit(s, m, method_acquire_cached, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+        return service_acquire(s, m, true, error);
+}
+
+/* Park (parked true) and Resume: the holder of a cached grant stopped or started using it. */
+static int service_park(lock_service *s, sd_bus_message *m, bool parked, sd_bus_error *error) {
+        const char *lock, *owner = sd_bus_message_get_sender(m);
+        uint64_t token, now = clock_usec(CLOCK_MONOTONIC), deadline;
+        const char *holder = NULL;
+        uint64_t held_token = 0;
+        cached_grant *c;
+        int r;
+
+        r = sd_bus_message_read(m, "st", &lock, &token);
+        if (r < 0)
+                return r;
+        c = service_cached_get(s, lock, owner ?: "", token);
+        if (!c) {
+                /* Tell apart what the caller got wrong, as Release does. */
+                if (lockqueue_get_holder(s->q, lock, &holder, &held_token, NULL) > 0 &&
+                    g_strcmp0(holder, owner) == 0)
+                        return held_token == token
+                                       ? sd_bus_error_setf(error, LOCK_ERROR_NOT_CACHED,
+                                                           "The grant of \"%s\" was not made by "
+                                                           "AcquireCached.", lock)
+                                       : reply_error(error, -ESTALE, lock);
+                r = holder || lockqueue_get_n_waiters(s->q, lock) > 0 ? -EPERM : -ENOENT;
+                return reply_error(error, r, lock);
+        }
+        c->parked = parked;
+        /* A parked grant whose holder was called back keeps the deadline it has to answer by. */
+        if (parked && c->called)
+                return sd_bus_reply_method_return(m, NULL);
+        deadline = parked || c->lease_usec == 0 ? LOCKQUEUE_NO_DEADLINE
+                   : c->lease_usec >= LOCKQUEUE_NO_DEADLINE - now ? LOCKQUEUE_NO_DEADLINE
+                                                                  : now + c->lease_usec;
+        r = lockqueue_set_deadline(s->q, lock, owner, token, deadline, now);
+        service_arm_lease_timer(s);
+        if (r < 0)
+                return reply_error(error, r, lock);
+        return sd_bus_reply_method_return(m, NULL);
+}
+
+static int method_park(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        lock_service *s = userdata;
+        int r;
+
+        r = service_admit(s, m, method_park, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+        return service_park(s, m, true, error);
+}
+
+static int method_resume(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        lock_service *s = userdata;
+        int r;
+
+        r = service_admit(s, m, method_resume, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+        return service_park(s, m, false, error);
 }
 
 static int method_try_acquire(sd_bus_message *m, void *userdata, sd_bus_error *error) {
@@ -462,6 +647,8 @@ static int method_release(sd_bus_message *m, void *userdata, sd_bus_error *error
         if (r < 0)
                 return r;
         r = lockqueue_release(s->q, lock, owner ?: "", token, clock_usec(CLOCK_MONOTONIC));
+        if (r >= 0)
+                service_cached_remove(s, lock, owner, token);
         service_arm_lease_timer(s);
         if (r < 0)
                 return reply_error(error, r, lock);
@@ -498,16 +685,12 @@ static int method_cancel(sd_bus_message *m, void *userdata, sd_bus_error *error)
         return sd_bus_error_setf(error, LOCK_ERROR_NOT_WAITING, "The caller does not wait for \"%s\".", lock);
 }
 
-static int method_reassert(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+static int service_reassert(lock_service *s, sd_bus_message *m, bool cached, sd_bus_error *error) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
-        lock_service *s = userdata;
         const char *lock, *owner = sd_bus_message_get_sender(m);
-        uint64_t token, lease_left, now = clock_usec(CLOCK_MONOTONIC);
+        uint64_t token, lease_left, lease_usec = 0, now = clock_usec(CLOCK_MONOTONIC);
+        int parked = false;
         int r;
-
-        r = service_admit(s, m, method_reassert, error);
-        if (r <= 0)
-                return r < 0 ? r : 1;
 
         if (!owner)
                 return sd_bus_error_set(error, SD_BUS_ERROR_INVALID_ARGS, "The call has no sender.");
@@ -521,18 +704,25 @@ static int method_reassert(sd_bus_message *m, void *userdata, sd_bus_error *erro
         if (r < 0)
                 return r;
 
-        r = sd_bus_message_enter_container(m, 'a', "(stt)");
+        r = sd_bus_message_enter_container(m, 'a', cached ? "(stttb)" : "(stt)");
         if (r < 0)
                 return r;
-        while ((r = sd_bus_message_read(m, "(stt)", &lock, &token, &lease_left)) > 0) {
+        while ((r = cached ? sd_bus_message_read(m, "(stttb)", &lock, &token, &lease_left, &lease_usec, &parked)
+                           : sd_bus_message_read(m, "(stt)", &lock, &token, &lease_left)) > 0) {
                 const char *holder = NULL;
                 uint64_t held_token = 0;
                 int k;
 
-                k = lockqueue_reassert(s->q, lock, owner, token, lease_left, now);
+                /* A parked grant has no lease until it is used again or called back. */
+                k = lockqueue_reassert(s->q, lock, owner, token, parked ? 0 : lease_left, now);
                 if (k == -EPERM && lockqueue_get_holder(s->q, lock, &holder, &held_token, NULL) > 0 &&
                     strcmp(holder, owner) == 0 && held_token == token)
                         k = 0;  /* not recovering, and we know of the grant anyway */
+                if (k == 0 && cached && !service_cached_get(s, lock, owner, token)) {
+                        k = service_cached_add(s, lock, owner, token, lease_usec, parked, false);
+                        if (k >= 0)
+                                service_call_back(s, lock);
+                }
                 if (k < 0) {
                         r = sd_bus_message_append(reply, "s", lock);
                         if (r < 0)
@@ -557,6 +747,26 @@ static int method_reassert(sd_bus_message *m, void *userdata, sd_bus_error *erro
         }
         service_arm_lease_timer(s);
         return sd_bus_send(NULL, reply, NULL);
+}
+
+static int method_reassert(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        lock_service *s = userdata;
+        int r;
+
+        r = service_admit(s, m, method_reassert, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+        return service_reassert(s, m, false, error);
+}
+
+static int method_reassert_cached(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        lock_service *s = userdata;
+        int r;
+
+        r = service_admit(s, m, method_reassert_cached, error);
+        if (r <= 0)
+                return r < 0 ? r : 1;
+        return service_reassert(s, m, true, error);
 }
 
 static int method_list_locks(sd_bus_message *m, void *userdata, sd_bus_error *error) {
@@ -597,6 +807,13 @@ static int method_list_locks(sd_bus_message *m, void *userdata, sd_bus_error *er
         return sd_bus_send(NULL, reply, NULL);
 }
 
+static int property_get_grants(sd_bus *bus, const char *path, const char *interface,
+                               const char *property, sd_bus_message *reply, void *userdata,
+                               sd_bus_error *error) {
+        lock_service *s = userdata;
+        return sd_bus_message_append(reply, "t", s->n_grants);
+}
+
 static int property_get_recovering(sd_bus *bus, const char *path, const char *interface,
                                    const char *property, sd_bus_message *reply, void *userdata,
                                    sd_bus_error *error) {
@@ -609,19 +826,30 @@ static const sd_bus_vtable lock_vtable[] = {
         SD_BUS_VTABLE_START(0),
         SD_BUS_METHOD_WITH_ARGS("Acquire", SD_BUS_ARGS("s", lock, "t", lease_usec),
                                 SD_BUS_RESULT("t", token), method_acquire, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("AcquireCached", SD_BUS_ARGS("s", lock, "t", lease_usec),
+                                SD_BUS_RESULT("t", token, "b", contended), method_acquire_cached,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("TryAcquire", SD_BUS_ARGS("s", lock, "t", lease_usec),
                                 SD_BUS_RESULT("t", token), method_try_acquire, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Release", SD_BUS_ARGS("s", lock, "t", token), SD_BUS_NO_RESULT,
                                 method_release, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Park", SD_BUS_ARGS("s", lock, "t", token), SD_BUS_NO_RESULT, method_park,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("Resume", SD_BUS_ARGS("s", lock, "t", token), SD_BUS_NO_RESULT, method_resume,
+                                SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Cancel", SD_BUS_ARGS("s", lock), SD_BUS_NO_RESULT, method_cancel,
                                 SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("Reassert", SD_BUS_ARGS("a(stt)", holds), SD_BUS_RESULT("as", refused),
                                 method_reassert, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ReassertCached", SD_BUS_ARGS("a(stttb)", holds), SD_BUS_RESULT("as", refused),
+                                method_reassert_cached, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("ListLocks", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(ssttas)", locks),
                                 method_list_locks, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_SIGNAL_WITH_ARGS("LeaseExpired", SD_BUS_ARGS("s", lock, "t", token), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("ReleaseRequested", SD_BUS_ARGS("s", lock, "t", token), 0),
         SD_BUS_PROPERTY("Recovering", "b", property_get_recovering, 0,
                         SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
+        SD_BUS_PROPERTY("Grants", "t", property_get_grants, 0, 0),
         SD_BUS_VTABLE_END,
 };
 
@@ -697,6 +925,7 @@ int lock_service_new(lock_service **ret, sd_bus *bus, const char *path, const ch
                 .expected = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
                 .reported = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
                 .members = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
+                .cached = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, cached_grant_free),
                 .uid_ok = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
                 .allowed_uid = (uid_t) -1,
                 .held = g_ptr_array_new_with_free_func(held_call_free),
@@ -782,6 +1011,8 @@ lock_service *lock_service_free(lock_service *s) {
         }
         if (s->members)
                 g_hash_table_unref(s->members);
+        if (s->cached)
+                g_hash_table_unref(s->cached);
         if (s->uid_ok)
                 g_hash_table_unref(s->uid_ok);
         s->check_slot = sd_bus_slot_unref(s->check_slot);

@@ -22,6 +22,7 @@ typedef struct lock_service lock_service;
 #define LOCK_ERROR_LIMITS_EXCEEDED "org.ipchannel.Error.LimitsExceeded"
 #define LOCK_ERROR_ACCESS_DENIED "org.ipchannel.Error.AccessDenied"
 #define LOCK_ERROR_NOT_QUEUED "org.ipchannel.Error.NotQueued"
+#define LOCK_ERROR_NOT_CACHED "org.ipchannel.Error.NotCached"
 
 /* Serves the object at path on bus, using the bus's sd-event loop, for the owner of the bus
  * name `name`. It starts in recovery: it grants nothing until every connection queued for

@@ -610,6 +610,50 @@ int lockqueue_release(lockqueue *q, const char *lock, const char *owner, uint64_
         return r;
 }
 
+int lockqueue_set_deadline(lockqueue *q, const char *lock_name, const char *owner_name, uint64_t token,
+                           uint64_t deadline, uint64_t now) {
+        lq_lock *lock;
+        lq_entry *e;
+        int r = 0;
+
+        assert_return(q, -EINVAL);
+        assert_return(name_is_valid(lock_name, q->limits.max_name_len), -EINVAL);
+        assert_return(name_is_valid(owner_name, LOCKQUEUE_OWNER_NAME_MAX), -EINVAL);
+
+        lockqueue_expire_due(q, now);
+
+        lock = g_hash_table_lookup(q->locks, lock_name);
+        e = lock ? lock->holder : NULL;
+        if (!lock)
+                r = -ENOENT;
+        else if (!e || !g_str_equal(e->owner->name, owner_name))
+                r = -EPERM;
+        else if (e->token != token)
+                r = -ESTALE;
+        else {
+                if (e->deadline_iter)
+                        g_sequence_remove(e->deadline_iter);
+                e->deadline_iter = NULL;
+                e->deadline = deadline;
+                if (deadline != LOCKQUEUE_NO_DEADLINE)
+                        e->deadline_iter = g_sequence_insert_sorted(q->deadlines, e,
+                                                                    entry_compare_deadline, NULL);
+                /* A deadline already due ends the grant now, as any call at `now` would. */
+                lockqueue_expire_due(q, now);
+        }
+        lockqueue_dispatch(q);
+        return r;
+}
+
+size_t lockqueue_get_n_waiters(lockqueue *q, const char *lock_name) {
+        lq_lock *lock;
+
+        if (!q || !lock_name)
+                return 0;
+        lock = g_hash_table_lookup(q->locks, lock_name);
+        return lock ? lock->n_waiters : 0;
+}
+
 int lockqueue_cancel(lockqueue *q, const char *lock_name, const char *owner_name,
                      uint64_t request) {
         lq_lock *lock;

@@ -99,6 +99,13 @@ int lockqueue_try_acquire(lockqueue *q, const char *lock, const char *owner, uin
 int lockqueue_release(lockqueue *q, const char *lock, const char *owner, uint64_t token,
                       uint64_t now);
 
+/* Sets the deadline of owner's current grant of lock (token must be the grant's) to deadline,
+ * absolute like now, or LOCKQUEUE_NO_DEADLINE: the lock service parks a cached grant (no lease
+ * while its holder does not use it) and restarts its lease when the holder takes it again. A
+ * deadline <= now revokes the grant at once (REVOKED, reason EXPIRED). Errors as release. */
+int lockqueue_set_deadline(lockqueue *q, const char *lock, const char *owner, uint64_t token,
+                           uint64_t deadline, uint64_t now);
+
 /* Removes owner's wait for lock, made with request. -ENOENT if there is no such wait (also when
  * owner holds the lock: a granted request is released, not cancelled). Never grants. */
 int lockqueue_cancel(lockqueue *q, const char *lock, const char *owner, uint64_t request);
@@ -142,6 +149,9 @@ int lockqueue_reassert(lockqueue *q, const char *lock, const char *owner, uint64
 /* Introspection, e.g. for the busctl-visible listing. */
 size_t lockqueue_get_n_locks(lockqueue *q);     /* lock objects in memory */
 size_t lockqueue_get_n_owners(lockqueue *q);    /* owners with at least one grant or wait */
+
+/* How many wait for lock (0 for an unknown lock). */
+size_t lockqueue_get_n_waiters(lockqueue *q, const char *lock);
 
 /* 1 and the holder if lock is held (each ret_* may be NULL; the owner string is borrowed until
  * the queue next changes), 0 if not held or unknown. */

@@ -20,11 +20,18 @@
  * section: it creates FILE.inside with O_EXCL on entry and removes it on exit; finding it
  * already there means two sections overlap.
  *
- * Modes: sync (ipchannel_synchronize), acquire (ipchannel_lock_acquire), none (no lock).
+ * Modes: sync (ipchannel_synchronize), acquire (ipchannel_lock_acquire), none (no lock),
+ * serve (no sections: it only runs, so that it hosts the lock service; with --max-locks and
+ * --max-waiters, ipchannel_set_lock_limits()).
  * Output: "started"; with --verbose, "enter TOKEN USEC" and "leave TOKEN USEC" around each
  * section (CLOCK_MONOTONIC, comparable across processes); "done SECTIONS OVERLAPS".
- * --hold-usec makes each section last longer; --pause-file F makes the first section wait,
- * holding the lock, until F exists (so tests can kill a holder at a known moment).
+ * --hold-usec makes each section last longer; --pause-file F makes the first section (or the
+ * --pause-section'th) wait, holding the lock, until F exists (so tests can kill a holder at a
+ * known moment). --gap-usec waits between sections, outside the lock. --linger: after "done",
+ * keeps running (and keeps a parked grant) until stdin closes.
+ *
+ * Tokens: a section under the same grant as the one before (a re-take of a parked grant) sees
+ * the same token; a new grant sees a higher one; a lower one is reported as tokens-went-back.
  */
 
 static const char *arg_app = "locker";
@@ -35,6 +42,10 @@ static unsigned arg_count = 100;
 static unsigned arg_hold_usec = 50;
 static uint64_t arg_lease_usec = 5 * 1000 * 1000ULL;
 static const char *arg_hold_file;
+static unsigned arg_hold_section = 1;
+static unsigned arg_gap_usec;
+static bool arg_linger;
+static uint32_t arg_max_locks, arg_max_waiters;
 static bool arg_verbose;
 
 static unsigned n_done, n_overlaps;
@@ -94,13 +105,13 @@ static void section(uint64_t token) {
         else
                 close(fd);
         if (token != 0) {
-                if (token <= last_token)
+                if (token < last_token)
                         token_went_back = true;
                 last_token = token;
         }
 
         long v = read_counter();
-        if (arg_hold_file && n_done == 0) {
+        if (arg_hold_file && n_done + 1 == arg_hold_section) {
                 out("holding %" PRIu64, token);
                 while (access(arg_hold_file, F_OK) < 0)
                         usleep(1000);
@@ -118,13 +129,22 @@ static void section(uint64_t token) {
 static ipchannel *ch;
 static void next_sync(void);
 
+static int on_gap(sd_event_source *s, uint64_t usec, void *userdata) {
+        next_sync();
+        return 0;
+}
+
 static void on_done(ipchannel *c, int error, void *userdata) {
         if (error < 0) {
                 out("error %d %s", error, strerror(-error));
                 ipchannel_exit(c, EXIT_FAILURE);
                 return;
         }
-        next_sync();
+        if (arg_gap_usec > 0 && n_done < arg_count)
+                (void) sd_event_add_time_relative(ipchannel_get_event(c), NULL, CLOCK_MONOTONIC, arg_gap_usec,
+                                                  1, on_gap, NULL);     /* accuracy 0 would be 250 ms */
+        else
+                next_sync();
 }
 
 static void body(ipchannel_lock *lock, void *userdata) {
@@ -156,6 +176,11 @@ static int parse_argv(int argc, char *argv[]) {
                 { "hold-usec", required_argument, NULL, 'u' },
                 { "lease-usec", required_argument, NULL, 'L' },
                 { "pause-file", required_argument, NULL, 'p' },
+                { "pause-section", required_argument, NULL, 'P' },
+                { "gap-usec", required_argument, NULL, 'g' },
+                { "linger", no_argument, NULL, 'G' },
+                { "max-locks", required_argument, NULL, 'M' },
+                { "max-waiters", required_argument, NULL, 'W' },
                 { "verbose", no_argument, NULL, 'v' },
                 {}
         };
@@ -171,6 +196,11 @@ static int parse_argv(int argc, char *argv[]) {
                 case 'u': arg_hold_usec = (unsigned) strtoul(optarg, NULL, 10); break;
                 case 'L': arg_lease_usec = strtoull(optarg, NULL, 10); break;
                 case 'p': arg_hold_file = optarg; break;
+                case 'P': arg_hold_section = (unsigned) strtoul(optarg, NULL, 10); break;
+                case 'g': arg_gap_usec = (unsigned) strtoul(optarg, NULL, 10); break;
+                case 'G': arg_linger = true; break;
+                case 'M': arg_max_locks = (uint32_t) strtoul(optarg, NULL, 10); break;
+                case 'W': arg_max_waiters = (uint32_t) strtoul(optarg, NULL, 10); break;
                 case 'v': arg_verbose = true; break;
                 default: return -EINVAL;
                 }
@@ -190,11 +220,21 @@ int main(int argc, char *argv[]) {
         if (ipchannel_new(&ch, arg_app) < 0)
                 return 1;
         ipchannel_set_sync_timeout(ch, arg_lease_usec);
+        if ((arg_max_locks > 0 || arg_max_waiters > 0) &&
+            ipchannel_set_lock_limits(ch, arg_max_locks, arg_max_waiters) < 0)
+                return 1;
         if (ipchannel_connect(ch) < 0)
                 return 1;
         out("started");
 
-        if (strcmp(arg_mode, "none") == 0)
+        if (strcmp(arg_mode, "serve") == 0) {
+                char c;
+
+                while (read(STDIN_FILENO, &c, 1) > 0)
+                        ;
+                ch = ipchannel_unref(ch);
+                return 0;
+        } else if (strcmp(arg_mode, "none") == 0)
                 for (unsigned i = 0; i < arg_count; i++)
                         section(0);
         else if (strcmp(arg_mode, "acquire") == 0)
@@ -212,6 +252,8 @@ int main(int argc, char *argv[]) {
                                 out("error %d %s", r, strerror(-r));
                                 break;
                         }
+                        if (arg_gap_usec > 0)
+                                usleep(arg_gap_usec);
                 }
         else {
                 next_sync();
@@ -220,6 +262,12 @@ int main(int argc, char *argv[]) {
         }
 
         out("done %u %u%s", n_done, n_overlaps, token_went_back ? " tokens-went-back" : "");
+        if (arg_linger) {
+                char c;
+
+                while (read(STDIN_FILENO, &c, 1) > 0)
+                        ;
+        }
         ch = ipchannel_unref(ch);
         return r < 0 ? 1 : 0;
 }
