@@ -16,9 +16,11 @@
  * Set FUZZ_LOCK_SERVICE_DEBUG=1 to see the traffic the broker sees.
  *
  * The input is a program of calls from five connections (four in the service name's queue, one
- * outside it): Acquire, TryAcquire, Release, Cancel, Reassert and ListLocks with lock names,
- * leases and tokens from the input, calls with a wrong signature, and disconnects. Tokens are
- * the ones the service handed out, or nearby stale ones.
+ * outside it): Acquire, TryAcquire, Release, Cancel, Reassert and ListLocks, and the cached-grant
+ * calls AcquireCached, Park, Resume and ReassertCached, with lock names, leases and tokens from
+ * the input, calls with a wrong signature, and disconnects. Tokens are the ones the service
+ * handed out, or nearby stale ones. An op byte: bits 0-2 the call, bit 3 the cached-grant set,
+ * bits 4-7 the caller.
  *
  * Checked beyond "no crash, no leak": every call gets exactly one reply (a method return or
  * error) by the time the service is freed, so no accepted call is lost or answered twice; a
@@ -197,8 +199,8 @@ static int broker_on_message(sd_bus_message *m, void *userdata, sd_bus_error *er
         }
         /* Remember granted tokens, so that releases can name real grants. */
         if (!sd_bus_message_is_method_error(m, NULL) &&
-            sd_bus_message_has_signature(m, "t"))
-                (void) sd_bus_message_read(m, "t", &b->last_token);
+            (sd_bus_message_has_signature(m, "t") || sd_bus_message_has_signature(m, "tb")))
+                (void) sd_bus_message_read_basic(m, 't', &b->last_token);
         return 1;
 }
 
@@ -303,6 +305,54 @@ static void run_op(broker *b, input *in) {
         if (b->gone[who])
                 return;         /* a closed connection sends nothing more */
 
+        if (op & 8)
+                switch (op & 7) {
+                case 0:
+                        input_lock(in, lock, sizeof(lock));
+                        r = new_call(b, "AcquireCached", &m);
+                        if (r >= 0)
+                                r = sd_bus_message_append(m, "st", lock, input_lease(in));
+                        goto send;
+                case 1:
+                case 2:
+                        input_lock(in, lock, sizeof(lock));
+                        r = new_call(b, (op & 7) == 1 ? "Park" : "Resume", &m);
+                        if (r >= 0)
+                                r = sd_bus_message_append(m, "st", lock, input_token(in, b));
+                        goto send;
+                case 3: {
+                        unsigned n = input_byte(in) % 4;
+
+                        r = new_call(b, "ReassertCached", &m);
+                        if (r >= 0)
+                                r = sd_bus_message_open_container(m, 'a', "(stttb)");
+                        for (unsigned i = 0; i < n && r >= 0; i++) {
+                                uint8_t c;
+
+                                input_lock(in, lock, sizeof(lock));
+                                c = input_byte(in);
+                                r = sd_bus_message_append(m, "(stttb)", lock, input_token(in, b),
+                                                          input_lease(in), input_lease(in), (int) (c & 1));
+                        }
+                        if (r >= 0)
+                                r = sd_bus_message_close_container(m);
+                        goto send;
+                }
+                case 4: {
+                        static const char *const members[] = { "AcquireCached", "Park", "Resume",
+                                                               "ReassertCached" };
+                        uint8_t c = input_byte(in);
+
+                        r = new_call(b, members[c % 4], &m);
+                        if (r >= 0)
+                                r = (c & 4) ? sd_bus_message_append(m, "ts", (uint64_t) c, "a")
+                                            : sd_bus_message_append(m, "as", 1, "a");
+                        goto send;
+                }
+                default:
+                        break;  /* the other calls, as below */
+                }
+
         switch (op & 7) {
         case 0:
         case 1:
@@ -370,6 +420,7 @@ static void run_op(broker *b, input *in) {
         }
         }
 
+send:
         /* Arguments sd-bus would not let a client send (bad UTF-8) are not sent. */
         if (r < 0)
                 return;
