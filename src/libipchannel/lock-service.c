@@ -739,11 +739,9 @@ static int service_reassert(lock_service *s, sd_bus_message *m, bool cached, sd_
                 return r;
 
         if (s->recovering) {
-                if (s->have_queue_list) {
-                        if (g_hash_table_remove(s->expected, owner))
-                                service_maybe_unfreeze(s);
-                } else
-                        g_hash_table_add(s->reported, g_strdup(owner));
+                g_hash_table_add(s->reported, g_strdup(owner));
+                if (g_hash_table_remove(s->expected, owner))
+                        service_maybe_unfreeze(s);
         }
         service_arm_lease_timer(s);
         return sd_bus_send(NULL, reply, NULL);
@@ -882,15 +880,27 @@ static int on_queued_owners(sd_bus_message *reply, void *userdata, sd_bus_error 
                 return 0;
         }
         service_add_members(s, reply);
+        /* Who must still report is this list, less those who did: a list asked for again
+         * replaces the last one. */
+        g_hash_table_remove_all(s->expected);
         r = sd_bus_message_enter_container(reply, 'a', "s");
         while (r >= 0 && (r = sd_bus_message_read_basic(reply, 's', &owner)) > 0) {
+                int k;
+
                 if (!s->expect_self && g_strcmp0(owner, s->self) == 0)
                         continue;
                 if (g_hash_table_contains(s->reported, owner))
                         continue;
-                /* Tracked, so that one who dies before reporting stops holding us up. A failure
-                 * to track is no proof that it is gone: it stays expected. */
-                (void) service_track(s, owner);
+                /* Tracked, so that one who dies before reporting stops holding us up. One that
+                 * left between the list and now has no owner any more: nothing to wait for.
+                 * Another failure to track is no proof that it is gone: it stays expected, and
+                 * the list is asked for again. */
+                k = service_track(s, owner);
+                if (k == -ENXIO)
+                        continue;
+                if (k < 0 && !s->recovery_retry)
+                        (void) sd_event_add_time_relative(s->event, &s->recovery_retry, CLOCK_MONOTONIC,
+                                                          100 * 1000, 0, on_recovery_retry, s);
                 g_hash_table_add(s->expected, g_strdup(owner));
         }
         s->have_queue_list = true;
