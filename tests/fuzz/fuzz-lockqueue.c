@@ -12,7 +12,8 @@
  *     while frozen, when a reasserted lock may be remembered empty);
  *   - no owner both holds and waits for a lock, nor waits twice;
  *   - unless frozen, a lock with waiters has a holder;
- *   - n_waiters matches the waiter list, and get_n_locks()/get_holder() agree with the list;
+ *   - n_waiters matches the waiter list, and get_n_locks()/get_holder()/get_n_waiters() agree
+ *     with the list (the operations include parking a grant and restarting its lease);
  *   - each lock's tokens strictly increase from one holder to the next, and every GRANTED
  *     event takes a token above every token granted or reasserted before;
  *   - no holder's deadline has passed after a call that took `now`, and next_deadline() is the
@@ -138,6 +139,7 @@ static void check_state(lockqueue *q, model *m, bool after_now) {
                                 check(strcmp(*v, *w) != 0);
                 }
                 check(n_waiters == x->n_waiters);
+                check(n_waiters == lockqueue_get_n_waiters(q, x->name));
                 if (!frozen)
                         check(n_waiters == 0 || x->holder);
                 /* Empty locks are freed, except those remembered during a freeze. */
@@ -180,7 +182,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 m.release_in_callback = data[i] & 0x80;
                 m.now += step;
 
-                switch (op % 10) {
+                switch (op % 11) {
                 case 0:
                         r = lockqueue_acquire(q, lock, owner, ++request, small % 4 * 16, m.now, &token);
                         check(r == 0 || r == 1 || r == -EDEADLK || r == -EALREADY || r == -ENOBUFS);
@@ -244,6 +246,19 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                                 if (token > m.max_token)
                                         m.max_token = token;
                         }
+                        break;
+                }
+                case 10: {
+                        /* Park (no deadline) or a new lease, which may be due at once; mostly
+                         * with the holder's token. */
+                        uint64_t held = 0;
+
+                        (void) lockqueue_get_holder(q, lock, NULL, &held, NULL);
+                        token = (small & 0x40) ? small & 0x3f : held;
+                        r = lockqueue_set_deadline(q, lock, owner, token,
+                                                   (small & 0x80) ? LOCKQUEUE_NO_DEADLINE : m.now + (small & 0x3f),
+                                                   m.now);
+                        check(r == 0 || r == -ENOENT || r == -EPERM || r == -ESTALE);
                         break;
                 }
                 case 9:

@@ -299,6 +299,51 @@ START_TEST(test_late_release_after_expiry_leaves_the_next_holder_alone) {
 }
 END_TEST
 
+START_TEST(test_set_deadline_parks_and_restarts_a_lease) {
+        FIXTURE(f);
+        uint64_t ta;
+
+        ck_assert_int_eq(lockqueue_acquire(f.q, "a", ":1.1", 1, 100, 0, &ta), 1);
+        ck_assert_uint_eq(lockqueue_next_deadline(f.q), 100);
+        /* Parked: no deadline, so nothing expires however late it gets. */
+        ck_assert_int_eq(lockqueue_set_deadline(f.q, "a", ":1.1", ta, NO, 10), 0);
+        ck_assert_uint_eq(lockqueue_next_deadline(f.q), NO);
+        ck_assert_int_eq(lockqueue_expire(f.q, 10000), 0);
+        assert_holder(f.q, "a", ":1.1", ta);
+        /* Taken again: a new lease from now, which then runs out as any other. */
+        ck_assert_int_eq(lockqueue_set_deadline(f.q, "a", ":1.1", ta, 10100, 10000), 0);
+        ck_assert_uint_eq(lockqueue_next_deadline(f.q), 10100);
+        ck_assert_int_eq(lockqueue_expire(f.q, 10100), 1);
+        ck_assert_int_eq(event_at(&f.rec, 1)->kind, LOCKQUEUE_EVENT_REVOKED);
+        ck_assert_int_eq(event_at(&f.rec, 1)->reason, LOCKQUEUE_REASON_EXPIRED);
+        assert_holder(f.q, "a", NULL, 0);
+}
+END_TEST
+
+START_TEST(test_set_deadline_checks_the_grant_and_may_revoke_at_once) {
+        FIXTURE(f);
+        uint64_t ta, tb;
+
+        ck_assert_int_eq(lockqueue_acquire(f.q, "a", ":1.1", 1, 0, 0, &ta), 1);
+        ck_assert_int_eq(lockqueue_acquire(f.q, "a", ":1.2", 2, 0, 0, NULL), 0);
+        ck_assert_uint_eq(lockqueue_get_n_waiters(f.q, "a"), 1);
+        ck_assert_uint_eq(lockqueue_get_n_waiters(f.q, "unknown"), 0);
+        /* Only the holder, with its token, on a known lock. */
+        ck_assert_int_eq(lockqueue_set_deadline(f.q, "a", ":1.2", ta, 50, 0), -EPERM);
+        ck_assert_int_eq(lockqueue_set_deadline(f.q, "a", ":1.1", ta + 1, 50, 0), -ESTALE);
+        ck_assert_int_eq(lockqueue_set_deadline(f.q, "b", ":1.1", ta, 50, 0), -ENOENT);
+        ck_assert_uint_eq(f.rec.events->len, 1);
+        /* A deadline already past revokes the grant now, and the waiter gets the lock. */
+        ck_assert_int_eq(lockqueue_set_deadline(f.q, "a", ":1.1", ta, 20, 20), 0);
+        ck_assert_int_eq(event_at(&f.rec, 1)->kind, LOCKQUEUE_EVENT_REVOKED);
+        ck_assert_int_eq(event_at(&f.rec, 2)->kind, LOCKQUEUE_EVENT_GRANTED);
+        tb = event_at(&f.rec, 2)->token;
+        ck_assert_uint_gt(tb, ta);
+        assert_holder(f.q, "a", ":1.2", tb);
+        ck_assert_uint_eq(lockqueue_get_n_waiters(f.q, "a"), 0);
+}
+END_TEST
+
 START_TEST(test_release_with_token_of_an_earlier_grant_is_stale) {
         FIXTURE(f);
         uint64_t t1, t2;
@@ -1609,6 +1654,8 @@ static Suite *lockqueue_suite(bool forking) {
         tcase_add_test(tc, test_release_by_holder_frees_the_lock);
         tcase_add_test(tc, test_release_by_non_holder_is_refused);
         tcase_add_test(tc, test_late_release_after_expiry_leaves_the_next_holder_alone);
+        tcase_add_test(tc, test_set_deadline_parks_and_restarts_a_lease);
+        tcase_add_test(tc, test_set_deadline_checks_the_grant_and_may_revoke_at_once);
         tcase_add_test(tc, test_release_with_token_of_an_earlier_grant_is_stale);
         tcase_add_test(tc, test_duplicate_release_is_refused);
         tcase_add_test(tc, test_release_of_unknown_lock_is_refused);
