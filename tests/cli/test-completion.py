@@ -85,8 +85,9 @@ check(wait_until(lambda: complete(f"ipchannel --app {APP} send ")[0] == ["1", "3
 
 # Locks, and the command run runs.
 tmp = tempfile.mkdtemp()
-locker = subprocess.Popen(wrapped([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/c", "--count", "1", "--pause-file",
-                                   f"{tmp}/go"]),
+# It holds "counter" until go exists (its lease, 60 s, outlasts the slowest run of the checks).
+locker = subprocess.Popen(wrapped([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/c", "--count", "1", "--lease-usec",
+                                   "60000000", "--pause-file", f"{tmp}/go"]),
                           stdout=subprocess.PIPE, text=True)
 check(locker.stdout.readline().strip() == "started", "a test locker starts")
 check(wait_until(lambda: complete(f"ipchannel --app {APP} run ")[0] == ["counter"], timeout=10),

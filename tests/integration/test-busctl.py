@@ -125,7 +125,8 @@ if seen:
 # 4. busctl shows who holds a lock and who waits.
 tmp = tempfile.mkdtemp()
 holder = subprocess.Popen(wrapped([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/c", "--count", "1",
-                                   "--pause-file", f"{tmp}/go"]), stdout=subprocess.PIPE, text=True)
+                                   "--lease-usec", "60000000", "--pause-file", f"{tmp}/go"]),
+                          stdout=subprocess.PIPE, text=True)
 check(expect(holder, "holding") is not None, "a locker holds the lock 'counter'")
 waiter = subprocess.Popen(wrapped([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/c", "--count", "1"]),
                           stdout=subprocess.PIPE, text=True)

@@ -200,19 +200,21 @@ START_TEST(test_late_release_does_not_release_the_next_holder) {
         ck_assert_uint_eq(peer_wait_connect(host), 1);
         uint64_t ta, tb, tc;
 
-        /* a's lease is 200 ms but its section takes 600 ms; b's takes 800 ms. All three times
-         * scale with the waits, so that b, however slow to start, holds the lock when a
-         * releases it late. */
-        char a_lease[32], a_hold[32], b_hold[32];
+        /* a's lease is 200 ms but its section takes 600 ms; b's takes 800 ms, within its lease
+         * of 5 s. The times scale with the waits, so that b, however slow to start, holds the
+         * lock when a releases it late. */
+        char a_lease[32], a_hold[32], b_lease[32], b_hold[32];
         snprintf(a_lease, sizeof(a_lease), "%" PRIu64, scaled_usec(200 * 1000));
         snprintf(a_hold, sizeof(a_hold), "%" PRIu64, scaled_usec(600 * 1000));
+        snprintf(b_lease, sizeof(b_lease), "%" PRIu64, scaled_usec(5000 * 1000));
         snprintf(b_hold, sizeof(b_hold), "%" PRIu64, scaled_usec(800 * 1000));
         peer *a = proc_start(TEST_LOCKER_PATH, "started", "--app", "late", "--file", path_in_dir("counter"),
                              "--mode", "acquire", "--count", "1", "--lease-usec", a_lease, "--hold-usec", a_hold,
                              "--verbose", NULL);
         expect_stamp(a, "enter", &ta);
         peer *b = proc_start(TEST_LOCKER_PATH, "started", "--app", "late", "--file", path_in_dir("counter"),
-                             "--mode", "acquire", "--count", "1", "--hold-usec", b_hold, "--verbose", NULL);
+                             "--mode", "acquire", "--count", "1", "--lease-usec", b_lease, "--hold-usec", b_hold,
+                             "--verbose", NULL);
         usleep(scaled_usec(50 * 1000));
         peer *c = proc_start(TEST_LOCKER_PATH, "started", "--app", "late", "--file", path_in_dir("counter"),
                              "--mode", "acquire", "--count", "1", "--verbose", NULL);
@@ -256,9 +258,10 @@ START_TEST(test_waiter_outlasts_the_default_method_call_timeout) {
          * waiter: a client that relied on it would give up after 1 s. */
         ck_assert_int_eq(setenv("SYSTEMD_BUS_TIMEOUT", "1s", 1), 0);
 
-        /* The holder keeps the lock until the test lets it go. */
+        /* The holder keeps the lock until the test lets it go (its lease, 60 s, lasts longer). */
         peer *holder = proc_start(TEST_LOCKER_PATH, "started", "--app", "longwait", "--file",
-                                  path_in_dir("counter"), "--count", "1", "--pause-file", path_in_dir("go"), NULL);
+                                  path_in_dir("counter"), "--count", "1", "--lease-usec", "60000000", "--pause-file",
+                                  path_in_dir("go"), NULL);
         ck_assert_ptr_nonnull(peer_expect(holder, "holding", PEER_TIMEOUT_MS));
 
         /* A plain call with the default timeout does give up. */
@@ -547,8 +550,10 @@ START_TEST(test_grants_follow_acquire_arrival_order) {
         ck_assert_uint_eq(peer_wait_connect(host), 1);
         ck_assert_int_ge(sd_bus_open_user(&bus), 0);
 
+        /* It holds the lock until all five wait (its lease, 60 s, lasts longer). */
         peer *holder = proc_start(TEST_LOCKER_PATH, "started", "--app", "fifo", "--file", path_in_dir("counter"),
-                                  "--count", "1", "--pause-file", path_in_dir("go"), NULL);
+                                  "--count", "1", "--lease-usec", "60000000", "--pause-file", path_in_dir("go"),
+                                  NULL);
         ck_assert_ptr_nonnull(peer_expect(holder, "holding", PEER_TIMEOUT_MS));
 
         for (int i = 0; i < 5; i++) {
