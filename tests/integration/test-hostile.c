@@ -549,14 +549,14 @@ START_TEST(test_odd_payloads_are_delivered_or_refused) {
                         ck_assert_int_ge(sd_bus_message_open_container(m, 'v', "ab"), 0);
                         ck_assert_int_ge(sd_bus_message_open_container(m, 'a', "b"), 0);
                         for (size_t i = 0; i < n; i++)
-                                ck_assert_int_ge(sd_bus_message_append_basic(m, 'b', &(int){1}), 0);
+                                assert_quiet(sd_bus_message_append_basic(m, 'b', &(int){1}) >= 0);
                         ck_assert_int_ge(sd_bus_message_close_container(m), 0);
                         ck_assert_int_ge(sd_bus_message_close_container(m), 0);
                 } else {
                         /* A batch shares one budget: each item is a value. */
                         ck_assert_int_ge(sd_bus_message_open_container(m, 'a', "v"), 0);
                         for (size_t i = 0; i < n + 1; i++)
-                                ck_assert_int_ge(sd_bus_message_append(m, "v", "y", 1), 0);
+                                assert_quiet(sd_bus_message_append(m, "v", "y", 1) >= 0);
                         ck_assert_int_ge(sd_bus_message_close_container(m), 0);
                 }
                 r = sd_bus_call(bus, m, scaled_usec(30 * 1000 * 1000), &error, NULL);
@@ -569,8 +569,9 @@ START_TEST(test_odd_payloads_are_delivered_or_refused) {
                         expect_error(r, &error, SD_BUS_ERROR_LIMITS_EXCEEDED, "too many values");
         }
         /* What it may have built stays bounded: ~180 MiB at the limit, where 8 Mi booleans (a
-         * 32 MiB message) took 1.4 GiB without one. */
-        if (!UNDER_ASAN)
+         * 32 MiB message) took 1.4 GiB without one. Not measurable under ASan or valgrind
+         * (IPCHANNEL_TEST_WRAPPER): their own bookkeeping is in the peak too (~880 MiB). */
+        if (!UNDER_ASAN && !getenv("IPCHANNEL_TEST_WRAPPER"))
                 ck_assert_int_lt(vm_hwm_kib(target->pid), 512 * 1024);
 
         ck_assert(peer_quiet(target, "recv", 200));
@@ -644,12 +645,11 @@ START_TEST(test_flood_of_deliver_calls_is_all_delivered_and_the_target_keeps_ser
                 for (; sent < FLOOD && sent - next < FLOOD_WINDOW; sent++) {
                         _cleanup_bus_message_ sd_bus_message *m = NULL;
 
-                        ck_assert_int_ge(sd_bus_message_new_method_call(bus, &m, name, path,
-                                                                        "org.ipchannel.Peer1", "Deliver"),
-                                         0);
-                        ck_assert_int_ge(sd_bus_message_set_expect_reply(m, 0), 0);
-                        ck_assert_int_ge(sd_bus_message_append(m, "sv", "ev", "u", sent), 0);
-                        ck_assert_int_ge(sd_bus_send(bus, m, NULL), 0);
+                        assert_quiet(sd_bus_message_new_method_call(bus, &m, name, path, "org.ipchannel.Peer1",
+                                                                    "Deliver") >= 0);
+                        assert_quiet(sd_bus_message_set_expect_reply(m, 0) >= 0);
+                        assert_quiet(sd_bus_message_append(m, "sv", "ev", "u", sent) >= 0);
+                        assert_quiet(sd_bus_send(bus, m, NULL) >= 0);
                 }
                 ck_assert_int_ge(sd_bus_flush(bus), 0);
                 line = peer_next_line(target, PEER_TIMEOUT_MS);
@@ -658,8 +658,8 @@ START_TEST(test_flood_of_deliver_calls_is_all_delivered_and_the_target_keeps_ser
                         char expect[64];
 
                         snprintf(expect, sizeof(expect), "recv %u ev uint32 %u", HOSTILE_ID, next);
-                        ck_assert_msg(strcmp(line, expect) == 0, "got \"%s\", expected \"%s\"", line,
-                                      expect);
+                        if (strcmp(line, expect) != 0)
+                                ck_abort_msg("got \"%s\", expected \"%s\"", line, expect);
                         next++;
                 } while (next < sent && (line = peer_next_line(target, 0)));
         }
@@ -708,20 +708,18 @@ START_TEST(test_acquire_of_100000_locks_is_limited_and_others_still_get_locks) {
                         char lock[32];
 
                         snprintf(lock, sizeof(lock), "lock-%u", sent++);
-                        ck_assert_int_ge(sd_bus_call_method_async(bus, NULL, "org.ipchannel.manylocks.Locks",
-                                                                  "/org/ipchannel/manylocks/Locks",
-                                                                  "org.ipchannel.LockService1", "Acquire",
-                                                                  on_flood_reply, &c, "st", lock,
-                                                                  (uint64_t) 0),
-                                         0);
+                        assert_quiet(sd_bus_call_method_async(bus, NULL, "org.ipchannel.manylocks.Locks",
+                                                              "/org/ipchannel/manylocks/Locks",
+                                                              "org.ipchannel.LockService1", "Acquire",
+                                                              on_flood_reply, &c, "st", lock, (uint64_t) 0) >= 0);
                         c.n_pending++;
                 }
                 int r;
                 while ((r = sd_bus_process(bus, NULL)) > 0)
                         ;
-                ck_assert_int_ge(r, 0);
+                assert_quiet(r >= 0);
                 if (c.n_pending > 0)
-                        ck_assert_int_ge(sd_bus_wait(bus, scaled_usec(10 * 1000 * 1000)), 0);
+                        assert_quiet(sd_bus_wait(bus, scaled_usec(10 * 1000 * 1000)) >= 0);
         }
         ck_assert_uint_eq(c.n_other, 0);
         ck_assert_uint_eq(c.n_granted, LOCKS_PER_CONNECTION);
