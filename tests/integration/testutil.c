@@ -56,8 +56,7 @@ uint64_t scaled_usec(uint64_t usec) {
 
 /* $IPCHANNEL_TEST_WRAPPER (tests/harness/valgrind-wrap under meson test --setup valgrind)
  * runs every process a test starts: under valgrind memcheck, an error or a definite leak is
- * logged for with-bus to find, and makes the process exit 99, which fails the test when the
- * peer ends. */
+ * logged for with-bus to find, which fails the test. */
 static peer *proc_startv(const char *path, const char *ready, const char *const *env, const char *arg,
                          va_list ap) {
         const char *argv[64], *wrapper = getenv("IPCHANNEL_TEST_WRAPPER");
