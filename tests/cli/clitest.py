@@ -3,13 +3,42 @@
 import json
 import os
 import queue
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 
 failures = []
 _children = []
+
+# $IPCHANNEL_TEST_WRAPPER (tests/harness/valgrind-wrap under meson test --setup valgrind) runs
+# every program of ours a test starts; every wait may take IPCHANNEL_TEST_TIMEOUT_FACTOR
+# times longer (default 1). The helpers below apply both; tests use wrapped() and scaled()
+# for the programs they start and the waits they time themselves.
+WRAPPER = os.environ.get("IPCHANNEL_TEST_WRAPPER") or ""
+try:
+    FACTOR = max(1, int(os.environ.get("IPCHANNEL_TEST_TIMEOUT_FACTOR") or 1))
+except ValueError:
+    FACTOR = 1
+
+
+# Outside with-bus (which checks the logs itself), the logs go to a directory of ours that
+# finish() checks: an error fails the test whatever the exit status of its process.
+_own_logs = None
+if WRAPPER and not os.environ.get("IPCHANNEL_TEST_VALGRIND_LOGDIR"):
+    _own_logs = tempfile.mkdtemp(prefix="ipchannel-valgrind-")
+    os.environ["IPCHANNEL_TEST_VALGRIND_LOGDIR"] = _own_logs
+
+
+def wrapped(argv):
+    """argv, run through the wrapper when there is one."""
+    return ([WRAPPER] if WRAPPER else []) + list(argv)
+
+
+def scaled(seconds):
+    return seconds * FACTOR
 
 
 def check(cond, what, detail=None):
@@ -27,6 +56,10 @@ def finish():
         if p.poll() is None:
             p.kill()
             p.wait()
+    if _own_logs:
+        check(subprocess.run([WRAPPER, "--check", _own_logs]).returncode == 0,
+              "valgrind found no error in the processes of the test")
+        shutil.rmtree(_own_logs, ignore_errors=True)
     print(f"{len(failures)} failed" if failures else "all passed", flush=True)
     sys.exit(1 if failures else 0)
 
@@ -42,14 +75,14 @@ class Tool:
         base = [self.path]
         if app and self.app:
             base += ["--app", self.app]
-        return base + list(args)
+        return wrapped(base + list(args))
 
     def run(self, *args, app=True, timeout=20, env=None, input=None):
         """Runs the tool to its end; returns (exit code, stdout, stderr)."""
         e = dict(os.environ)
         if env:
             e.update(env)
-        p = subprocess.run(self.argv(args, app), capture_output=True, text=True, timeout=timeout,
+        p = subprocess.run(self.argv(args, app), capture_output=True, text=True, timeout=scaled(timeout),
                            env=e, input=input)
         return p.returncode, p.stdout, p.stderr
 
@@ -77,7 +110,10 @@ class Lines:
         self.queue.put(None)
 
     def next(self, timeout=10.0):
-        """The next line, or None on timeout or end of file."""
+        """The next line, or None on timeout (scaled) or end of file."""
+        return self._next(scaled(timeout))
+
+    def _next(self, timeout):
         try:
             line = self.queue.get(timeout=max(0.0, timeout))
         except queue.Empty:
@@ -90,9 +126,9 @@ class Lines:
 
     def expect(self, prefix, timeout=10.0):
         """Reads lines until one starts with prefix; returns it, or None."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while True:
-            line = self.next(deadline - time.monotonic())
+            line = self._next(deadline - time.monotonic())
             if line is None:
                 return None
             if line.startswith(prefix):
@@ -101,9 +137,9 @@ class Lines:
     def rest(self, timeout=10.0):
         """Every line until end of file."""
         out = []
-        self.thread.join(timeout)
+        self.thread.join(scaled(timeout))
         while True:
-            line = self.next(0)
+            line = self._next(0)
             if line is None:
                 return out
             out.append(line)
@@ -126,7 +162,7 @@ class Proc:
     def wait(self, timeout=10.0):
         """The exit code, or None if it did not exit in time (then it is killed)."""
         try:
-            return self.p.wait(timeout=timeout)
+            return self.p.wait(timeout=scaled(timeout))
         except subprocess.TimeoutExpired:
             self.p.kill()
             self.p.wait()
@@ -137,7 +173,7 @@ class Peer:
     """A tests/integration/test-peer process, driven on stdin."""
 
     def __init__(self, path, app, *args):
-        self.p = subprocess.Popen([path, "--app", app, *args], stdin=subprocess.PIPE,
+        self.p = subprocess.Popen(wrapped([path, "--app", app, *args]), stdin=subprocess.PIPE,
                                   stdout=subprocess.PIPE, text=True, bufsize=1)
         _children.append(self.p)
         self.pid = self.p.pid
@@ -168,10 +204,10 @@ class Peer:
 
     def knows(self, peer_id, timeout=10.0):
         """Waits until this peer has seen peer_id join (so that a send to it is not refused)."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + scaled(timeout)
         while time.monotonic() < deadline:
             self.cmd(f"has {peer_id}")
-            if self.expect(f"has {peer_id} ", deadline - time.monotonic()) == f"has {peer_id} 1":
+            if self.out.expect(f"has {peer_id} ", (deadline - time.monotonic()) / FACTOR) == f"has {peer_id} 1":
                 return True
             time.sleep(0.02)
         return False
@@ -180,14 +216,14 @@ class Peer:
         if self.p.poll() is None:
             self.p.stdin.close()
             try:
-                self.p.wait(timeout=10)
+                self.p.wait(timeout=scaled(10))
             except subprocess.TimeoutExpired:
                 self.p.kill()
                 self.p.wait()
 
 
 def wait_until(cond, timeout=10.0, step=0.02):
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         v = cond()
         if v:

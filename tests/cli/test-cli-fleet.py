@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 
-from clitest import Proc, Tool, check, finish, json_lines
+from clitest import Proc, Tool, check, finish, json_lines, wrapped
 
 IPC, FAKE = sys.argv[1], sys.argv[4]
 tool = Tool(IPC)
@@ -30,8 +30,8 @@ code, out, err = tool.run("fleet", "start", "fleetdemo@", "2", env={"DBUS_SESSIO
 check(code == 5 and err.startswith("ipchannel: cannot connect to the user bus"), "fleet with no bus: exit 5", (code, err))
 
 # 2. A fake service manager.
-fake = Proc([FAKE, "--template", "fleetdemo", "--no-install", "bare", "--fail", "flaky@2", "--template", "flaky",
-             "--hang", "slow"])
+fake = Proc(wrapped([FAKE, "--template", "fleetdemo", "--no-install", "bare", "--fail", "flaky@2", "--template",
+                     "flaky", "--hang", "slow"]))
 check(fake.out.next() == "ready", "fake-systemd owns org.freedesktop.systemd1")
 
 
@@ -86,7 +86,7 @@ check(code == 0 and started == [f"fleetdemo@{i}.service" for i in range(1, CPUS 
       f"COUNT max starts one instance per CPU ({CPUS})", (code, err, started))
 if shutil.which("taskset"):
     n = len(fake_call("Jobs", "a(ss)"))
-    p = subprocess.run(["taskset", "-c", "0", IPC, "fleet", "start", "fleetdemo@", "max"], capture_output=True, text=True)
+    p = subprocess.run(["taskset", "-c", "0", *wrapped([IPC, "fleet", "start", "fleetdemo@", "max"])], capture_output=True, text=True)
     started = [u for u, t in jobs_since(n) if t == "start"]
     check(p.returncode == 0 and started == ["fleetdemo@1.service"], "max counts the CPUs of the affinity mask (taskset -c 0: 1)",
           (p.returncode, p.stderr, started))

@@ -10,7 +10,7 @@ import sys
 import tempfile
 import time
 
-from clitest import Peer, Tool, check, finish, json_lines, wait_until
+from clitest import Peer, Tool, check, finish, json_lines, scaled, wait_until, wrapped
 
 IPC, TEST_PEER, TEST_LOCKER = sys.argv[1], sys.argv[2], sys.argv[3]
 APP = "lockstest"
@@ -20,14 +20,14 @@ lockers = []
 
 
 def locker(*args):
-    p = subprocess.Popen([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/counter", *args],
+    p = subprocess.Popen(wrapped([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/counter", *args]),
                          stdout=subprocess.PIPE, text=True, bufsize=1)
     lockers.append(p)
     return p
 
 
 def expect(p, prefix, timeout=10.0):
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         line = p.stdout.readline()
         if not line:
@@ -84,14 +84,14 @@ code, out, err = tool.run("run", "counter", "--timeout", "0.5", "--", "sh", "-c"
 took = time.monotonic() - start
 check(code == 4 and out == "" and err == 'ipchannel: timed out waiting for lock "counter" of app lockstest\n',
       "run --timeout while another holds the lock: exit 4, CMD not run", (code, out, err))
-check(0.4 < took < 5, f"run gave up after about 0.5 s (took {took:.2f} s)")
+check(0.4 < took < scaled(5), f"run gave up after about 0.5 s (took {took:.2f} s)")
 
 # A run that waits gets the lock after the two lockers, in FIFO order.
 runner = tool.start("run", "counter", "--", "sh", "-c", 'echo "token=$IPCHANNEL_LOCK_TOKEN lock=$IPCHANNEL_LOCK"')
 rows = wait_until(lambda: [r for r in locks_json()[1] if len(r["waiters"]) == 2], timeout=10)
 check(bool(rows) and rows[0]["waiters"][1]["pid"] == runner.pid, "a waiting run is listed as the second waiter", rows)
 open(f"{tmp}/go", "w").close()
-check(holder.wait(timeout=10) == 0 and waiter.wait(timeout=10) == 0, "both lockers finish")
+check(holder.wait(timeout=scaled(10)) == 0 and waiter.wait(timeout=scaled(10)) == 0, "both lockers finish")
 check(runner.wait() == 0, "the waiting run then runs its command and exits 0")
 line = runner.out.next()
 check(line is not None and line.startswith("token=") and int(line.split()[0][6:]) > token
@@ -143,7 +143,7 @@ victim.wait()
 start = time.monotonic()
 code, out, err = tool.run("run", "K", "--timeout", "3", "--", "true")
 took = time.monotonic() - start
-check(code == 0 and took < 2.5, f"after the tool is SIGKILLed another run gets K at once ({took:.2f} s)", (code, err))
+check(code == 0 and took < scaled(2.5), f"after the tool is SIGKILLed another run gets K at once ({took:.2f} s)", (code, err))
 
 
 def gone(pid):
@@ -180,7 +180,7 @@ blocker.wait()
 start = time.monotonic()
 code, out, err = tool.run("run", "E", "--lease", "0.3", "--", "sleep", "10")
 took = time.monotonic() - start
-check(code == 4 and "lease" in err and took < 5, f"run --lease 0.3 with a longer CMD: exit 4 ({took:.2f} s)", (code, err))
+check(code == 4 and "lease" in err and took < scaled(5), f"run --lease 0.3 with a longer CMD: exit 4 ({took:.2f} s)", (code, err))
 
 # 8. The bus cannot be reached: exit 5.
 code, out, err = tool.run("run", "L", "true", env={"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent"})

@@ -9,12 +9,19 @@ import subprocess
 import sys
 import tempfile
 
-from clitest import Peer, check, finish, wait_until
+from clitest import WRAPPER, Peer, check, finish, scaled, wait_until, wrapped
 
 IPC, TEST_PEER, TEST_LOCKER, COMPLETION = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[5]
 APP = "comptest"
 env = dict(os.environ)
 env["PATH"] = os.path.dirname(os.path.abspath(IPC)) + os.pathsep + env["PATH"]
+if WRAPPER:
+    # The completion runs "ipchannel": a script first in PATH runs it through the wrapper.
+    shim = tempfile.mkdtemp()
+    with open(os.path.join(shim, "ipchannel"), "w") as f:
+        f.write(f"#!/bin/sh\nexec {shlex.quote(WRAPPER)} {shlex.quote(os.path.abspath(IPC))} \"$@\"\n")
+    os.chmod(os.path.join(shim, "ipchannel"), 0o755)
+    env["PATH"] = shim + os.pathsep + env["PATH"]
 env.pop("IPCHANNEL_APP", None)
 
 
@@ -32,7 +39,7 @@ def complete(line, extra_env=None):
     if extra_env:
         e.update(extra_env)
     p = subprocess.run(["bash", "--norc", "--noprofile", "-c", script], capture_output=True, text=True, env=e,
-                       timeout=20)
+                       timeout=scaled(20))
     return [w for w in p.stdout.split("\n") if w], p.stderr
 
 
@@ -53,7 +60,7 @@ got, err = complete("ipchannel help ")
 check("peers" in got and "help" not in got, "help <TAB> offers the commands", got)
 
 # Live peer ids, from the bus of the test.
-code = subprocess.run([IPC, "--app", APP, "peers", "--ids-only"], capture_output=True, text=True, env=env)
+code = subprocess.run(wrapped([IPC, "--app", APP, "peers", "--ids-only"]), capture_output=True, text=True, env=env)
 got, err = complete(f"ipchannel --app {APP} send ")
 check(got == ["all"], "with no peer up, send <TAB> offers only all", got)
 peers = [Peer(TEST_PEER, APP) for _ in range(3)]
@@ -78,7 +85,9 @@ check(wait_until(lambda: complete(f"ipchannel --app {APP} send ")[0] == ["1", "3
 
 # Locks, and the command run runs.
 tmp = tempfile.mkdtemp()
-locker = subprocess.Popen([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/c", "--count", "1", "--pause-file", f"{tmp}/go"],
+# It holds "counter" until go exists (its lease, 60 s, outlasts the slowest run of the checks).
+locker = subprocess.Popen(wrapped([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/c", "--count", "1", "--lease-usec",
+                                   "60000000", "--pause-file", f"{tmp}/go"]),
                           stdout=subprocess.PIPE, text=True)
 check(locker.stdout.readline().strip() == "started", "a test locker starts")
 check(wait_until(lambda: complete(f"ipchannel --app {APP} run ")[0] == ["counter"], timeout=10),
@@ -92,7 +101,7 @@ check("echo" in got, "run LOCK ech<TAB> completes the command without --", got)
 got, err = complete(f"ipchannel --app {APP} run counter --")
 check("--timeout" in got and "--lease" in got, "run LOCK --<TAB> offers run's options", got)
 open(f"{tmp}/go", "w").close()
-locker.wait(timeout=10)
+locker.wait(timeout=scaled(10))
 
 for p in peers:
     p.stop()

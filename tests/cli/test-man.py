@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from clitest import check, finish
+from clitest import check, finish, wrapped
 
 MAN_SRC, IPC, LOCKD, DEMO, SYM = sys.argv[1:6]
 BUILT = sys.argv[6:]
@@ -21,7 +21,7 @@ def page(name):
 
 
 def help_of(*argv):
-    p = subprocess.run(list(argv), capture_output=True, text=True)
+    p = subprocess.run(wrapped(argv), capture_output=True, text=True)
     return p.returncode, p.stdout
 
 

@@ -11,6 +11,9 @@ import tempfile
 import time
 import xml.etree.ElementTree as ET
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.realpath(__file__)), "..", "cli"))
+from clitest import scaled, wrapped  # noqa: E402  (the wrapper and the wait factor)
+
 TEST_PEER, PEER_XML, LOCK_XML, TEST_LOCKER = sys.argv[1:5]
 APP = "busctltest"
 NAME = f"org.ipchannel.{APP}.Peer1"
@@ -25,13 +28,13 @@ def check(cond, what):
 
 
 def start_peer(*args):
-    p = subprocess.Popen([TEST_PEER, "--app", APP, *args], stdin=subprocess.PIPE,
+    p = subprocess.Popen(wrapped([TEST_PEER, "--app", APP, *args]), stdin=subprocess.PIPE,
                          stdout=subprocess.PIPE, text=True, bufsize=1)
     return p
 
 
 def expect(p, prefix, timeout=10.0):
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + scaled(timeout)
     while time.monotonic() < deadline:
         line = p.stdout.readline()
         if not line:
@@ -99,7 +102,7 @@ peer.stdin.write("send all ('hello', 42)\n")
 peer.stdin.flush()
 check(expect(peer, "recv ") == "recv 1 message ('hello', 42)", "the peer hears its own broadcast")
 seen = None
-deadline = time.monotonic() + 10
+deadline = time.monotonic() + scaled(10)
 while time.monotonic() < deadline:
     line = mon.stdout.readline()
     if not line:
@@ -121,13 +124,14 @@ if seen:
 
 # 4. busctl shows who holds a lock and who waits.
 tmp = tempfile.mkdtemp()
-holder = subprocess.Popen([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/c", "--count", "1",
-                           "--pause-file", f"{tmp}/go"], stdout=subprocess.PIPE, text=True)
+holder = subprocess.Popen(wrapped([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/c", "--count", "1",
+                                   "--lease-usec", "60000000", "--pause-file", f"{tmp}/go"]),
+                          stdout=subprocess.PIPE, text=True)
 check(expect(holder, "holding") is not None, "a locker holds the lock 'counter'")
-waiter = subprocess.Popen([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/c", "--count", "1"],
+waiter = subprocess.Popen(wrapped([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/c", "--count", "1"]),
                           stdout=subprocess.PIPE, text=True)
 listing = None
-for _ in range(200):
+for _ in range(scaled(200)):
     out = subprocess.run(["busctl", "--user", "--json=short", "call", LOCKS, LOCKS_PATH,
                           "org.ipchannel.LockService1", "ListLocks"],
                          capture_output=True, text=True, check=True).stdout
@@ -140,10 +144,10 @@ check(listing is not None and listing[0][0] == "counter" and listing[0][1].start
       and listing[0][2] > 0 and len(listing[0][4]) == 1,
       f"busctl call ListLocks shows the lock, its holder, token and one waiter (got {listing!r})")
 open(f"{tmp}/go", "w").close()
-check(holder.wait(timeout=10) == 0 and waiter.wait(timeout=10) == 0, "both lockers finish")
+check(holder.wait(timeout=scaled(10)) == 0 and waiter.wait(timeout=scaled(10)) == 0, "both lockers finish")
 with open(f"{tmp}/c") as f:
     check(f.read().strip() == "2", "and the counter they share is 2")
 
 peer.stdin.close()
-peer.wait(timeout=10)
+peer.wait(timeout=scaled(10))
 sys.exit(1 if failures else 0)

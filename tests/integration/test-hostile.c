@@ -68,7 +68,7 @@ static int call_peer(sd_bus *bus, const char *app, unsigned id, const char *path
                 va_end(ap);
                 ck_assert_int_ge(r, 0);
         }
-        return sd_bus_call(bus, m, 10 * 1000 * 1000, error, NULL);
+        return sd_bus_call(bus, m, scaled_usec(10 * 1000 * 1000), error, NULL);
 }
 
 /* A raw client that owns the peer name `id` of `app`, once the target (peer `target_id`) knows
@@ -80,7 +80,7 @@ static sd_bus *hostile_peer_id(const char *app, unsigned target_id, unsigned id)
         snprintf(suffix, sizeof(suffix), "Peer%u", id);
         name_of(name, sizeof(name), app, suffix);
         ck_assert_int_ge(sd_bus_request_name(bus, name, 0), 0);
-        for (int k = 0; k < 500; k++) {
+        for (int k = 0; k < scaled_ms(500); k++) {
                 _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
                 /* A reserved event: refused after the peer check, so nothing is delivered. */
                 int r = call_peer(bus, app, target_id, NULL, NULL, "DeliverNull", &error, "s", "connect");
@@ -153,7 +153,7 @@ static void expect_invalid_args(sd_bus *bus, const char *app, const char *member
                 va_end(ap);
                 ck_assert_int_ge(r, 0);
         }
-        r = sd_bus_call(bus, m, 10 * 1000 * 1000, &error, NULL);
+        r = sd_bus_call(bus, m, scaled_usec(10 * 1000 * 1000), &error, NULL);
         snprintf(what, sizeof(what), "%s(%s)", member, types ? types : "");
         expect_error(r, &error, SD_BUS_ERROR_INVALID_ARGS, what);
 }
@@ -266,13 +266,13 @@ static int call_with_invalid_utf8_event(sd_bus *bus, const char *app, sd_bus_err
                 sd_bus_message_new_method_call(bus, &m, name, path, "org.ipchannel.Peer1", "Deliver"), 0);
         ck_assert_int_eq(sd_bus_message_append(m, "s", "\377bad"), -EINVAL);
         ck_assert_int_ge(sd_bus_message_append(m, "sv", "Xbad", "s", "x"), 0);
-        ck_assert_int_ge(sd_bus_message_seal(m, 0xdead, 2 * 1000 * 1000), 0);
+        ck_assert_int_ge(sd_bus_message_seal(m, 0xdead, scaled_usec(2 * 1000 * 1000)), 0);
         /* Reading a sealed message gives pointers into its body, the bytes that will be sent. */
         ck_assert_int_ge(sd_bus_message_rewind(m, true), 0);
         ck_assert_int_ge(sd_bus_message_read_basic(m, 's', &event), 0);
         ck_assert_str_eq(event, "Xbad");
         ((char *) event)[0] = (char) 0xff;
-        return sd_bus_call(bus, m, 2 * 1000 * 1000, error, NULL);
+        return sd_bus_call(bus, m, scaled_usec(2 * 1000 * 1000), error, NULL);
 }
 
 START_TEST(test_bad_event_names_get_named_errors) {
@@ -346,7 +346,7 @@ END_TEST
 /* Reads whole lines of any length from p until one starts with prefix; returns it (g_free()). */
 static char *read_long_line(peer *p, const char *prefix, int timeout_ms) {
         g_autoptr(GString) line = g_string_new(NULL);
-        uint64_t deadline = now_usec() + (uint64_t) timeout_ms * 1000;
+        uint64_t deadline = now_usec() + scaled_usec((uint64_t) timeout_ms * 1000);
         char buf[1 << 16];
 
         for (;;) {
@@ -424,7 +424,7 @@ START_TEST(test_payloads_at_and_over_the_size_limit) {
                                  0);
                 r = sd_bus_message_append(m, "sv", "ev", "s", huge);
                 if (r >= 0)
-                        r = sd_bus_call(over, m, 30 * 1000 * 1000, &error, NULL);
+                        r = sd_bus_call(over, m, scaled_usec(30 * 1000 * 1000), &error, NULL);
                 ck_assert_msg(r < 0, "a message over 128 MiB was accepted");
                 fprintf(stderr, "over the limit: %s (%s)\n", strerror(-r),
                         error.name ? error.name : "no name");
@@ -473,7 +473,7 @@ static int call_nested(sd_bus *bus, const char *app, unsigned depth, sd_bus_erro
         ck_assert_int_ge(sd_bus_message_append(m, "u", 7), 0);
         for (unsigned i = 0; i < depth; i++)
                 ck_assert_int_ge(sd_bus_message_close_container(m), 0);
-        return sd_bus_call(bus, m, 5 * 1000 * 1000, error, NULL);
+        return sd_bus_call(bus, m, scaled_usec(5 * 1000 * 1000), error, NULL);
 }
 
 START_TEST(test_odd_payloads_are_delivered_or_refused) {
@@ -551,7 +551,7 @@ START_TEST(test_odd_payloads_are_delivered_or_refused) {
                         ck_assert_int_ge(sd_bus_message_open_container(m, 'v', "ab"), 0);
                         ck_assert_int_ge(sd_bus_message_open_container(m, 'a', "b"), 0);
                         for (size_t i = 0; i < n; i++)
-                                ck_assert_int_ge(sd_bus_message_append_basic(m, 'b', &(int){1}), 0);
+                                assert_quiet(sd_bus_message_append_basic(m, 'b', &(int){1}) >= 0);
                         ck_assert_int_ge(sd_bus_message_close_container(m), 0);
                         ck_assert_int_ge(sd_bus_message_close_container(m), 0);
                 } else {
@@ -567,7 +567,7 @@ START_TEST(test_odd_payloads_are_delivered_or_refused) {
                                                                      g_variant_get_size(packed)),
                                          0);
                 }
-                r = sd_bus_call(bus, m, 30 * 1000 * 1000, &error, NULL);
+                r = sd_bus_call(bus, m, scaled_usec(30 * 1000 * 1000), &error, NULL);
                 if (k == 0) {
                         ck_assert_msg(r >= 0, "%zu values were refused: %s", n, error.message);
                         g_autofree char *big = read_long_line(target, "recv ", 30000);
@@ -577,8 +577,9 @@ START_TEST(test_odd_payloads_are_delivered_or_refused) {
                         expect_error(r, &error, SD_BUS_ERROR_LIMITS_EXCEEDED, "too many values");
         }
         /* What it may have built stays bounded: ~180 MiB at the limit, where 8 Mi booleans (a
-         * 32 MiB message) took 1.4 GiB without one. */
-        if (!UNDER_ASAN)
+         * 32 MiB message) took 1.4 GiB without one. Not measurable under ASan or valgrind
+         * (IPCHANNEL_TEST_WRAPPER): their own bookkeeping is in the peak too (~880 MiB). */
+        if (!UNDER_ASAN && !getenv("IPCHANNEL_TEST_WRAPPER"))
                 ck_assert_int_lt(vm_hwm_kib(target->pid), 512 * 1024);
 
         ck_assert(peer_quiet(target, "recv", 200));
@@ -652,12 +653,11 @@ START_TEST(test_flood_of_deliver_calls_is_all_delivered_and_the_target_keeps_ser
                 for (; sent < FLOOD && sent - next < FLOOD_WINDOW; sent++) {
                         _cleanup_bus_message_ sd_bus_message *m = NULL;
 
-                        ck_assert_int_ge(sd_bus_message_new_method_call(bus, &m, name, path,
-                                                                        "org.ipchannel.Peer1", "Deliver"),
-                                         0);
-                        ck_assert_int_ge(sd_bus_message_set_expect_reply(m, 0), 0);
-                        ck_assert_int_ge(sd_bus_message_append(m, "sv", "ev", "u", sent), 0);
-                        ck_assert_int_ge(sd_bus_send(bus, m, NULL), 0);
+                        assert_quiet(sd_bus_message_new_method_call(bus, &m, name, path, "org.ipchannel.Peer1",
+                                                                    "Deliver") >= 0);
+                        assert_quiet(sd_bus_message_set_expect_reply(m, 0) >= 0);
+                        assert_quiet(sd_bus_message_append(m, "sv", "ev", "u", sent) >= 0);
+                        assert_quiet(sd_bus_send(bus, m, NULL) >= 0);
                 }
                 ck_assert_int_ge(sd_bus_flush(bus), 0);
                 line = peer_next_line(target, PEER_TIMEOUT_MS);
@@ -666,8 +666,8 @@ START_TEST(test_flood_of_deliver_calls_is_all_delivered_and_the_target_keeps_ser
                         char expect[64];
 
                         snprintf(expect, sizeof(expect), "recv %u ev uint32 %u", HOSTILE_ID, next);
-                        ck_assert_msg(strcmp(line, expect) == 0, "got \"%s\", expected \"%s\"", line,
-                                      expect);
+                        if (strcmp(line, expect) != 0)
+                                ck_abort_msg("got \"%s\", expected \"%s\"", line, expect);
                         next++;
                 } while (next < sent && (line = peer_next_line(target, 0)));
         }
@@ -716,20 +716,18 @@ START_TEST(test_acquire_of_100000_locks_is_limited_and_others_still_get_locks) {
                         char lock[32];
 
                         snprintf(lock, sizeof(lock), "lock-%u", sent++);
-                        ck_assert_int_ge(sd_bus_call_method_async(bus, NULL, "org.ipchannel.manylocks.Locks",
-                                                                  "/org/ipchannel/manylocks/Locks",
-                                                                  "org.ipchannel.LockService1", "Acquire",
-                                                                  on_flood_reply, &c, "st", lock,
-                                                                  (uint64_t) 0),
-                                         0);
+                        assert_quiet(sd_bus_call_method_async(bus, NULL, "org.ipchannel.manylocks.Locks",
+                                                              "/org/ipchannel/manylocks/Locks",
+                                                              "org.ipchannel.LockService1", "Acquire",
+                                                              on_flood_reply, &c, "st", lock, (uint64_t) 0) >= 0);
                         c.n_pending++;
                 }
                 int r;
                 while ((r = sd_bus_process(bus, NULL)) > 0)
                         ;
-                ck_assert_int_ge(r, 0);
+                assert_quiet(r >= 0);
                 if (c.n_pending > 0)
-                        ck_assert_int_ge(sd_bus_wait(bus, 10 * 1000 * 1000), 0);
+                        assert_quiet(sd_bus_wait(bus, scaled_usec(10 * 1000 * 1000)) >= 0);
         }
         ck_assert_uint_eq(c.n_other, 0);
         ck_assert_uint_eq(c.n_granted, LOCKS_PER_CONNECTION);
@@ -836,7 +834,7 @@ START_TEST(test_vanished_waiter_is_dropped_and_the_next_is_served_at_once) {
         uint64_t t1 = now_usec();
         ck_assert_ptr_nonnull(line);
         ck_assert_msg(strncmp(line, "result acquire-thread 0 ", 24) == 0, "%s", line);
-        ck_assert_msg(t1 - t0 < 500 * 1000, "the next waiter waited %" PRIu64 " us", t1 - t0);
+        ck_assert_msg(t1 - t0 < scaled_usec(500 * 1000), "the next waiter waited %" PRIu64 " us", t1 - t0);
         peer_cmd(good, "release");
         ck_assert_ptr_nonnull(peer_expect(good, "result release 0", PEER_TIMEOUT_MS));
 

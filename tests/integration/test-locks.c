@@ -115,12 +115,18 @@ START_TEST(test_counter_loses_updates_without_the_lock) {
         peer *p[4];
         long v;
 
-        for (int i = 0; i < 4; i++)
-                p[i] = locker("ctrnone", "none", "1000", "--hold-usec", "20");
+        /* Certain, however slow the lockers: each reads the counter (0) in its first section
+         * and pauses there until all four have read it, then all four write 1. Three updates
+         * are lost at least, whatever the other sections do. */
+        for (int i = 0; i < 4; i++) {
+                p[i] = locker("ctrnone", "none", "1000", "--pause-file", path_in_dir("go"));
+                ck_assert_ptr_nonnull(peer_expect(p[i], "holding", PEER_TIMEOUT_MS));
+        }
+        close(open(path_in_dir("go"), O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
         for (int i = 0; i < 4; i++)
                 expect_done(p[i], 1000, false);
         v = read_counter(path_in_dir("counter"));
-        ck_assert_msg(v < 4000, "without the lock the counter is %ld: the test could not fail", v);
+        ck_assert_msg(v <= 4000 - 3, "without the lock the counter is %ld: the test could not fail", v);
 }
 END_TEST
 
@@ -156,12 +162,13 @@ START_TEST(test_killed_holder_passes_the_lock_at_once) {
                              "--pause-file", path_in_dir("never"), NULL);
         ck_assert_ptr_nonnull(peer_expect(a, "holding", PEER_TIMEOUT_MS));
         peer *b = locker("killholder", "sync", "1", "--verbose", NULL);
-        usleep(200 * 1000);     /* b is waiting now */
+        wait_waiters("killholder", "counter", 1);     /* b is waiting now */
 
         uint64_t killed = now_usec();
         peer_kill(a, SIGKILL);
         uint64_t granted = expect_stamp(b, "enter", NULL);
-        ck_assert_msg(granted - killed < 100 * 1000,
+        /* At once: well within a's 30 s lease. */
+        ck_assert_msg(granted - killed < scaled_usec(100 * 1000),
                       "the next waiter got the lock %" PRIu64 " us after the holder died", granted - killed);
         expect_done(b, 1, true);
 }
@@ -193,14 +200,22 @@ START_TEST(test_late_release_does_not_release_the_next_holder) {
         ck_assert_uint_eq(peer_wait_connect(host), 1);
         uint64_t ta, tb, tc;
 
-        /* a's lease is 200 ms but its section takes 600 ms. */
+        /* a's lease is 200 ms but its section takes 600 ms; b's takes 800 ms, within its lease
+         * of 5 s. The times scale with the waits, so that b, however slow to start, holds the
+         * lock when a releases it late. */
+        char a_lease[32], a_hold[32], b_lease[32], b_hold[32];
+        snprintf(a_lease, sizeof(a_lease), "%" PRIu64, scaled_usec(200 * 1000));
+        snprintf(a_hold, sizeof(a_hold), "%" PRIu64, scaled_usec(600 * 1000));
+        snprintf(b_lease, sizeof(b_lease), "%" PRIu64, scaled_usec(5000 * 1000));
+        snprintf(b_hold, sizeof(b_hold), "%" PRIu64, scaled_usec(800 * 1000));
         peer *a = proc_start(TEST_LOCKER_PATH, "started", "--app", "late", "--file", path_in_dir("counter"),
-                             "--mode", "acquire", "--count", "1", "--lease-usec", "200000", "--hold-usec",
-                             "600000", "--verbose", NULL);
+                             "--mode", "acquire", "--count", "1", "--lease-usec", a_lease, "--hold-usec", a_hold,
+                             "--verbose", NULL);
         expect_stamp(a, "enter", &ta);
         peer *b = proc_start(TEST_LOCKER_PATH, "started", "--app", "late", "--file", path_in_dir("counter"),
-                             "--mode", "acquire", "--count", "1", "--hold-usec", "800000", "--verbose", NULL);
-        usleep(50 * 1000);
+                             "--mode", "acquire", "--count", "1", "--lease-usec", b_lease, "--hold-usec", b_hold,
+                             "--verbose", NULL);
+        usleep(scaled_usec(50 * 1000));
         peer *c = proc_start(TEST_LOCKER_PATH, "started", "--app", "late", "--file", path_in_dir("counter"),
                              "--mode", "acquire", "--count", "1", "--verbose", NULL);
 
@@ -217,7 +232,7 @@ START_TEST(test_late_release_does_not_release_the_next_holder) {
         ck_assert_uint_gt(tc, tb);
         /* c got the lock only when b left, not when a released late (while b was inside). */
         ck_assert_msg(c_in >= b_out, "c entered %" PRIu64 " us before b left", b_out - c_in);
-        ck_assert_uint_gt(b_out - b_in, 700 * 1000);
+        ck_assert_uint_gt(b_out - b_in, scaled_usec(700 * 1000));
 }
 END_TEST
 
@@ -243,10 +258,11 @@ START_TEST(test_waiter_outlasts_the_default_method_call_timeout) {
          * waiter: a client that relied on it would give up after 1 s. */
         ck_assert_int_eq(setenv("SYSTEMD_BUS_TIMEOUT", "1s", 1), 0);
 
+        /* The holder keeps the lock until the test lets it go (its lease, 60 s, lasts longer). */
         peer *holder = proc_start(TEST_LOCKER_PATH, "started", "--app", "longwait", "--file",
-                                  path_in_dir("counter"), "--count", "1", "--hold-usec", "3000000", "--verbose",
-                                  NULL);
-        expect_stamp(holder, "enter", NULL);
+                                  path_in_dir("counter"), "--count", "1", "--lease-usec", "60000000", "--pause-file",
+                                  path_in_dir("go"), NULL);
+        ck_assert_ptr_nonnull(peer_expect(holder, "holding", PEER_TIMEOUT_MS));
 
         /* A plain call with the default timeout does give up. */
         bus = lock_client("longwait");
@@ -256,12 +272,17 @@ START_TEST(test_waiter_outlasts_the_default_method_call_timeout) {
                                (uint64_t) 0);
         t1 = now_usec();
         ck_assert_int_eq(r, -ETIMEDOUT);
-        ck_assert_uint_lt(t1 - t0, 2500 * 1000);
+        ck_assert_uint_lt(t1 - t0, scaled_usec(2500 * 1000));
         sd_bus_error_free(&error);
         sd_bus_flush_close_unref(bus);
 
-        /* The library's waiter waits as long as it takes. */
+        /* The library's waiter waits as long as it takes: here 2 s past the moment it queued,
+         * twice its method call timeout, however long it took to start. */
         peer *waiter = locker("longwait", "sync", "1", "--verbose", NULL);
+        wait_waiters("longwait", "counter", 1);
+        t0 = now_usec();
+        usleep(2 * 1000 * 1000);
+        close(open(path_in_dir("go"), O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
         uint64_t in = expect_stamp(waiter, "enter", NULL);
         ck_assert_uint_gt(in - t0, 2 * 1000 * 1000);
         expect_done(waiter, 1, true);
@@ -340,7 +361,7 @@ START_TEST(test_service_answers_with_named_errors) {
         wait_waiters("raw", "x", 1);
 
         ck_assert_int_ge(call_lock(r1, "raw", "Release", &error, NULL, "st", "x", t1), 0);
-        for (int k = 0; k < 500 && t3 == 0; k++) {
+        for (int k = 0; k < scaled_ms(500) && t3 == 0; k++) {
                 ck_assert_int_ge(sd_bus_wait(r3, 10 * 1000), 0);
                 while (sd_bus_process(r3, NULL) > 0)
                         ;
@@ -358,7 +379,7 @@ START_TEST(test_service_answers_with_named_errors) {
         ck_assert_int_ge(sd_bus_flush(r4), 0);
         wait_waiters("raw", "x", 1);
         ck_assert_int_ge(call_lock(r4, "raw", "Cancel", &error, NULL, "s", "x"), 0);
-        for (int k = 0; k < 500 && t4 == 0; k++) {
+        for (int k = 0; k < scaled_ms(500) && t4 == 0; k++) {
                 ck_assert_int_ge(sd_bus_wait(r4, 10 * 1000), 0);
                 while (sd_bus_process(r4, NULL) > 0)
                         ;
@@ -471,7 +492,7 @@ START_TEST(test_grant_without_lease_survives_a_takeover) {
                              path_in_dir("go"), NULL);
         ck_assert_ptr_nonnull(peer_expect(a, "holding", PEER_TIMEOUT_MS));
         peer *b = locker("endless", "sync", "1", "--verbose", NULL);
-        usleep(100 * 1000);
+        wait_waiters("endless", "counter", 1);
 
         peer_kill(host, SIGKILL);
         /* The new host knows a holds the lock: b keeps waiting. */
@@ -529,15 +550,17 @@ START_TEST(test_grants_follow_acquire_arrival_order) {
         ck_assert_uint_eq(peer_wait_connect(host), 1);
         ck_assert_int_ge(sd_bus_open_user(&bus), 0);
 
+        /* It holds the lock until all five wait (its lease, 60 s, lasts longer). */
         peer *holder = proc_start(TEST_LOCKER_PATH, "started", "--app", "fifo", "--file", path_in_dir("counter"),
-                                  "--count", "1", "--pause-file", path_in_dir("go"), NULL);
+                                  "--count", "1", "--lease-usec", "60000000", "--pause-file", path_in_dir("go"),
+                                  NULL);
         ck_assert_ptr_nonnull(peer_expect(holder, "holding", PEER_TIMEOUT_MS));
 
         for (int i = 0; i < 5; i++) {
                 w[i] = locker("fifo", i % 2 ? "acquire" : "sync", "1", "--verbose", NULL);
                 /* The next one starts only when this one's Acquire is queued at the service. */
                 int n = -1;
-                for (int k = 0; k < 500 && (n = n_waiters("fifo", "counter")) != i + 1; k++)
+                for (int k = 0; k < scaled_ms(500) && (n = n_waiters("fifo", "counter")) != i + 1; k++)
                         usleep(10 * 1000);
                 ck_assert_int_eq(n, i + 1);
         }

@@ -34,23 +34,38 @@ static long long now_ms(void) {
         return (long long) ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* IPCHANNEL_TEST_VALGRIND=1 runs every process a test starts under valgrind memcheck: an
- * error or a definite leak makes it exit 99, which fails the test when the peer ends. */
-static const char *const valgrind_argv[] = {
-        "valgrind", "--quiet", "--error-exitcode=99", "--leak-check=full",
-        "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite", "--child-silent-after-fork=yes",
-};
+unsigned timeout_factor(void) {
+        static unsigned factor;
 
+        if (factor == 0) {
+                const char *e = getenv("IPCHANNEL_TEST_TIMEOUT_FACTOR");
+                unsigned long f = e ? strtoul(e, NULL, 10) : 1;
+
+                factor = f >= 1 && f <= 1000 ? (unsigned) f : 1;
+        }
+        return factor;
+}
+
+int scaled_ms(int ms) {
+        return ms * (int) timeout_factor();
+}
+
+uint64_t scaled_usec(uint64_t usec) {
+        return usec * timeout_factor();
+}
+
+/* $IPCHANNEL_TEST_WRAPPER (tests/harness/valgrind-wrap under meson test --setup valgrind)
+ * runs every process a test starts: under valgrind memcheck, an error or a definite leak is
+ * logged for with-bus to find, which fails the test. */
 static peer *proc_startv(const char *path, const char *ready, const char *const *env, const char *arg,
                          va_list ap) {
-        const char *argv[64];
+        const char *argv[64], *wrapper = getenv("IPCHANNEL_TEST_WRAPPER");
         int in[2], out[2];
         size_t n = 0;
         peer *p;
 
-        if (getenv("IPCHANNEL_TEST_VALGRIND"))
-                for (size_t i = 0; i < sizeof(valgrind_argv) / sizeof(valgrind_argv[0]); i++)
-                        argv[n++] = valgrind_argv[i];
+        if (wrapper && wrapper[0])
+                argv[n++] = wrapper;
         argv[n++] = path;
 
         for (const char *a = arg; a && n < 63; a = va_arg(ap, const char *))
@@ -131,9 +146,9 @@ void peer_cmd(peer *p, const char *fmt, ...) {
         ck_assert_int_eq(write(p->in, line, (size_t) n), n);
 }
 
-const char *peer_next_line(peer *p, int timeout_ms) {
+/* The next line, or NULL at deadline (now_ms()) or EOF. */
+static const char *next_line_until(peer *p, long long deadline) {
         static char line[sizeof(p->buf)];
-        long long deadline = now_ms() + timeout_ms;
 
         for (;;) {
                 char *nl = memchr(p->buf, '\n', p->len);
@@ -162,12 +177,15 @@ const char *peer_next_line(peer *p, int timeout_ms) {
         }
 }
 
+const char *peer_next_line(peer *p, int timeout_ms) {
+        return next_line_until(p, now_ms() + scaled_ms(timeout_ms));
+}
+
 const char *peer_expect(peer *p, const char *prefix, int timeout_ms) {
-        long long deadline = now_ms() + timeout_ms;
+        long long deadline = now_ms() + scaled_ms(timeout_ms);
 
         for (;;) {
-                long long left = deadline - now_ms();
-                const char *line = peer_next_line(p, left > 0 ? (int) left : 0);
+                const char *line = next_line_until(p, deadline);
 
                 if (!line)
                         return NULL;
@@ -195,7 +213,7 @@ void peer_kill(peer *p, int sig) {
 }
 
 int peer_wait(peer *p, int timeout_ms) {
-        long long deadline = now_ms() + timeout_ms;
+        long long deadline = now_ms() + scaled_ms(timeout_ms);
         int status;
 
         if (p->pid <= 0)
@@ -309,7 +327,7 @@ int call_lock(sd_bus *bus, const char *app, const char *member, sd_bus_error *er
                 va_end(ap);
                 ck_assert_int_ge(r, 0);
         }
-        r = sd_bus_call(bus, m, 10 * 1000 * 1000, error, reply);
+        r = sd_bus_call(bus, m, scaled_usec(10 * 1000 * 1000), error, reply);
         sd_bus_message_unref(m);
         return r;
 }
@@ -330,7 +348,7 @@ int n_waiters(const char *app, const char *lock) {
                         ck_assert_int_ge(sd_bus_message_read(reply, "sstt", &l, &holder, &token, &left), 0);
                         ck_assert_int_ge(sd_bus_message_read_strv(reply, &waiters), 0);
                         if (strcmp(l, lock) == 0)
-                                n = (int) g_strv_length(waiters);
+                                n = waiters ? (int) g_strv_length(waiters) : 0;   /* sd-bus: NULL when empty */
                         g_strfreev(waiters);
                         ck_assert_int_ge(sd_bus_message_exit_container(reply), 0);
                 }
@@ -342,7 +360,7 @@ int n_waiters(const char *app, const char *lock) {
 }
 
 void wait_waiters(const char *app, const char *lock, int n) {
-        for (int k = 0; k < 500 && n_waiters(app, lock) != n; k++)
+        for (int k = 0; k < scaled_ms(500) && n_waiters(app, lock) != n; k++)
                 usleep(10 * 1000);
         ck_assert_int_eq(n_waiters(app, lock), n);
 }
@@ -353,7 +371,7 @@ void wait_service_ready(const char *app) {
         int recovering = 1;
 
         locks_name_and_path(app, name, path, sizeof(name));
-        for (int k = 0; k < 500; k++) {
+        for (int k = 0; k < scaled_ms(500); k++) {
                 sd_bus_error error = SD_BUS_ERROR_NULL;
                 int r = sd_bus_get_property_trivial(bus, name, path, "org.ipchannel.LockService1", "Recovering",
                                                     &error, 'b', &recovering);

@@ -11,6 +11,13 @@
 
 #define PEER_TIMEOUT_MS 10000
 
+/* How many times longer every wait may take: IPCHANNEL_TEST_TIMEOUT_FACTOR (default 1; the
+ * valgrind test setup sets 10). The waits of the helpers below (timeout_ms arguments, method
+ * calls, polls of the lock service) are scaled already; tests scale their own with these. */
+unsigned timeout_factor(void);
+int scaled_ms(int ms);
+uint64_t scaled_usec(uint64_t usec);
+
 typedef struct peer {
         pid_t pid;
         int in;                 /* its stdin */
@@ -20,7 +27,17 @@ typedef struct peer {
         bool killed;            /* by the test: an abnormal end is expected */
 } peer;
 
-/* Starts test-peer with these arguments (NULL-terminated), extra environment "K=V" entries
+/* ck_assert(expr) without the mark a passing ck_assert() leaves: Check sends its parent
+ * process one message for every check that passes, so a loop of a million checks leaves a
+ * million messages, which take minutes to read back under valgrind. For hot loops. */
+#define assert_quiet(expr)                                                      \
+        do {                                                                    \
+                if (!(expr))                                                    \
+                        ck_abort_msg("Assertion '%s' failed", #expr);           \
+        } while (0)
+
+/* Programs start through $IPCHANNEL_TEST_WRAPPER when it is set (valgrind-wrap).
+ * Starts test-peer with these arguments (NULL-terminated), extra environment "K=V" entries
  * in env (NULL-terminated, may be NULL). Waits for its "ready" line. */
 peer *peer_start_env(const char *const *env, const char *arg, ...) __attribute__((sentinel));
 #define peer_start(...) peer_start_env(NULL, __VA_ARGS__, NULL)
@@ -33,7 +50,7 @@ peer *proc_start_env(const char *path, const char *ready, const char *const *env
 void peer_cmd(peer *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 /* Reads lines until one starts with prefix; returns it (static buffer, valid until the next
- * call) or NULL on timeout or EOF. Lines skipped are remembered for peer_saw(). */
+ * call) or NULL on timeout (timeout_ms, scaled) or EOF. Lines skipped are remembered for peer_saw(). */
 const char *peer_expect(peer *p, const char *prefix, int timeout_ms);
 
 /* Like peer_expect(), but only looks at the next line. */
