@@ -118,6 +118,7 @@ struct lock_agent {
         lock_op *ops, *ops_tail;
         GPtrArray *notifications;       /* ipchannel_lock *, each with a reference */
         GHashTable *grants;             /* lock name → lock_grant * */
+        GHashTable *releasing;          /* lock name → Releases posted to the agent, not sent yet */
         GHashTable *n_waiting;          /* lock name → requests of ours waiting for it */
         bool sync_signalled;            /* grants changed; the agent will tell the service */
         bool notify_signalled;          /* notify_fd was written and not drained since */
@@ -402,6 +403,28 @@ static void agent_pump_later(lock_agent *a);
 static void agent_apply_limits(lock_agent *a);
 static void agent_lost(lock_agent *a);
 
+/* Mutex held. A Release handed to the agent's thread is not at the service yet: until it is
+ * sent, no request of ours for that lock may go out (the service would still see us holding
+ * it, and refuse the Acquire as AlreadyHeld). */
+static void releasing_add_locked(lock_agent *a, const char *name, int delta) {
+        unsigned n = GPOINTER_TO_UINT(g_hash_table_lookup(a->releasing, name));
+
+        n = delta > 0 ? n + 1 : n > 0 ? n - 1 : 0;
+        if (n == 0)
+                g_hash_table_remove(a->releasing, name);
+        else
+                g_hash_table_insert(a->releasing, g_strdup(name), GUINT_TO_POINTER(n));
+}
+
+static bool releasing_has(lock_agent *a, const char *name) {
+        bool r;
+
+        pthread_mutex_lock(&a->mutex);
+        r = g_hash_table_contains(a->releasing, name);
+        pthread_mutex_unlock(&a->mutex);
+        return r;
+}
+
 static bool agent_ready(lock_agent *a) {
         return a->bus && a->queued && a->host && sd_bus_is_open(a->bus) > 0;
 }
@@ -664,7 +687,9 @@ static void agent_pump(lock_agent *a) {
 
         if (!agent_ready(a))
                 return;
-        busy = g_hash_table_new(g_str_hash, g_str_equal);
+        /* Names copied: a request taken or released meanwhile by the app's thread may be freed
+         * while this loop goes on (the mutex is dropped between requests). */
+        busy = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
 
         for (ipchannel_lock *l = a->locks, *next; l; l = next) {
                 bool cancelled;
@@ -682,8 +707,8 @@ static void agent_pump(lock_agent *a) {
                 }
                 if (g_hash_table_contains(busy, l->name))
                         continue;
-                g_hash_table_add(busy, l->name);
-                if (s == LOCK_HELD || l->call_slot)
+                g_hash_table_add(busy, g_strdup(l->name));
+                if (s == LOCK_HELD || l->call_slot || releasing_has(a, l->name))
                         continue;
                 if (agent_take_parked(a, l) != 0)
                         continue;       /* taken, or in use here */
@@ -1093,6 +1118,8 @@ static void agent_do_op(lock_agent *a, lock_op *o) {
                 pthread_mutex_lock(&a->mutex);
                 release = l->release_token;
                 l->release_token = 0;
+                if (release != 0)
+                        releasing_add_locked(a, l->name, -1);
                 if (l->state != LOCK_RELEASED)
                         lock_set_state_locked(a, l, LOCK_RELEASED, l->token, 0);
                 pthread_mutex_unlock(&a->mutex);
@@ -1286,6 +1313,7 @@ int lock_agent_new(lock_agent **ret, const char *address, const char *prefix, co
                 .notify_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK),
                 .notifications = g_ptr_array_new(),
                 .grants = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, lock_grant_free),
+                .releasing = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
                 .n_waiting = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL),
                 .address = strdup(address),
                 .service_name = names_locks(prefix, app),
@@ -1346,6 +1374,8 @@ static void agent_free(lock_agent *a) {
                 g_ptr_array_unref(a->notifications);
         if (a->grants)
                 g_hash_table_unref(a->grants);
+        if (a->releasing)
+                g_hash_table_unref(a->releasing);
         if (a->n_waiting)
                 g_hash_table_unref(a->n_waiting);
         sd_event_source_disable_unref(a->sync_source);
@@ -1486,6 +1516,8 @@ void lock_agent_release(lock_agent *a, ipchannel_lock *l) {
                         release = 0;
                 }
                 l->release_token = release;
+                if (release != 0)
+                        releasing_add_locked(a, l->name, +1);
                 lock_set_state_locked(a, l, LOCK_RELEASED, token, 0);
                 l->n_ref--;     /* the grant's; the caller still holds its own */
         }

@@ -245,10 +245,12 @@ static void service_call_back(lock_service *s, const char *lock) {
                 (void) sd_bus_send(s->bus, m, NULL);
         if (c->parked && c->lease_usec != 0) {
                 uint64_t now = clock_usec(CLOCK_MONOTONIC);
+                uint64_t deadline = c->lease_usec >= LOCKQUEUE_NO_DEADLINE - now ? LOCKQUEUE_NO_DEADLINE
+                                                                                 : now + c->lease_usec;
                 g_autofree char *name = g_strdup(lock), *owner = g_strdup(c->owner);
 
                 /* May revoke it at once (a lease so short it is due): c is gone then. */
-                (void) lockqueue_set_deadline(s->q, name, owner, token, now + c->lease_usec, now);
+                (void) lockqueue_set_deadline(s->q, name, owner, token, deadline, now);
                 service_arm_lease_timer(s);
         }
 }
@@ -871,6 +873,8 @@ static int on_queued_owners(sd_bus_message *reply, void *userdata, sd_bus_error 
         int r;
 
         s->queued_slot = sd_bus_slot_unref(s->queued_slot);
+        if (!s->recovering)
+                return 0;       /* a list asked for again, after the last report came anyway */
         if (sd_bus_message_is_method_error(reply, NULL)) {
                 /* Without the list we cannot know who may hold what: stay frozen, ask again. */
                 fprintf(stderr, "ipchannel: lock service cannot list the queue of %s: %s\n", s->name,

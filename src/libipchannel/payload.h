@@ -100,6 +100,6 @@ int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, GVaria
 GBytes *payload_pack(GVariant *const *values, size_t n);
 /* Unpacks size bytes (copied) into a new array of new GVariants, each of a type that passes
  * payload_check_value(). Errors: -EBADMSG for data that is not a normal-form "av" of such
- * values, -ENOBUFS when it holds more than *budget values (each payload and each value in
- * it counts, as for payload_read_variant_budget()). */
+ * values, -ENOBUFS when it holds more than *budget payloads (each payload counts once: the
+ * values inside are views on the bytes, not built one by one). */
 int payload_unpack(const void *data, size_t size, size_t *budget, GPtrArray **ret);
