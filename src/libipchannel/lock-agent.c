@@ -255,7 +255,9 @@ static void lock_change_locked(lock_agent *a, ipchannel_lock *l, lock_state stat
         l->token = token;
         l->error = error;
         if (l->async) {
-                if (!l->notified && !l->cancelled) {
+                /* The app's loop has nothing to do for a request that is still waiting: no
+                 * wake-up for that. */
+                if (!l->notified && !l->cancelled && state != LOCK_NEW && state != LOCK_WAITING) {
                         l->notified = true;
                         l->n_ref++;
                         g_ptr_array_add(a->notifications, l);
