@@ -366,13 +366,14 @@ static const sd_bus_vtable peer_vtable[] = {
                                 method_deliver, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("DeliverNull", SD_BUS_ARGS("s", event), SD_BUS_NO_RESULT,
                                 method_deliver_null, SD_BUS_VTABLE_UNPRIVILEGED),
-        SD_BUS_METHOD_WITH_ARGS("DeliverBatch", SD_BUS_ARGS("s", event, "ay", batch), SD_BUS_NO_RESULT,
+        SD_BUS_METHOD_WITH_ARGS("DeliverBatch", SD_BUS_ARGS("s", event, "g", element, "ay", batch),
+                                SD_BUS_NO_RESULT,
                                 method_deliver_batch, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("DeliverMemfd", SD_BUS_ARGS("s", event, "g", type, "h", data),
                                 SD_BUS_NO_RESULT, method_deliver_memfd, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_SIGNAL_WITH_ARGS("Broadcast", SD_BUS_ARGS("s", event, "v", data), 0),
         SD_BUS_SIGNAL_WITH_ARGS("BroadcastNull", SD_BUS_ARGS("s", event), 0),
-        SD_BUS_SIGNAL_WITH_ARGS("BroadcastBatch", SD_BUS_ARGS("s", event, "ay", batch), 0),
+        SD_BUS_SIGNAL_WITH_ARGS("BroadcastBatch", SD_BUS_ARGS("s", event, "g", element, "ay", batch), 0),
         SD_BUS_SIGNAL_WITH_ARGS("BroadcastMemfd", SD_BUS_ARGS("s", event, "g", type, "h", data), 0),
         SD_BUS_PROPERTY("PeerId", "u", property_get_peer_id, 0, SD_BUS_VTABLE_PROPERTY_EMITS_CHANGE),
         SD_BUS_PROPERTY("App", "s", property_get_app, 0, SD_BUS_VTABLE_PROPERTY_CONST),
@@ -1042,11 +1043,14 @@ static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *eve
                 n_data = 0;
         }
         if (n_data > 1) {
-                g_autoptr(GBytes) packed = payload_pack(data, n_data);
+                const char *element;
+                g_autoptr(GBytes) packed = payload_pack(data, n_data, &element);
                 size_t size;
                 const void *p = g_bytes_get_data(packed, &size);
 
-                r = sd_bus_message_append_array(m, 'y', p, size);
+                r = sd_bus_message_append_basic(m, 'g', element);
+                if (r >= 0)
+                        r = sd_bus_message_append_array(m, 'y', p, size);
         } else if (n_data == 1)
                 r = payload_append_variant(m, data[0]);
         if (r < 0)

@@ -16,7 +16,7 @@ int message_shape_of(const char *member, const char *signature, bool signal) {
         } shapes[] = {
                 { "Deliver",      "Broadcast",      "sv",  MESSAGE_ONE },
                 { "DeliverNull",  "BroadcastNull",  "s",   MESSAGE_NULL },
-                { "DeliverBatch", "BroadcastBatch", "say", MESSAGE_BATCH },
+                { "DeliverBatch", "BroadcastBatch", "sgay", MESSAGE_BATCH },
                 { "DeliverMemfd", "BroadcastMemfd", "sgh", MESSAGE_MEMFD },
         };
 
@@ -70,6 +70,10 @@ static int read_memfd(sd_bus_message *m, const message_limits *limits, GVariant 
         return 0;
 }
 
+static void message_unref(void *m) {
+        sd_bus_message_unref(m);
+}
+
 int message_read(sd_bus_message *m, message_shape shape, const message_limits *limits,
                  const char **ret_event, GPtrArray **ret_payloads, sd_bus_error *error) {
         g_autoptr(GPtrArray) payloads = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref);
@@ -95,20 +99,29 @@ int message_read(sd_bus_message *m, message_shape shape, const message_limits *l
                 g_ptr_array_add(payloads, data);
                 shape = MESSAGE_NULL;   /* nothing more to read */
         } else if (shape == MESSAGE_BATCH) {
+                g_autoptr(GBytes) bytes = NULL;
                 const void *packed = NULL;
+                const char *element;
                 size_t size = 0;
 
-                r = sd_bus_message_read_array(m, 'y', &packed, &size);
+                r = sd_bus_message_read_basic(m, 'g', &element);
+                if (r > 0)
+                        r = sd_bus_message_read_array(m, 'y', &packed, &size);
                 if (r < 0)
                         return fail(error, -EBADMSG, SD_BUS_ERROR_INVALID_ARGS, "Cannot read the batch.");
+                /* The payloads are views on the message's bytes: it lives as long as they do. */
+                bytes = size > 0 ? g_bytes_new_with_free_func(packed, size,
+                                                              message_unref, sd_bus_message_ref(m))
+                                 : g_bytes_new(NULL, 0);
                 g_clear_pointer(&payloads, g_ptr_array_unref);
-                r = payload_unpack(packed, size, &budget, &payloads);
+                r = payload_unpack(bytes, element, &budget, &payloads);
                 if (r == -ENOBUFS)
                         return fail(error, -ENOBUFS, SD_BUS_ERROR_LIMITS_EXCEEDED,
                                     "The batch holds more than %zu payloads.", limits->values_max);
                 if (r < 0)
                         return fail(error, -EBADMSG, SD_BUS_ERROR_INVALID_ARGS,
-                                    "The batch is not a packed array of payloads.");
+                                    "The batch is not a packed array of payloads of type \"%s\".",
+                                    element);
         }
         if (shape == MESSAGE_ONE) {
                 r = payload_read_variant_budget(m, &budget, &data);

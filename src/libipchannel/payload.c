@@ -773,28 +773,48 @@ int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, GVaria
 
 /* ---- packed batches --------------------------------------------------------------------- */
 
-GBytes *payload_pack(GVariant *const *values, size_t n) {
-        g_autofree GVariant **wrapped = g_new(GVariant *, n);
+GBytes *payload_pack(GVariant *const *values, size_t n, const char **ret_element_type) {
+        g_autofree GVariant **wrapped = NULL;
         g_autoptr(GVariant) array = NULL;
+        const GVariantType *type = n > 0 ? g_variant_get_type(values[0]) : G_VARIANT_TYPE_VARIANT;
+        bool same = true;
 
-        for (size_t i = 0; i < n; i++)
-                wrapped[i] = g_variant_new_variant(values[i]);
-        array = g_variant_ref_sink(g_variant_new_array(G_VARIANT_TYPE_VARIANT, wrapped, n));
+        /* GLib interns types: one pointer per type, so the comparison is cheap. */
+        for (size_t i = 1; i < n && same; i++)
+                same = g_variant_get_type(values[i]) == type;
+        if (same && n > 0) {
+                /* "aT": each element is a payload as it is, no variant around it. */
+                array = g_variant_ref_sink(g_variant_new_array(type, values, n));
+                *ret_element_type = g_variant_get_type_string(values[0]);
+        } else {
+                wrapped = g_new(GVariant *, n);
+                for (size_t i = 0; i < n; i++)
+                        wrapped[i] = g_variant_new_variant(values[i]);
+                array = g_variant_ref_sink(g_variant_new_array(G_VARIANT_TYPE_VARIANT, wrapped, n));
+                *ret_element_type = "v";
+        }
         return g_variant_get_data_as_bytes(array);
 }
 
-int payload_unpack(const void *data, size_t size, size_t *budget, GPtrArray **ret) {
+int payload_unpack(GBytes *bytes, const char *element_type, size_t *budget, GPtrArray **ret) {
         g_autoptr(GPtrArray) values = NULL;
         g_autoptr(GVariant) array = NULL;
-        g_autoptr(GBytes) bytes = NULL;
+        g_autofree char *array_type = NULL;
         const GVariantType *checked = NULL;
+        bool wrapped;
         size_t n;
 
-        if ((!data && size > 0) || !budget || !ret)
+        if (!bytes || !element_type || !budget || !ret)
                 return -EINVAL;
+        /* The element type is the sender's: one complete payload type (or "v"), checked before
+         * GLib sees it. */
+        if (!g_variant_type_string_is_valid(element_type) ||
+            payload_check_type(G_VARIANT_TYPE(element_type), NULL) < 0 || strchr(element_type, 'h'))
+                return -EBADMSG;
+        wrapped = strcmp(element_type, "v") == 0;
 
-        bytes = g_bytes_new(data, size);
-        array = g_variant_ref_sink(g_variant_new_from_bytes(G_VARIANT_TYPE("av"), bytes, FALSE));
+        array_type = g_strconcat("a", element_type, NULL);
+        array = g_variant_ref_sink(g_variant_new_from_bytes(G_VARIANT_TYPE(array_type), bytes, FALSE));
         /* Normal form, checked once over the bytes without building values: from here on every
          * offset and every variant's type in it are as a serializer would have written them. */
         if (!g_variant_is_normal_form(array))
@@ -805,13 +825,18 @@ int payload_unpack(const void *data, size_t size, size_t *budget, GPtrArray **re
 
         values = g_ptr_array_new_full(n, (GDestroyNotify) g_variant_unref);
         for (size_t i = 0; i < n; i++) {
-                g_autoptr(GVariant) child = g_variant_get_child_value(array, i);
-                GVariant *value = g_variant_get_variant(child);
-                const GVariantType *type = g_variant_get_type(value);
+                GVariant *value = g_variant_get_child_value(array, i);
+                const GVariantType *type;
 
+                if (wrapped) {
+                        g_autoptr(GVariant) child = value;
+
+                        value = g_variant_get_variant(child);
+                }
                 g_ptr_array_add(values, value);
-                /* A batch is mostly one type over and over: a type without variants inside is
-                 * settled once (GLib interns types, and the values keep theirs alive). */
+                type = g_variant_get_type(value);
+                /* Mostly one type over and over: a type without variants inside is settled
+                 * once (GLib interns types, and the values keep theirs alive). */
                 if (type == checked)
                         continue;
                 /* An "h" here would be a number with no fd behind it. */

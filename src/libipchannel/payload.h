@@ -92,14 +92,20 @@ int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, GVaria
                       payload_memfd_status *ret_status, const char **ret_reason);
 
 /* ---- packed batches ----------------------------------------------------------------------
- * Several payloads as one GVariant of type "av" in GVariant's own serialization (host byte
- * order), carried as a D-Bus "ay". A receiver builds no value per D-Bus element: the bytes are
- * checked once and wrapped as they are. Payloads holding fds cannot be packed. */
+ * Several payloads as one GVariant array in GVariant's own serialization (host byte order),
+ * carried as a D-Bus "ay" beside its element type (a "g"): "aT" when every payload has type T,
+ * the common case of a stream of one kind of message, else "av". A receiver builds no value per
+ * D-Bus element: the bytes are checked once and wrapped as they are. Payloads holding fds
+ * cannot be packed. */
 
-/* Returns the packed form of values[0..n) (each passed payload_check_value() and holds no fd). */
-GBytes *payload_pack(GVariant *const *values, size_t n);
-/* Unpacks size bytes (copied) into a new array of new GVariants, each of a type that passes
- * payload_check_value(). Errors: -EBADMSG for data that is not a normal-form "av" of such
- * values, -ENOBUFS when it holds more than *budget payloads (each payload counts once: the
- * values inside are views on the bytes, not built one by one). */
-int payload_unpack(const void *data, size_t size, size_t *budget, GPtrArray **ret);
+/* Returns the packed form of values[0..n) (n >= 1; each passed payload_check_value() and holds
+ * no fd), and in *ret_element_type the element type to send with it (a string that lives as
+ * long as values[0]). */
+GBytes *payload_pack(GVariant *const *values, size_t n, const char **ret_element_type);
+/* Unpacks bytes (referenced, not copied) whose element type the sender said is element_type
+ * into a new array of new GVariants, each of a type that passes payload_check_value().
+ * Errors: -EBADMSG for a bad element type (not one complete payload type or "v", or holding
+ * "h") or for data that is not a normal-form array of such values, -ENOBUFS when it holds more
+ * than *budget payloads (each payload counts once: the values inside are views on the bytes,
+ * not built one by one). */
+int payload_unpack(GBytes *bytes, const char *element_type, size_t *budget, GPtrArray **ret);

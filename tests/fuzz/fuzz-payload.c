@@ -14,7 +14,7 @@
  * bytes, in a batch or a memfd): a decoder that accepts what the encoder refuses would let one
  * peer's message crash or stall the next hop.
  *
- * Input: byte 0 chooses the shape (bits 0-1: "v", "sv", "say", or a signature taken from the
+ * Input: byte 0 chooses the shape (bits 0-1: "v", "sv", "sgay", or a signature taken from the
  * input: byte 1 is its length), the byte order (bit 2: big-endian), small limits (bit 3: 16
  * values, 8-byte event names, 64-byte memfds, so that every limit is reached by small inputs),
  * a signal instead of a method call (bit 4: Broadcast* rather than Deliver*) and a memfd message
@@ -211,8 +211,8 @@ static void check_packed_round_trip(GVariant *v) {
         g_autoptr(GPtrArray) back = NULL;
         g_autoptr(GBytes) packed = NULL;
         const char *reason = NULL;
-        size_t size, budget = 1;
-        const void *data;
+        size_t budget = 1;
+        const char *element;
 
         if (payload_check_value(v, &reason) < 0) {
                 fprintf(stderr, "decoded %s refused by payload_check_value(): %s\n",
@@ -221,9 +221,8 @@ static void check_packed_round_trip(GVariant *v) {
         }
         if (payload_has_handles(v))
                 abort();
-        packed = payload_pack(&v, 1);
-        data = g_bytes_get_data(packed, &size);
-        if (payload_unpack(data, size, &budget, &back) < 0 || back->len != 1 ||
+        packed = payload_pack(&v, 1, &element);
+        if (payload_unpack(packed, element, &budget, &back) < 0 || back->len != 1 ||
             !g_variant_equal(v, g_ptr_array_index(back, 0))) {
                 fprintf(stderr, "a decoded %s does not survive a packed batch\n", g_variant_get_type_string(v));
                 abort();
@@ -332,7 +331,7 @@ static const char *member_for(const char *sig, bool signal) {
         static const char *const members[][3] = {
                 { "s", "DeliverNull", "BroadcastNull" },
                 { "sv", "Deliver", "Broadcast" },
-                { "say", "DeliverBatch", "BroadcastBatch" },
+                { "sgay", "DeliverBatch", "BroadcastBatch" },
                 { "sgh", "DeliverMemfd", "BroadcastMemfd" },
         };
 
@@ -395,7 +394,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         static buf b;
-        static const char *const shapes[] = { "v", "sv", "say" };
+        static const char *const shapes[] = { "v", "sv", "sgay" };
         _cleanup_(sd_bus_close_unrefp) sd_bus *bus = NULL;
         _cleanup_(closep) int fd = -1;
         char auth[128], sig[256];

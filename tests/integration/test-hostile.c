@@ -298,8 +298,8 @@ START_TEST(test_bad_event_names_get_named_errors) {
                 expect_error(r, &e1, "org.ipchannel.Error.InvalidEvent", "Deliver of a bad event");
                 r = call_peer(bus, "badevent", 1, NULL, NULL, "DeliverNull", &e2, "s", invalid[i]);
                 expect_error(r, &e2, "org.ipchannel.Error.InvalidEvent", "DeliverNull of a bad event");
-                r = call_peer(bus, "badevent", 1, NULL, NULL, "DeliverBatch", &e3, "say", invalid[i], 1,
-                              'x');
+                r = call_peer(bus, "badevent", 1, NULL, NULL, "DeliverBatch", &e3, "sgay", invalid[i], "y",
+                              1, 'x');
                 expect_error(r, &e3, "org.ipchannel.Error.InvalidEvent", "DeliverBatch of a bad event");
         }
 
@@ -310,8 +310,8 @@ START_TEST(test_bad_event_names_get_named_errors) {
 
                 r = call_peer(bus, "badevent", 1, NULL, NULL, "Deliver", &e1, "sv", reserved[i], "s", "x");
                 expect_error(r, &e1, "org.ipchannel.Error.ReservedEvent", reserved[i]);
-                r = call_peer(bus, "badevent", 1, NULL, NULL, "DeliverBatch", &e2, "say", reserved[i], 1,
-                              'x');
+                r = call_peer(bus, "badevent", 1, NULL, NULL, "DeliverBatch", &e2, "sgay", reserved[i], "y",
+                              1, 'x');
                 expect_error(r, &e2, "org.ipchannel.Error.ReservedEvent", reserved[i]);
         }
 
@@ -487,8 +487,29 @@ START_TEST(test_odd_payloads_are_delivered_or_refused) {
         /* An empty batch is no message: refused, not made into a message without payload. */
         {
                 _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
-                r = call_peer(bus, "oddpayload", 1, NULL, NULL, "DeliverBatch", &error, "say", "ev", 0);
+                r = call_peer(bus, "oddpayload", 1, NULL, NULL, "DeliverBatch", &error, "sgay", "ev", "v", 0);
                 expect_error(r, &error, SD_BUS_ERROR_INVALID_ARGS, "an empty DeliverBatch");
+        }
+
+        /* A batch's element type that no payload has, or bytes that are not an array of it. */
+        {
+                static const struct {
+                        const char *element, *what;
+                } bad[] = {
+                        { "h", "a batch of fd indexes" },
+                        { "a{sh}", "a batch of fd indexes inside" },
+                        { "yy", "two element types" },
+                        { "(sii)y", "two element types" },
+                        { "i", "three bytes as \"ai\"" },
+                };
+
+                for (size_t i = 0; i < G_N_ELEMENTS(bad); i++) {
+                        _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
+
+                        r = call_peer(bus, "oddpayload", 1, NULL, NULL, "DeliverBatch", &error, "sgay",
+                                      "ev", bad[i].element, 3, 1, 2, 3);
+                        expect_error(r, &error, SD_BUS_ERROR_INVALID_ARGS, bad[i].what);
+                }
         }
 
         /* Nesting: what the broker lets through arrives; deeper, the broker disconnects the
@@ -534,7 +555,7 @@ START_TEST(test_odd_payloads_are_delivered_or_refused) {
 
         /* Too many values: refused before they are built (a "b" takes 4 bytes on the wire and
          * ~170 of heap once decoded), while as many as the limit arrive. */
-        for (unsigned k = 0; k < 3; k++) {
+        for (unsigned k = 0; k < 4; k++) {
                 _cleanup_bus_message_ sd_bus_message *m = NULL;
                 _cleanup_bus_error_ sd_bus_error error = SD_BUS_ERROR_NULL;
                 /* The array around them counts as one value. Four times the limit would take
@@ -555,14 +576,21 @@ START_TEST(test_odd_payloads_are_delivered_or_refused) {
                         ck_assert_int_ge(sd_bus_message_close_container(m), 0);
                         ck_assert_int_ge(sd_bus_message_close_container(m), 0);
                 } else {
-                        /* A batch shares one budget: each payload is a value. */
+                        /* A batch shares one budget: each payload is a value, whether the
+                         * payloads go as variants (k = 2) or as an array of their one type. */
+                        const char *element = k == 2 ? "v" : "y";
+                        g_autofree char *array = g_strconcat("a", element, NULL);
                         g_autoptr(GVariant) packed = NULL;
                         GVariantBuilder b;
 
-                        g_variant_builder_init(&b, G_VARIANT_TYPE("av"));
+                        g_variant_builder_init(&b, G_VARIANT_TYPE(array));
                         for (size_t i = 0; i < n + 1; i++)
-                                g_variant_builder_add(&b, "v", g_variant_new_byte(1));
+                                if (k == 2)
+                                        g_variant_builder_add(&b, "v", g_variant_new_byte(1));
+                                else
+                                        g_variant_builder_add(&b, "y", 1);
                         packed = g_variant_ref_sink(g_variant_builder_end(&b));
+                        ck_assert_int_ge(sd_bus_message_append_basic(m, 'g', element), 0);
                         ck_assert_int_ge(sd_bus_message_append_array(m, 'y', g_variant_get_data(packed),
                                                                      g_variant_get_size(packed)),
                                          0);
@@ -604,7 +632,7 @@ START_TEST(test_bad_broadcasts_are_dropped_and_reported) {
         ck_assert_int_ge(
                 sd_bus_emit_signal(bus, path, "org.ipchannel.Peer1", "Broadcast", "sv", "", "s", "x"), 0);
         ck_assert_int_ge(
-                sd_bus_emit_signal(bus, path, "org.ipchannel.Peer1", "BroadcastBatch", "say", "ev", 0), 0);
+                sd_bus_emit_signal(bus, path, "org.ipchannel.Peer1", "BroadcastBatch", "sgay", "ev", "v", 0), 0);
         ck_assert_int_ge(sd_bus_emit_signal(bus, path, "org.ipchannel.Peer1", "Broadcast", "ss", "ev", "x"),
                          0);
         ck_assert_int_ge(

@@ -1313,21 +1313,21 @@ END_TEST
 
 /* ---- packed batches ----------------------------------------------------------------------- */
 
-static GPtrArray *unpack_ok(GBytes *packed, size_t n_expected) {
-        size_t size, budget = n_expected;
-        const void *data = g_bytes_get_data(packed, &size);
+static GPtrArray *unpack_ok(GBytes *packed, const char *element, size_t n_expected) {
+        size_t budget = n_expected;
         GPtrArray *values = NULL;
 
-        ck_assert_int_eq(payload_unpack(data, size, &budget, &values), 0);
+        ck_assert_int_eq(payload_unpack(packed, element, &budget, &values), 0);
         ck_assert_uint_eq(values->len, n_expected);
         ck_assert_uint_eq(budget, 0);
         return values;
 }
 
-static int unpack_raw(const void *data, size_t size) {
+static int unpack_raw(const char *element, const void *data, size_t size) {
+        g_autoptr(GBytes) bytes = g_bytes_new(data, size);
         g_autoptr(GPtrArray) values = NULL;
         size_t budget = PAYLOAD_VALUES_MAX;
-        int r = payload_unpack(data, size, &budget, &values);
+        int r = payload_unpack(bytes, element, &budget, &values);
 
         if (r >= 0)
                 for (guint i = 0; i < values->len; i++)
@@ -1344,11 +1344,18 @@ START_TEST(test_packed_random_batches_round_trip) {
                 g_autoptr(GPtrArray) sent = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref);
                 g_autoptr(GPtrArray) back = NULL;
                 g_autoptr(GBytes) packed = NULL;
+                const char *element;
+                bool same = true;
 
-                for (unsigned k = 0; k < n; k++, i++)
+                for (unsigned k = 0; k < n; k++, i++) {
                         g_ptr_array_add(sent, random_payload(seed + i, true));
-                packed = payload_pack((GVariant *const *) sent->pdata, n);
-                back = unpack_ok(packed, n);
+                        same = same && g_variant_type_equal(g_variant_get_type(sent->pdata[k]),
+                                                            g_variant_get_type(sent->pdata[0]));
+                }
+                packed = payload_pack((GVariant *const *) sent->pdata, n, &element);
+                /* Payloads of one type go as an array of that type, others as variants. */
+                ck_assert_str_eq(element, same ? g_variant_get_type_string(sent->pdata[0]) : "v");
+                back = unpack_ok(packed, element, n);
                 for (unsigned k = 0; k < n; k++) {
                         GVariant *a = g_ptr_array_index(sent, k), *b = g_ptr_array_index(back, k);
 
@@ -1364,18 +1371,18 @@ START_TEST(test_packed_budget) {
                                 g_variant_new_parsed("[(1, 'x'), (2, 'y')]") };
         g_autoptr(GPtrArray) back = NULL;
         g_autoptr(GBytes) packed = NULL;
-        size_t size, budget = 2;
-        const void *data;
+        size_t budget = 2;
+        const char *element;
 
         for (size_t i = 0; i < 3; i++)
                 g_variant_ref_sink(values[i]);
-        packed = payload_pack(values, 3);
-        data = g_bytes_get_data(packed, &size);
-        ck_assert_int_eq(payload_unpack(data, size, &budget, &back), -ENOBUFS);
+        packed = payload_pack(values, 3, &element);
+        ck_assert_str_eq(element, "v");
+        ck_assert_int_eq(payload_unpack(packed, element, &budget, &back), -ENOBUFS);
         ck_assert_ptr_null(back);
         ck_assert_uint_eq(budget, 2);
         budget = 10;
-        ck_assert_int_eq(payload_unpack(data, size, &budget, &back), 0);
+        ck_assert_int_eq(payload_unpack(packed, element, &budget, &back), 0);
         ck_assert_uint_eq(budget, 7);
         ck_assert_str_eq(g_variant_get_string(g_ptr_array_index(back, 1), NULL), "two");
         for (size_t i = 0; i < 3; i++)
@@ -1394,58 +1401,89 @@ START_TEST(test_packed_refusals) {
         g_autoptr(GVariant) handle = g_variant_ref_sink(g_variant_new_handle(0));
         g_autoptr(GVariant) nested = g_variant_ref_sink(g_variant_new_variant(g_variant_new_handle(0)));
         g_autoptr(GVariant) dict = g_variant_ref_sink(g_variant_new_parsed("@a{sv} {'k': <(1, 'x')>}"));
+        /* An "a(si)" of one element: "ab", NUL, padding to 4, 7, then the struct's framing
+         * offset (3) and the array's (8). */
+        static const uint8_t si[] = { 'a', 'b', 0x00, 0x00, 0x07, 0x00, 0x00, 0x00, 0x03, 0x09 };
+        static const uint8_t three_bytes[] = { 1, 2, 3 };      /* no whole "i" */
         g_autoptr(GBytes) with_fd = NULL, with_nested_fd = NULL;
+        const char *element;
         const void *data;
         size_t size;
 
-        ck_assert_int_eq(unpack_raw(normal, sizeof(normal)), 0);
-        ck_assert_int_eq(unpack_raw(short_value, sizeof(short_value)), -EBADMSG);
-        ck_assert_int_eq(unpack_raw(maybe, sizeof(maybe)), -EBADMSG);
-        ck_assert_int_eq(unpack_raw(unit, sizeof(unit)), -EBADMSG);
-        ck_assert_int_eq(unpack_raw(bad_offset, sizeof(bad_offset)), -EBADMSG);
-        ck_assert_int_eq(unpack_raw(not_utf8, sizeof(not_utf8)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("v", normal, sizeof(normal)), 0);
+        ck_assert_int_eq(unpack_raw("v", short_value, sizeof(short_value)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("v", maybe, sizeof(maybe)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("v", unit, sizeof(unit)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("v", bad_offset, sizeof(bad_offset)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("v", not_utf8, sizeof(not_utf8)), -EBADMSG);
+        /* Arrays of one payload type. */
+        ck_assert_int_eq(unpack_raw("(si)", si, sizeof(si)), 0);
+        ck_assert_int_eq(unpack_raw("i", three_bytes, sizeof(three_bytes)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("y", three_bytes, sizeof(three_bytes)), 0);
+        /* Element types a payload cannot have, or that are not one type. */
+        ck_assert_int_eq(unpack_raw("", three_bytes, sizeof(three_bytes)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("yy", three_bytes, sizeof(three_bytes)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("(y", three_bytes, sizeof(three_bytes)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("my", three_bytes, sizeof(three_bytes)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("()", three_bytes, sizeof(three_bytes)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("h", three_bytes, sizeof(three_bytes)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("a{sh}", three_bytes, sizeof(three_bytes)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("a*", three_bytes, sizeof(three_bytes)), -EBADMSG);
         /* An "h" is an index into the message's fds, and a batch carries none. */
         ck_assert(payload_has_handles(handle));
         ck_assert(payload_has_handles(nested));
         ck_assert(!payload_has_handles(dict));
-        with_fd = payload_pack(&handle, 1);
+        with_fd = payload_pack(&handle, 1, &element);
         data = g_bytes_get_data(with_fd, &size);
-        ck_assert_int_eq(unpack_raw(data, size), -EBADMSG);
-        with_nested_fd = payload_pack(&nested, 1);
+        ck_assert_int_eq(unpack_raw(element, data, size), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("v", data, size), -EBADMSG);
+        with_nested_fd = payload_pack(&nested, 1, &element);
         data = g_bytes_get_data(with_nested_fd, &size);
-        ck_assert_int_eq(unpack_raw(data, size), -EBADMSG);
+        ck_assert_int_eq(unpack_raw(element, data, size), -EBADMSG);
 }
 END_TEST
 
-START_TEST(test_packed_survives_garbage) {
-        g_autoptr(GRand) rand = g_rand_new_with_seed(random_seed());
-        GVariant *values[4] = { g_variant_new_parsed("(1, 'a string')"), g_variant_new_parsed("[1, 2, 3]"),
-                                g_variant_new_parsed("@a{sv} {'k': <'v'>}"), g_variant_new_parsed("@ay [1]") };
+/* Packs values, then damages the bytes 20000 times: every result is a clean refusal or values
+ * that pass the checks (unpack_raw()), and both happen. */
+static void garbage_rounds(GRand *rand, GVariant **values, size_t n, const char *expect_element) {
         g_autoptr(GBytes) packed = NULL;
         unsigned ok = 0, refused = 0;
+        const char *element;
         uint8_t buf[256];
         const uint8_t *data;
         size_t size;
 
-        for (size_t i = 0; i < 4; i++)
+        for (size_t i = 0; i < n; i++)
                 g_variant_ref_sink(values[i]);
-        packed = payload_pack(values, 4);
+        packed = payload_pack(values, n, &element);
+        ck_assert_str_eq(element, expect_element);
         data = g_bytes_get_data(packed, &size);
         ck_assert_uint_le(size, sizeof(buf));
-        /* Every result is a clean refusal or values that pass the checks (unpack_raw()). */
         for (unsigned i = 0; i < 20000; i++) {
                 memcpy(buf, data, size);
-                for (unsigned k = 0, n = g_rand_int_range(rand, 1, 4); k < n; k++)
+                for (unsigned k = 0, m = g_rand_int_range(rand, 1, 4); k < m; k++)
                         buf[g_rand_int_range(rand, 0, (gint32) size)] = (uint8_t) g_rand_int(rand);
-                if (unpack_raw(buf, size) == 0)
+                if (unpack_raw(element, buf, size) == 0)
                         ok++;
                 else
                         refused++;
         }
         ck_assert_uint_gt(refused, 0);
         ck_assert_uint_gt(ok, 0);
-        for (size_t i = 0; i < 4; i++)
+        for (size_t i = 0; i < n; i++)
                 g_variant_unref(values[i]);
+}
+
+START_TEST(test_packed_survives_garbage) {
+        g_autoptr(GRand) rand = g_rand_new_with_seed(random_seed());
+        GVariant *mixed[4] = { g_variant_new_parsed("(1, 'a string')"), g_variant_new_parsed("[1, 2, 3]"),
+                               g_variant_new_parsed("@a{sv} {'k': <'v'>}"), g_variant_new_parsed("@ay [1]") };
+        GVariant *same[3] = { g_variant_new_parsed("@(sia{sv}) ('one', 1, {'k': <'v'>})"),
+                              g_variant_new_parsed("@(sia{sv}) ('two', 2, {})"),
+                              g_variant_new_parsed("@(sia{sv}) ('', 3, {'x': <@ay [1, 2]>})") };
+
+        garbage_rounds(rand, mixed, G_N_ELEMENTS(mixed), "v");
+        garbage_rounds(rand, same, G_N_ELEMENTS(same), "(sia{sv})");
 }
 END_TEST
 
