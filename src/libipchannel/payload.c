@@ -782,7 +782,9 @@ GBytes *payload_pack(GVariant *const *values, size_t n, const char **ret_element
         /* GLib interns types: one pointer per type, so the comparison is cheap. */
         for (size_t i = 1; i < n && same; i++)
                 same = g_variant_get_type(values[i]) == type;
-        if (same && n > 0) {
+        /* Element "v" says the payloads are wrapped: payloads that are variants themselves are
+         * wrapped too, or the receiver would unwrap them. */
+        if (same && n > 0 && !g_variant_type_equal(type, G_VARIANT_TYPE_VARIANT)) {
                 /* "aT": each element is a payload as it is, no variant around it. */
                 array = g_variant_ref_sink(g_variant_new_array(type, values, n));
                 *ret_element_type = g_variant_get_type_string(values[0]);

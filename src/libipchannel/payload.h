@@ -94,7 +94,8 @@ int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, GVaria
 /* ---- packed batches ----------------------------------------------------------------------
  * Several payloads as one GVariant array in GVariant's own serialization (host byte order),
  * carried as a D-Bus "ay" beside its element type (a "g"): "aT" when every payload has type T,
- * the common case of a stream of one kind of message, else "av". A receiver builds no value per
+ * the common case of a stream of one kind of message, else "av" of the payloads each in a
+ * variant (also when T is "v": element "v" always means wrapped). A receiver builds no value per
  * D-Bus element: the bytes are checked once and wrapped as they are. Payloads holding fds
  * cannot be packed. */
 

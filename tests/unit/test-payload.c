@@ -1390,6 +1390,25 @@ START_TEST(test_packed_budget) {
 }
 END_TEST
 
+/* Payloads that are variants themselves go wrapped, as mixed ones do: the element type "v"
+ * always means "each payload in a variant", so the receiver gets the variants back. */
+START_TEST(test_packed_variant_payloads) {
+        GVariant *values[2] = { g_variant_ref_sink(g_variant_new_variant(g_variant_new_int32(7))),
+                                g_variant_ref_sink(g_variant_new_variant(g_variant_new_string("x"))) };
+        g_autoptr(GBytes) packed = NULL;
+        g_autoptr(GPtrArray) back = NULL;
+        const char *element;
+
+        packed = payload_pack(values, 2, &element);
+        ck_assert_str_eq(element, "v");
+        back = unpack_ok(packed, element, 2);
+        for (size_t i = 0; i < 2; i++) {
+                ck_assert(g_variant_equal(values[i], g_ptr_array_index(back, i)));
+                g_variant_unref(values[i]);
+        }
+}
+END_TEST
+
 START_TEST(test_packed_refusals) {
         /* An "av" holding one variant: its bytes, the NUL, its type, then the offset table. */
         static const uint8_t normal[] = { 0x05, 0x00, 'y', 0x03 };
@@ -1545,6 +1564,7 @@ static Suite *payload_suite(void) {
         tcase_set_timeout(tc, 120);
         tcase_add_test(tc, test_packed_random_batches_round_trip);
         tcase_add_test(tc, test_packed_budget);
+        tcase_add_test(tc, test_packed_variant_payloads);
         tcase_add_test(tc, test_packed_refusals);
         tcase_add_test(tc, test_packed_survives_garbage);
         suite_add_tcase(s, tc);
