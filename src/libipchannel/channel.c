@@ -138,6 +138,9 @@ struct ipchannel {
         uint64_t alone_iteration;       /* sd-event: the same, as that iteration's number + 1 */
         char *dest;                     /* the bus name of peer dest_id */
         uint32_t dest_id;
+        /* The type (no variant inside) of a payload that passed the checks, last: payloads of
+         * that type pass too. */
+        GVariantType *checked_type;
 
         lock_client *locks;             /* lock-client.c's state, once locks are used */
         uint64_t sync_timeout_usec;
@@ -1263,10 +1266,16 @@ static int channel_send(ipchannel *ch, uint32_t to, const char *event, GVariant 
         if (r < 0)
                 return r;
         assert_return(!names_event_is_local(event), -EINVAL);
-        if (data) {
+        if (data && !(ch->checked_type && g_variant_type_equal(g_variant_get_type(data), ch->checked_type))) {
                 r = payload_check_value(data, &reason);
                 if (r < 0)
                         return r;
+                /* A type holding "v" says nothing of what the variants hold: not kept. */
+                if (!strchr(g_variant_get_type_string(data), 'v')) {
+                        if (ch->checked_type)
+                                g_variant_type_free(ch->checked_type);
+                        ch->checked_type = g_variant_type_copy(g_variant_get_type(data));
+                }
         }
 
         if (ch->state == STATE_CONNECTED && !ch->queue)
@@ -1393,6 +1402,8 @@ static void channel_free(ipchannel *ch) {
         g_ptr_array_unref(ch->batch);
         free(ch->batch_event);
         free(ch->dest);
+        if (ch->checked_type)
+                g_variant_type_free(ch->checked_type);
         free(ch->address);
         free(ch->unique_name);
         free(ch->app);
