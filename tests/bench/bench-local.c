@@ -1,5 +1,6 @@
 /* SPDX-License-Identifier: MIT */
-/* Baselines without a bus: a socketpair ping-pong between two processes, and flock(2) sections. */
+/* Baselines without a bus: a socketpair ping-pong between two processes, flock(2) sections, and
+ * the bench's own GLib work per message. */
 #include <errno.h>
 #include <fcntl.h>
 #include <signal.h>
@@ -11,6 +12,8 @@
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
+
+#include <glib.h>
 
 #include "bench-util.h"
 
@@ -159,4 +162,56 @@ int role_flock(const bench_opts *o) {
         bench_control_wait_eof();
         bench_final("sections=%u", i);
         return r < 0 ? 1 : 0;
+}
+
+/* What the bench's own peers do with GLib for each message of case (a), without a bus or a
+ * library between them: the sender's g_variant_new(), and at the receiver one GVariant per
+ * payload taken from a serialized array (the least any library handing out GVariants builds)
+ * and the handler's type check and g_variant_get(). Each side's time per message bounds what
+ * that side can do: no channel that hands GVariants to the app moves more messages per
+ * second than the slower side allows, whatever it does in between. */
+int role_glib_floor(const bench_opts *o) {
+        const unsigned n = o->count ? o->count : 1, per_array = 256;
+        g_autoptr(GPtrArray) built = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref);
+        g_autoptr(GVariant) array = NULL;
+        uint64_t t0, t_send, t_recv;
+        uint64_t bad = 0;
+
+        bench_out("ready");
+        if (bench_control_wait_go() < 0)
+                return 1;
+
+        /* Sender: a payload per message, handed over (here: dropped) as a send drops its ref. */
+        t0 = bench_now_nsec();
+        for (unsigned i = 0; i < n; i++) {
+                GVariant *v = g_variant_ref_sink(g_variant_new("(si)", BENCH_WORD, (int32_t) i));
+
+                if (i < per_array)
+                        g_ptr_array_add(built, v);
+                else
+                        g_variant_unref(v);
+        }
+        t_send = bench_now_nsec() - t0;
+
+        /* Receiver: the payloads of a packed "a(si)", one instance each, then the handler. */
+        array = g_variant_ref_sink(g_variant_new_array(NULL, (GVariant **) built->pdata, built->len));
+        array = g_variant_get_normal_form(g_steal_pointer(&array));
+        t0 = bench_now_nsec();
+        for (unsigned i = 0; i < n; i++) {
+                g_autoptr(GVariant) v = g_variant_get_child_value(array, i % per_array);
+                const char *word;
+                int32_t seq;
+
+                if (!g_variant_is_of_type(v, G_VARIANT_TYPE("(si)"))) {
+                        bad++;
+                        continue;
+                }
+                g_variant_get(v, "(&si)", &word, &seq);
+                if ((unsigned) seq != i % per_array || strcmp(word, BENCH_WORD) != 0)
+                        bad++;
+        }
+        t_recv = bench_now_nsec() - t0;
+        bench_out("result messages=%u bad=%" PRIu64 " sender_ns=%" PRIu64 " receiver_ns=%" PRIu64, n,
+                  bad, t_send, t_recv);
+        return bad == 0 ? 0 : 1;
 }

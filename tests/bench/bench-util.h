@@ -112,3 +112,4 @@ int role_raw_idle(const bench_opts *o);
 
 int role_unix_pingpong(const bench_opts *o);
 int role_flock(const bench_opts *o);
+int role_glib_floor(const bench_opts *o);

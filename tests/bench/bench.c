@@ -39,6 +39,7 @@ static const role roles[] = {
         { "raw-idle", role_raw_idle, "idle sd-bus client; RSS after --settle-msec" },
         { "unix-pingpong", role_unix_pingpong, "AF_UNIX socketpair round trips (forks)" },
         { "flock", role_flock, "--count sections under flock(2) on --file", true },
+        { "glib-floor", role_glib_floor, "the bench's own GLib work per message of case a" },
 };
 
 static void help(void) {
