@@ -139,8 +139,9 @@ int  ipchannel_set_memfd_max(ipchannel *ch, uint64_t bytes);
  * and variant; an array of a fixed-size type counts once), and the most payloads in one batch
  * (a batch arrives as GVariant bytes, wrapped per payload, not decoded per value), default
  * IPCHANNEL_VALUES_MAX_DEFAULT; past it org.freedesktop.DBus.Error.LimitsExceeded (a broadcast:
- * dropped, "error" with -ENOBUFS). A memfd payload is not decoded up front: its bound is its
- * size (ipchannel_set_memfd_max()). */
+ * dropped, "error" with -ENOBUFS). Batched and memfd payloads are not decoded up front, but
+ * the values walked inside them to check what their variants hold (only where the type has a
+ * "v") count against the same limit. */
 #define IPCHANNEL_VALUES_MAX_DEFAULT (1024u * 1024)
 int  ipchannel_set_values_max(ipchannel *ch, size_t n);
 

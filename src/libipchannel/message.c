@@ -50,9 +50,13 @@ static int read_memfd(sd_bus_message *m, const message_limits *limits, GVariant 
         r = sd_bus_message_read(m, "gh", &type, &fd);
         if (r <= 0)
                 return fail(error, -EBADMSG, SD_BUS_ERROR_INVALID_ARGS, "Cannot read the memfd.");
-        r = payload_memfd_map(fd, type, limits->memfd_max, ret, &status, &reason);
+        r = payload_memfd_map(fd, type, limits->memfd_max, limits->values_max, ret, &status, &reason);
         if (r == -EBADMSG)
                 switch (status) {
+                case PAYLOAD_MEMFD_TOO_MANY_VALUES:
+                        return fail(error, -ENOBUFS, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                                    "The memfd payload holds more than %zu values in variants.",
+                                    limits->values_max);
                 case PAYLOAD_MEMFD_TOO_LARGE:
                         return fail(error, -EFBIG, SD_BUS_ERROR_LIMITS_EXCEEDED,
                                     "The memfd payload is larger than this peer accepts (%" PRIu64

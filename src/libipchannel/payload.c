@@ -107,32 +107,42 @@ int payload_check_type(const GVariantType *type, const char **ret_reason) {
         return check_variant_contents(type, 1, ret_reason);
 }
 
-/* Walks only where a variant can hide: values whose type has no 'v' are settled by the type. */
-static int check_value_at(GVariant *value, unsigned depth, const char **ret_reason) {
+static const char reason_too_many[] = "more values than the limit";
+
+/* Walks only where a variant can hide: values whose type has no 'v' are settled by the type.
+ * Each value walked takes one from *budget. */
+static int check_value_at(GVariant *value, unsigned depth, size_t *budget, const char **ret_reason) {
         const GVariantType *type = g_variant_get_type(value);
         int r;
 
         if (!strchr(g_variant_get_type_string(value), 'v'))
                 return 0;
+        if (*budget == 0) {
+                if (ret_reason)
+                        *ret_reason = reason_too_many;
+                return -ENOBUFS;
+        }
+        (*budget)--;
         if (g_variant_type_is_variant(type)) {
                 g_autoptr(GVariant) contents = g_variant_get_variant(value);
 
                 r = check_variant_contents(g_variant_get_type(contents), depth + 1, ret_reason);
                 if (r < 0)
                         return r;
-                return check_value_at(contents, depth + 1, ret_reason);
+                return check_value_at(contents, depth + 1, budget, ret_reason);
         }
         for (size_t i = 0, n = g_variant_n_children(value); i < n; i++) {
                 g_autoptr(GVariant) child = g_variant_get_child_value(value, i);
 
-                r = check_value_at(child, depth + 1, ret_reason);
+                r = check_value_at(child, depth + 1, budget, ret_reason);
                 if (r < 0)
                         return r;
         }
         return 0;
 }
 
-int payload_check_value(GVariant *value, const char **ret_reason) {
+int payload_check_value_budget(GVariant *value, size_t *budget, const char **ret_reason) {
+        size_t unbounded = SIZE_MAX;
         int r;
 
         if (!value) {
@@ -143,7 +153,11 @@ int payload_check_value(GVariant *value, const char **ret_reason) {
         r = check_variant_contents(g_variant_get_type(value), 1, ret_reason);
         if (r < 0)
                 return r;
-        return check_value_at(value, 1, ret_reason);
+        return check_value_at(value, 1, budget ? budget : &unbounded, ret_reason);
+}
+
+int payload_check_value(GVariant *value, const char **ret_reason) {
+        return payload_check_value_budget(value, NULL, ret_reason);
 }
 
 /* Basic types whose D-Bus and GVariant array encodings are the same packed native-endian
@@ -706,8 +720,8 @@ static int memfd_refuse(payload_memfd_status status, const char *reason,
         return -EBADMSG;
 }
 
-int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, GVariant **ret,
-                      payload_memfd_status *ret_status, const char **ret_reason) {
+int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, size_t values_max,
+                      GVariant **ret, payload_memfd_status *ret_status, const char **ret_reason) {
         g_autoptr(GVariant) value = NULL;
         const char *reason = NULL;
         memfd_map *map;
@@ -758,7 +772,11 @@ int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, GVaria
         /* Untrusted: GLib checks every offset it reads from the bytes. */
         value = g_variant_ref_sink(g_variant_new_from_data(G_VARIANT_TYPE(type_string), map->addr,
                                                            map->size, FALSE, memfd_map_free, map));
-        r = payload_check_value(value, &reason);
+        /* The walk into variants is bounded like an inline payload's decoding: a memfd of
+         * tiny variants would otherwise cost the receiver CPU by the megabyte. */
+        r = payload_check_value_budget(value, &values_max, &reason);
+        if (r == -ENOBUFS)
+                return memfd_refuse(PAYLOAD_MEMFD_TOO_MANY_VALUES, reason, ret_status, ret_reason);
         if (r < 0)
                 return memfd_refuse(PAYLOAD_MEMFD_BAD_TYPE, reason, ret_status, ret_reason);
         if (payload_has_handles(value))
@@ -804,7 +822,8 @@ int payload_unpack(GBytes *bytes, const char *element_type, size_t *budget, GPtr
         g_autofree char *array_type = NULL;
         const GVariantType *checked = NULL;
         bool wrapped;
-        size_t n;
+        size_t n, left;
+        int r;
 
         if (!bytes || !element_type || !budget || !ret)
                 return -EINVAL;
@@ -824,6 +843,7 @@ int payload_unpack(GBytes *bytes, const char *element_type, size_t *budget, GPtr
         n = g_variant_n_children(array);
         if (n > *budget)
                 return -ENOBUFS;
+        left = *budget - n;     /* each payload takes one; the walk into variants, one a value */
 
         values = g_ptr_array_new_full(n, (GDestroyNotify) g_variant_unref);
         for (size_t i = 0; i < n; i++) {
@@ -842,12 +862,15 @@ int payload_unpack(GBytes *bytes, const char *element_type, size_t *budget, GPtr
                 if (type == checked)
                         continue;
                 /* An "h" here would be a number with no fd behind it. */
-                if (payload_check_value(value, NULL) < 0 || payload_has_handles(value))
+                r = payload_check_value_budget(value, &left, NULL);
+                if (r == -ENOBUFS)
+                        return r;
+                if (r < 0 || payload_has_handles(value))
                         return -EBADMSG;
                 if (!strchr(g_variant_get_type_string(value), 'v'))
                         checked = type;
         }
-        *budget -= n;
+        *budget = left;
         *ret = g_steal_pointer(&values);
         return 0;
 }

@@ -30,6 +30,10 @@ int payload_check_type(const GVariantType *type, const char **ret_reason);
 /* As payload_check_type(), and also the types of the variants nested inside value, which its
  * declared type cannot tell. What passes can be appended by payload_append_variant(). */
 int payload_check_value(GVariant *value, const char **ret_reason);
+/* The same, taking one from *budget (when not NULL) for each value the walk into variants
+ * visits (only values whose type holds a "v" are walked): -ENOBUFS, with a reason, when more
+ * are needed than *budget holds. */
+int payload_check_value_budget(GVariant *value, size_t *budget, const char **ret_reason);
 
 /* Appends one D-Bus variant ("v") holding value; a floating value is consumed. value must pass
  * payload_check_type(), and so must the contents of every variant nested in it, counting their
@@ -79,17 +83,19 @@ typedef enum {
         PAYLOAD_MEMFD_TOO_LARGE,        /* larger than the receiver accepts */
         PAYLOAD_MEMFD_EMPTY,            /* no bytes: no sender makes one */
         PAYLOAD_MEMFD_BAD_TYPE,         /* the type string is no type that can travel */
+        PAYLOAD_MEMFD_TOO_MANY_VALUES,  /* walking its variants takes more than values_max values */
 } payload_memfd_status;
 
 /* Maps the sealed memfd fd read-only and returns a new (non-floating) GVariant of type_string
  * over the mapping, without a copy; the mapping goes with the last reference. The bytes are
  * another process's: they are wrapped as untrusted (GLib reads malformed data as default values,
  * never out of bounds), a type holding "h" is refused (fd indexes mean nothing in a memfd), and
- * the variants nested in the value are checked as payload_check_value() does. fd stays the
- * caller's. Returns 0, or -EBADMSG with *ret_status and a static reason saying why the fd or the
- * value is refused, or another negative errno (mmap failure, out of memory). */
-int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, GVariant **ret,
-                      payload_memfd_status *ret_status, const char **ret_reason);
+ * the variants nested in the value are checked as payload_check_value_budget() does, with at
+ * most values_max values walked. fd stays the caller's. Returns 0, or -EBADMSG with *ret_status
+ * and a static reason saying why the fd or the value is refused, or another negative errno
+ * (mmap failure, out of memory). */
+int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, size_t values_max,
+                      GVariant **ret, payload_memfd_status *ret_status, const char **ret_reason);
 
 /* ---- packed batches ----------------------------------------------------------------------
  * Several payloads as one GVariant array in GVariant's own serialization (host byte order),
@@ -108,5 +114,5 @@ GBytes *payload_pack(GVariant *const *values, size_t n, const char **ret_element
  * Errors: -EBADMSG for a bad element type (not one complete payload type or "v", or holding
  * "h") or for data that is not a normal-form array of such values, -ENOBUFS when it holds more
  * than *budget payloads (each payload counts once: the values inside are views on the bytes,
- * not built one by one). */
+ * not built one by one), the values the walk into their variants visits counted too. */
 int payload_unpack(GBytes *bytes, const char *element_type, size_t *budget, GPtrArray **ret);

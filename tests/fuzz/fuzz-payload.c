@@ -211,7 +211,7 @@ static void check_packed_round_trip(GVariant *v) {
         g_autoptr(GPtrArray) back = NULL;
         g_autoptr(GBytes) packed = NULL;
         const char *reason = NULL;
-        size_t budget = 1;
+        size_t budget = PAYLOAD_VALUES_MAX;
         const char *element;
 
         if (payload_check_value(v, &reason) < 0) {

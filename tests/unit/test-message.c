@@ -83,8 +83,8 @@ START_TEST(test_memfd_round_trip_is_sealed_and_not_copied) {
         ck_assert_int_ge(fcntl(fd, F_GETFD), 0);
         ck_assert(fcntl(fd, F_GETFD) & FD_CLOEXEC);
 
-        ck_assert_int_eq(payload_memfd_map(fd, g_variant_get_type_string(value), 1024, &back, &status,
-                                           &reason), 0);
+        ck_assert_int_eq(payload_memfd_map(fd, g_variant_get_type_string(value), 1024, PAYLOAD_VALUES_MAX,
+                                           &back, &status, &reason), 0);
         ck_assert_int_eq(status, PAYLOAD_MEMFD_OK);
         ck_assert(!g_variant_is_floating(back));
         ck_assert(g_variant_equal(value, back));
@@ -101,7 +101,8 @@ START_TEST(test_memfd_mapping_lives_until_the_last_reference) {
         GVariant *back = NULL;
 
         ck_assert_int_eq(payload_memfd_new(value, &fd), 0);
-        ck_assert_int_eq(payload_memfd_map(fd, g_variant_get_type_string(value), 1024, &back, NULL, NULL), 0);
+        ck_assert_int_eq(payload_memfd_map(fd, g_variant_get_type_string(value), 1024, PAYLOAD_VALUES_MAX,
+                                           &back, NULL, NULL), 0);
         fd = safe_close(fd);
         child = g_variant_get_child_value(back, 2);
         g_variant_unref(back);
@@ -116,7 +117,8 @@ static void assert_refused(int fd, const char *type, uint64_t max, payload_memfd
         payload_memfd_status status = PAYLOAD_MEMFD_OK;
         const char *reason = NULL;
 
-        ck_assert_int_eq(payload_memfd_map(fd, type, max, &v, &status, &reason), -EBADMSG);
+        ck_assert_int_eq(payload_memfd_map(fd, type, max, PAYLOAD_VALUES_MAX, &v, &status, &reason),
+                         -EBADMSG);
         ck_assert_msg(status == want, "type %s: status %d, not %d (%s)", type, status, want, reason);
         ck_assert_ptr_nonnull(reason);
         ck_assert_ptr_null(v);
@@ -152,7 +154,7 @@ START_TEST(test_memfd_map_refuses_what_is_not_a_sealed_memfd_of_a_good_type) {
         /* Exactly at the limit is fine. */
         g_autoptr(GVariant) ok = NULL;
         _cleanup_(closep) int fd = memfd_with(data, sizeof(data), ALL_SEALS);
-        ck_assert_int_eq(payload_memfd_map(fd, "ay", sizeof(data), &ok, NULL, NULL), 0);
+        ck_assert_int_eq(payload_memfd_map(fd, "ay", sizeof(data), PAYLOAD_VALUES_MAX, &ok, NULL, NULL), 0);
         ck_assert_uint_eq(g_variant_n_children(ok), sizeof(data));
 }
 END_TEST
@@ -165,7 +167,7 @@ START_TEST(test_memfd_garbage_of_a_valid_type_reads_safely) {
         for (size_t i = 0; i < sizeof(junk); i++)
                 junk[i] = (uint8_t) (i * 97 + 13);
         fd = memfd_with(junk, sizeof(junk), ALL_SEALS);
-        ck_assert_int_eq(payload_memfd_map(fd, "(sasa{sx}ay)", 1024, &v, NULL, NULL), 0);
+        ck_assert_int_eq(payload_memfd_map(fd, "(sasa{sx}ay)", 1024, PAYLOAD_VALUES_MAX, &v, NULL, NULL), 0);
         /* Whatever GLib makes of the bytes is a value of that type, in bounds. */
         g_autofree char *text = g_variant_print(v, true);
         g_autoptr(GVariant) normal = g_variant_get_normal_form(v);
@@ -348,6 +350,50 @@ START_TEST(test_read_batch_of_one_type) {
 }
 END_TEST
 
+/* The walk into a memfd payload's variants is bounded by the values limit, as an inline
+ * payload's decoding is: 100 variants in an "av" take 101 values (the array, then each). */
+START_TEST(test_memfd_variants_walk_is_bounded) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        message_limits limits = default_limits;
+        g_autoptr(GVariant) value = NULL;
+        _cleanup_(closep) int fd = -1;
+        GVariantBuilder b;
+
+        g_variant_builder_init(&b, G_VARIANT_TYPE("av"));
+        for (int i = 0; i < 100; i++)
+                g_variant_builder_add(&b, "v", g_variant_new_int32(i));
+        value = g_variant_ref_sink(g_variant_builder_end(&b));
+        ck_assert_int_eq(payload_memfd_new(value, &fd), 0);
+        for (size_t max = 99; max <= 101; max++) {
+                g_autoptr(GVariant) v = NULL;
+                payload_memfd_status status = PAYLOAD_MEMFD_OK;
+                const char *reason = NULL;
+                int r = payload_memfd_map(fd, "av", 1 << 20, max, &v, &status, &reason);
+
+                if (max < 101) {
+                        ck_assert_int_eq(r, -EBADMSG);
+                        ck_assert_int_eq(status, PAYLOAD_MEMFD_TOO_MANY_VALUES);
+                        ck_assert_ptr_nonnull(reason);
+                        ck_assert_ptr_null(v);
+                } else {
+                        ck_assert_int_eq(r, 0);
+                        ck_assert(g_variant_equal(v, value));
+                }
+        }
+
+        /* Through the decoder: the sender is told LimitsExceeded. */
+        ck_assert_int_eq(sd_bus_message_new_method_call(bus, &m, "org.example.X", "/x",
+                                                        "org.ipchannel.Peer1", "DeliverMemfd"), 0);
+        ck_assert_int_ge(sd_bus_message_append(m, "sgh", "ev", "av", fd), 0);
+        ck_assert_int_eq(sd_bus_message_seal(m, 1, 0), 0);
+        limits.values_max = 100;
+        ck_assert_int_eq(read_with(m, MESSAGE_MEMFD, &limits, SD_BUS_ERROR_LIMITS_EXCEEDED, NULL), -ENOBUFS);
+        limits.values_max = 101;
+        ck_assert_int_ge(sd_bus_message_rewind(m, true), 0);
+        ck_assert_int_eq(read_with(m, MESSAGE_MEMFD, &limits, NULL, NULL), 0);
+}
+END_TEST
+
 START_TEST(test_event_name_bound_is_settable) {
         char name[IPCHANNEL_EVENT_NAME_MAX_LIMIT + 2];
 
@@ -389,6 +435,7 @@ int main(void) {
         tcase_add_test(tc, test_read_memfd_message_and_its_limits);
         tcase_add_test(tc, test_read_applies_the_event_and_values_limits);
         tcase_add_test(tc, test_read_batch_of_one_type);
+        tcase_add_test(tc, test_memfd_variants_walk_is_bounded);
         tcase_add_test(tc, test_event_name_bound_is_settable);
         suite_add_tcase(s, tc);
 

@@ -1314,12 +1314,13 @@ END_TEST
 /* ---- packed batches ----------------------------------------------------------------------- */
 
 static GPtrArray *unpack_ok(GBytes *packed, const char *element, size_t n_expected) {
-        size_t budget = n_expected;
+        size_t budget = PAYLOAD_VALUES_MAX;
         GPtrArray *values = NULL;
 
         ck_assert_int_eq(payload_unpack(packed, element, &budget, &values), 0);
         ck_assert_uint_eq(values->len, n_expected);
-        ck_assert_uint_eq(budget, 0);
+        /* One a payload, and one a value walked into their variants. */
+        ck_assert_uint_le(budget, PAYLOAD_VALUES_MAX - n_expected);
         return values;
 }
 
@@ -1387,6 +1388,33 @@ START_TEST(test_packed_budget) {
         ck_assert_str_eq(g_variant_get_string(g_ptr_array_index(back, 1), NULL), "two");
         for (size_t i = 0; i < 3; i++)
                 g_variant_unref(values[i]);
+}
+END_TEST
+
+/* The walk into the payloads' variants counts against the same budget as the payloads: one
+ * "av" of 10 variants takes 12 (the payload, the array, each variant). */
+START_TEST(test_packed_variants_walk_is_bounded) {
+        GVariantBuilder b;
+        GVariant *value;
+        g_autoptr(GBytes) packed = NULL;
+        g_autoptr(GPtrArray) back = NULL;
+        const char *element;
+        size_t budget = 11;
+
+        g_variant_builder_init(&b, G_VARIANT_TYPE("av"));
+        for (int i = 0; i < 10; i++)
+                g_variant_builder_add(&b, "v", g_variant_new_int32(i));
+        value = g_variant_ref_sink(g_variant_builder_end(&b));
+        packed = payload_pack(&value, 1, &element);
+        ck_assert_str_eq(element, "av");
+        ck_assert_int_eq(payload_unpack(packed, element, &budget, &back), -ENOBUFS);
+        ck_assert_ptr_null(back);
+        ck_assert_uint_eq(budget, 11);
+        budget = 12;
+        ck_assert_int_eq(payload_unpack(packed, element, &budget, &back), 0);
+        ck_assert_uint_eq(budget, 0);
+        ck_assert(g_variant_equal(value, g_ptr_array_index(back, 0)));
+        g_variant_unref(value);
 }
 END_TEST
 
@@ -1565,6 +1593,7 @@ static Suite *payload_suite(void) {
         tcase_add_test(tc, test_packed_random_batches_round_trip);
         tcase_add_test(tc, test_packed_budget);
         tcase_add_test(tc, test_packed_variant_payloads);
+        tcase_add_test(tc, test_packed_variants_walk_is_bounded);
         tcase_add_test(tc, test_packed_refusals);
         tcase_add_test(tc, test_packed_survives_garbage);
         suite_add_tcase(s, tc);
