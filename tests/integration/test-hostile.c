@@ -1089,6 +1089,30 @@ START_TEST(test_receive_limits_are_settable_and_each_has_its_error) {
         close(fd);
         ck_assert_ptr_nonnull(peer_expect(target, "recv 50 ev [byte 0x5a, 0x5a", PEER_TIMEOUT_MS));
 
+        /* ... and the values walked to check its variants count as decoded ones do: an "av" of
+         * 12 is 13 values, over 10; of 5, 6. */
+        static const unsigned n_variants[] = { 12, 5 };
+        for (size_t k = 0; k < G_N_ELEMENTS(n_variants); k++) {
+                unsigned n = n_variants[k];
+                g_autoptr(GVariant) av = NULL;
+                GVariantBuilder b;
+
+                g_variant_builder_init(&b, G_VARIANT_TYPE("av"));
+                for (unsigned i = 0; i < n; i++)
+                        g_variant_builder_add(&b, "v", g_variant_new_uint32(i));
+                av = g_variant_ref_sink(g_variant_builder_end(&b));
+                fd = memfd_with(g_variant_get_data(av), g_variant_get_size(av), ALL_SEALS);
+                if (n == 12)
+                        expect_memfd_refused(bus, "limits", "av", fd, SD_BUS_ERROR_LIMITS_EXCEEDED,
+                                             "a memfd with more variants than the channel's bound");
+                else {
+                        ck_assert_int_ge(deliver_memfd(bus, "limits", "av", fd, &error), 0);
+                        close(fd);
+                        ck_assert_ptr_nonnull(peer_expect(target, "recv 50 ev [<uint32 0>, <uint32 1>",
+                                                          PEER_TIMEOUT_MS));
+                }
+        }
+
         assert_still_serving(target, good, 1, 2);
         sd_bus_flush_close_unref(bus);
 }
