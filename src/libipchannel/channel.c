@@ -1045,16 +1045,9 @@ static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *eve
                         return r;
                 n_data = 0;
         }
-        if (n_data > 1) {
-                const char *element;
-                g_autoptr(GBytes) packed = payload_pack(data, n_data, &element);
-                size_t size;
-                const void *p = g_bytes_get_data(packed, &size);
-
-                r = sd_bus_message_append_basic(m, 'g', element);
-                if (r >= 0)
-                        r = sd_bus_message_append_array(m, 'y', p, size);
-        } else if (n_data == 1)
+        if (n_data > 1)
+                r = payload_append_packed(m, data, n_data);
+        else if (n_data == 1)
                 r = payload_append_variant(m, data[0]);
         if (r < 0)
                 return r;

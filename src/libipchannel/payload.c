@@ -791,9 +791,10 @@ int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, size_t
 
 /* ---- packed batches --------------------------------------------------------------------- */
 
-GBytes *payload_pack(GVariant *const *values, size_t n, const char **ret_element_type) {
+/* The array that carries values[0..n) (tree form: GLib serializes it when asked), and its
+ * element type. */
+static GVariant *pack_array(GVariant *const *values, size_t n, const char **ret_element_type) {
         g_autofree GVariant **wrapped = NULL;
-        g_autoptr(GVariant) array = NULL;
         const GVariantType *type = n > 0 ? g_variant_get_type(values[0]) : G_VARIANT_TYPE_VARIANT;
         bool same = true;
 
@@ -804,16 +805,39 @@ GBytes *payload_pack(GVariant *const *values, size_t n, const char **ret_element
          * wrapped too, or the receiver would unwrap them. */
         if (same && n > 0 && !g_variant_type_equal(type, G_VARIANT_TYPE_VARIANT)) {
                 /* "aT": each element is a payload as it is, no variant around it. */
-                array = g_variant_ref_sink(g_variant_new_array(type, values, n));
                 *ret_element_type = g_variant_get_type_string(values[0]);
-        } else {
-                wrapped = g_new(GVariant *, n);
-                for (size_t i = 0; i < n; i++)
-                        wrapped[i] = g_variant_new_variant(values[i]);
-                array = g_variant_ref_sink(g_variant_new_array(G_VARIANT_TYPE_VARIANT, wrapped, n));
-                *ret_element_type = "v";
+                return g_variant_ref_sink(g_variant_new_array(type, values, n));
         }
+        wrapped = g_new(GVariant *, n);
+        for (size_t i = 0; i < n; i++)
+                wrapped[i] = g_variant_new_variant(values[i]);
+        *ret_element_type = "v";
+        return g_variant_ref_sink(g_variant_new_array(G_VARIANT_TYPE_VARIANT, wrapped, n));
+}
+
+GBytes *payload_pack(GVariant *const *values, size_t n, const char **ret_element_type) {
+        g_autoptr(GVariant) array = pack_array(values, n, ret_element_type);
+
         return g_variant_get_data_as_bytes(array);
+}
+
+int payload_append_packed(sd_bus_message *m, GVariant *const *values, size_t n) {
+        const char *element;
+        g_autoptr(GVariant) array = pack_array(values, n, &element);
+        size_t size = g_variant_get_size(array);
+        void *p = NULL;
+        int r;
+
+        r = sd_bus_message_append_basic(m, 'g', element);
+        if (r < 0)
+                return r;
+        /* GLib serializes the array straight into the message: no buffer in between. */
+        r = sd_bus_message_append_array_space(m, 'y', size, &p);
+        if (r < 0)
+                return r;
+        if (size > 0)
+                g_variant_store(array, p);
+        return 0;
 }
 
 int payload_unpack(GBytes *bytes, const char *element_type, size_t *budget, GPtrArray **ret) {

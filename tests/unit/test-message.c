@@ -350,6 +350,46 @@ START_TEST(test_read_batch_of_one_type) {
 }
 END_TEST
 
+/* The sender serializes a batch straight into the message: the same element type and bytes as
+ * payload_pack(), for one type and for mixed ones. */
+START_TEST(test_append_packed_is_payload_pack) {
+        const char *sets[][3] = {
+                { "('a', 1)", "('bb', 2)", "('', 3)" },
+                { "('a', 1)", "'x'", "@a{sv} {'k': <@ay [1, 2]>}" },
+                { "<1>", "<'v'>", "<(1, 2)>" },
+                { "@ay []", "@ay [1]", "@ay []" },
+        };
+
+        for (size_t k = 0; k < G_N_ELEMENTS(sets); k++) {
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+                g_autoptr(GBytes) packed = NULL;
+                GVariant *values[3];
+                const char *element, *read_element, *event;
+                const void *data = NULL, *want;
+                size_t size = 0, want_size;
+
+                for (size_t i = 0; i < 3; i++)
+                        values[i] = g_variant_ref_sink(g_variant_parse(NULL, sets[k][i], NULL, NULL, NULL));
+                packed = payload_pack(values, 3, &element);
+                want = g_bytes_get_data(packed, &want_size);
+
+                ck_assert_int_eq(sd_bus_message_new_method_call(bus, &m, "org.example.X", "/x",
+                                                                "org.ipchannel.Peer1", "DeliverBatch"), 0);
+                ck_assert_int_ge(sd_bus_message_append_basic(m, 's', "ev"), 0);
+                ck_assert_int_eq(payload_append_packed(m, values, 3), 0);
+                ck_assert_int_eq(sd_bus_message_seal(m, 1, 0), 0);
+                ck_assert_int_ge(sd_bus_message_rewind(m, true), 0);
+                ck_assert_int_gt(sd_bus_message_read(m, "sg", &event, &read_element), 0);
+                ck_assert_int_ge(sd_bus_message_read_array(m, 'y', &data, &size), 0);
+                ck_assert_str_eq(read_element, element);
+                ck_assert_uint_eq(size, want_size);
+                ck_assert(size == 0 || memcmp(data, want, size) == 0);
+                for (size_t i = 0; i < 3; i++)
+                        g_variant_unref(values[i]);
+        }
+}
+END_TEST
+
 /* The walk into a memfd payload's variants is bounded by the values limit, as an inline
  * payload's decoding is: 100 variants in an "av" take 101 values (the array, then each). */
 START_TEST(test_memfd_variants_walk_is_bounded) {
@@ -435,6 +475,7 @@ int main(void) {
         tcase_add_test(tc, test_read_memfd_message_and_its_limits);
         tcase_add_test(tc, test_read_applies_the_event_and_values_limits);
         tcase_add_test(tc, test_read_batch_of_one_type);
+        tcase_add_test(tc, test_append_packed_is_payload_pack);
         tcase_add_test(tc, test_memfd_variants_walk_is_bounded);
         tcase_add_test(tc, test_event_name_bound_is_settable);
         suite_add_tcase(s, tc);
