@@ -74,10 +74,6 @@ static int read_memfd(sd_bus_message *m, const message_limits *limits, GVariant 
         return 0;
 }
 
-static void message_unref(void *m) {
-        sd_bus_message_unref(m);
-}
-
 int message_read(sd_bus_message *m, message_shape shape, const message_limits *limits,
                  const char **ret_event, GPtrArray **ret_payloads, sd_bus_error *error) {
         g_autoptr(GPtrArray) payloads = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref);
@@ -111,17 +107,17 @@ int message_read(sd_bus_message *m, message_shape shape, const message_limits *l
                 r = sd_bus_message_read_basic(m, 'g', &element);
                 if (r > 0)
                         r = sd_bus_message_read_array(m, 'y', &packed, &size);
-                if (r < 0)
+                if (r <= 0)
                         return fail(error, -EBADMSG, SD_BUS_ERROR_INVALID_ARGS, "Cannot read the batch.");
-                /* The payloads are views on the message's bytes: it lives as long as they do. */
-                bytes = size > 0 ? g_bytes_new_with_free_func(packed, size,
-                                                              message_unref, sd_bus_message_ref(m))
-                                 : g_bytes_new(NULL, 0);
+                /* Copied: a payload the app keeps must not keep the message, and with it the
+                 * connection (whose references are not atomic), alive. */
+                bytes = g_bytes_new(packed, size);
                 g_clear_pointer(&payloads, g_ptr_array_unref);
                 r = payload_unpack(bytes, element, &budget, &payloads);
                 if (r == -ENOBUFS)
                         return fail(error, -ENOBUFS, SD_BUS_ERROR_LIMITS_EXCEEDED,
-                                    "The batch holds more than %zu payloads.", limits->values_max);
+                                    "The batch holds more than %zu payloads and values in their "
+                                    "variants.", limits->values_max);
                 if (r < 0)
                         return fail(error, -EBADMSG, SD_BUS_ERROR_INVALID_ARGS,
                                     "The batch is not a packed array of payloads of type \"%s\".",

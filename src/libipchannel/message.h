@@ -38,7 +38,7 @@ typedef struct message_limits {
 int message_shape_of(const char *member, const char *signature, bool signal);
 
 /* Reads (s event, [v data | g element, ay packed batch | g type, h memfd]) and checks the event
- * and every payload. A batch's payloads are views on m's bytes and keep m alive.
+ * and every payload.
  * Every payload is decoded before any is returned, so a bad one refuses the whole message and
  * a receiver never sees half a batch. On success *ret_event points into m and *ret_payloads
  * holds the payloads in order (none for MESSAGE_NULL). On failure error holds a named error

@@ -794,9 +794,27 @@ int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, size_t
 /* The array that carries values[0..n) (tree form: GLib serializes it when asked), and its
  * element type. */
 static GVariant *pack_array(GVariant *const *values, size_t n, const char **ret_element_type) {
-        g_autofree GVariant **wrapped = NULL;
+        g_autofree GVariant **wrapped = NULL, **normal = NULL;
+        g_autoptr(GPtrArray) owned = NULL;
         const GVariantType *type = n > 0 ? g_variant_get_type(values[0]) : G_VARIANT_TYPE_VARIANT;
         bool same = true;
+
+        /* A payload that came from another process's bytes (a memfd, relayed) may not be in
+         * normal form: GLib would copy those bytes as they are, and the receiver would refuse
+         * the whole batch. Values built by GLib, and payloads of a checked batch, are known to
+         * be normal without a walk. */
+        for (size_t i = 0; i < n; i++) {
+                if (g_variant_is_normal_form(values[i]))
+                        continue;
+                if (!normal) {
+                        normal = g_memdup2(values, n * sizeof(GVariant *));
+                        owned = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref);
+                }
+                normal[i] = g_variant_get_normal_form(values[i]);
+                g_ptr_array_add(owned, normal[i]);
+        }
+        if (normal)
+                values = normal;
 
         /* GLib interns types: one pointer per type, so the comparison is cheap. */
         for (size_t i = 1; i < n && same; i++)

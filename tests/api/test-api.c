@@ -69,6 +69,12 @@ int main(void) {
         CHECK(ipchannel_send(ch, 1, g_variant_new_variant(g_variant_new_maybe(G_VARIANT_TYPE_INT32, NULL))) ==
               -EINVAL);
         CHECK(ipchannel_send(ch, 1, g_variant_new_variant(g_variant_new_int32(7))) == 0);
+        /* A payload type that passed once is not checked again, unless it holds a variant:
+         * what a variant holds differs from one payload to the next. */
+        CHECK(ipchannel_send(ch, 1, g_variant_new_parsed("@av [<1>]")) == 0);
+        CHECK(ipchannel_send(ch, 1, g_variant_new_parsed("@av [<@mi 5>]")) == -EINVAL);
+        CHECK(ipchannel_send(ch, 1, g_variant_new("(si)", "a", 1)) == 0);
+        CHECK(ipchannel_send(ch, 1, g_variant_new("(si)", "b", 2)) == 0);
 
         /* A channel belongs to the process that made it: a forked child gets -ECHILD, twice
          * (the pid the library keeps is forgotten at fork), and the parent goes on. */

@@ -194,8 +194,12 @@ int role_glib_floor(const bench_opts *o) {
         t_send = bench_now_nsec() - t0;
 
         /* Receiver: the payloads of a packed "a(si)", one instance each, then the handler. */
-        array = g_variant_ref_sink(g_variant_new_array(NULL, (GVariant **) built->pdata, built->len));
-        array = g_variant_get_normal_form(g_steal_pointer(&array));
+        {
+                g_autoptr(GVariant) tree = g_variant_ref_sink(
+                        g_variant_new_array(NULL, (GVariant **) built->pdata, built->len));
+
+                array = g_variant_get_normal_form(tree);        /* serialized, as received */
+        }
         t0 = bench_now_nsec();
         for (unsigned i = 0; i < n; i++) {
                 g_autoptr(GVariant) v = g_variant_get_child_value(array, i % per_array);

@@ -310,8 +310,8 @@ START_TEST(test_read_applies_the_event_and_values_limits) {
 }
 END_TEST
 
-/* A batch of one payload type goes as an array of that type; the payloads it gives are views
- * on the message's bytes and outlive the message (ASan and valgrind would see it otherwise). */
+/* A batch of one payload type goes as an array of that type; the payloads it gives outlive
+ * the message, and hold nothing of it (ASan and valgrind would see it otherwise). */
 START_TEST(test_read_batch_of_one_type) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         g_autoptr(GPtrArray) payloads = NULL;

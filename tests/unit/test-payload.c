@@ -1391,6 +1391,31 @@ START_TEST(test_packed_budget) {
 }
 END_TEST
 
+/* A payload made from another process's bytes may not be in normal form (a string without its
+ * NUL reads as ""); packed as it is, it would make the receiver refuse the whole batch. It goes
+ * in normal form. */
+START_TEST(test_packed_non_normal_payload) {
+        static const char abc[] = { 'a', 'b', 'c' };
+        GVariant *values[2] = {
+                g_variant_ref_sink(g_variant_new_string("x")),
+                g_variant_ref_sink(g_variant_new_from_data(G_VARIANT_TYPE_STRING, abc, sizeof(abc),
+                                                           FALSE, NULL, NULL)),
+        };
+        g_autoptr(GBytes) packed = NULL;
+        g_autoptr(GPtrArray) back = NULL;
+        const char *element;
+
+        ck_assert(!g_variant_is_normal_form(values[1]));
+        packed = payload_pack(values, 2, &element);
+        ck_assert_str_eq(element, "s");
+        back = unpack_ok(packed, element, 2);
+        ck_assert_str_eq(g_variant_get_string(g_ptr_array_index(back, 0), NULL), "x");
+        ck_assert_str_eq(g_variant_get_string(g_ptr_array_index(back, 1), NULL), "");
+        for (size_t i = 0; i < 2; i++)
+                g_variant_unref(values[i]);
+}
+END_TEST
+
 /* The walk into the payloads' variants counts against the same budget as the payloads: one
  * "av" of 10 variants takes 12 (the payload, the array, each variant). */
 START_TEST(test_packed_variants_walk_is_bounded) {
@@ -1452,6 +1477,7 @@ START_TEST(test_packed_refusals) {
          * offset (3) and the array's (8). */
         static const uint8_t si[] = { 'a', 'b', 0x00, 0x00, 0x07, 0x00, 0x00, 0x00, 0x03, 0x09 };
         static const uint8_t three_bytes[] = { 1, 2, 3 };      /* no whole "i" */
+        static const uint8_t zero_handle[] = { 0, 0, 0, 0 };   /* an "ah" of one handle */
         g_autoptr(GBytes) with_fd = NULL, with_nested_fd = NULL;
         const char *element;
         const void *data;
@@ -1474,6 +1500,10 @@ START_TEST(test_packed_refusals) {
         ck_assert_int_eq(unpack_raw("my", three_bytes, sizeof(three_bytes)), -EBADMSG);
         ck_assert_int_eq(unpack_raw("()", three_bytes, sizeof(three_bytes)), -EBADMSG);
         ck_assert_int_eq(unpack_raw("h", three_bytes, sizeof(three_bytes)), -EBADMSG);
+        /* Refused for the type itself, whatever the bytes: a well-formed "ah", an empty one. */
+        ck_assert_int_eq(unpack_raw("h", zero_handle, sizeof(zero_handle)), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("h", "", 0), -EBADMSG);
+        ck_assert_int_eq(unpack_raw("a{sh}", "", 0), -EBADMSG);
         ck_assert_int_eq(unpack_raw("a{sh}", three_bytes, sizeof(three_bytes)), -EBADMSG);
         ck_assert_int_eq(unpack_raw("a*", three_bytes, sizeof(three_bytes)), -EBADMSG);
         /* An "h" is an index into the message's fds, and a batch carries none. */
@@ -1594,6 +1624,7 @@ static Suite *payload_suite(void) {
         tcase_add_test(tc, test_packed_budget);
         tcase_add_test(tc, test_packed_variant_payloads);
         tcase_add_test(tc, test_packed_variants_walk_is_bounded);
+        tcase_add_test(tc, test_packed_non_normal_payload);
         tcase_add_test(tc, test_packed_refusals);
         tcase_add_test(tc, test_packed_survives_garbage);
         suite_add_tcase(s, tc);
