@@ -368,8 +368,8 @@ START_TEST(test_append_packed_is_payload_pack) {
                 const void *data = NULL, *want;
                 size_t size = 0, want_size;
 
-                for (size_t i = 0; i < 3; i++)
-                        values[i] = g_variant_ref_sink(g_variant_parse(NULL, sets[k][i], NULL, NULL, NULL));
+                for (size_t i = 0; i < 3; i++)     /* g_variant_parse(): not floating */
+                        values[i] = g_variant_parse(NULL, sets[k][i], NULL, NULL, NULL);
                 packed = payload_pack(values, 3, &element);
                 want = g_bytes_get_data(packed, &want_size);
 
