@@ -542,10 +542,20 @@ static int read_variant_contents(sd_bus_message *m, const char *contents, unsign
         int r;
 
         /* The signature is the sender's: check it all before building anything from it, so that
-         * GLib never sees a type it rejects and too deep nesting is refused before recursing. */
-        if (!contents || !g_variant_type_string_is_valid(contents) ||
-            check_variant_contents(G_VARIANT_TYPE(contents), depth, NULL) < 0)
+         * GLib never sees a type it rejects and too deep nesting is refused before recursing.
+         * A stream of messages mostly carries one payload type: the last one that passed at the
+         * top (depth 1) is kept, per thread, and the same string passes again unchecked. */
+        static __thread char passed[DBUS_SIGNATURE_MAX + 1];
+
+        if (!contents)
                 return -EBADMSG;
+        if (depth != 1 || passed[0] == '\0' || strcmp(contents, passed) != 0) {
+                if (!g_variant_type_string_is_valid(contents) ||
+                    check_variant_contents(G_VARIANT_TYPE(contents), depth, NULL) < 0)
+                        return -EBADMSG;
+                if (depth == 1 && strlen(contents) < sizeof(passed))
+                        strcpy(passed, contents);
+        }
 
         r = sd_bus_message_enter_container(m, 'v', contents);
         if (r < 0)
