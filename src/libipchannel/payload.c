@@ -18,6 +18,9 @@
 #define DBUS_ARRAY_DEPTH_MAX 32
 #define DBUS_STRUCT_DEPTH_MAX 32 /* dict entries count as structs, as in sd-bus and libdbus */
 
+/* x rounded up to a multiple of a, a power of 2. */
+#define ALIGN_TO(x, a) (((x) + (a) - 1) & ~((size_t) (a) - 1))
+
 static const char reason_indefinite[] = "indefinite types have no D-Bus signature";
 static const char reason_signature_length[] = "the D-Bus signature is longer than 255 bytes";
 static const char reason_maybe[] = "maybe types cannot travel over D-Bus";
@@ -345,11 +348,209 @@ int payload_append_variant(sd_bus_message *m, GVariant *value) {
         return append_variant(m, owned, 1);
 }
 
-static int read_item(sd_bus_message *m, unsigned depth, size_t *budget, GVariant **ret);
+/* ---- D-Bus -> GVariant ------------------------------------------------------------------
+ * A received payload is written straight into GVariant's serialized form as sd-bus reads it,
+ * then wrapped in one GVariant: building a GVariant per value, and each container again from
+ * its children, cost about three times as much (callgrind). The writer follows GVariant's
+ * rules (the GVariant specification; GLib's gvariant-serialiser.c): every value aligned to its
+ * type's alignment, counted from the start of the payload; a boolean in one byte; a string with
+ * its NUL; a variant as its value, a NUL and its type string; a container whose members are of
+ * variable size ends with the offsets where they end (little-endian, each as wide as the
+ * container's size needs; a struct leaves out its last member's and lists the others last to
+ * first). What comes out is in normal form, so GLib can trust it: the unit tests and the
+ * payload fuzzer check every value they decode against GLib's own reading of the same bytes. */
 
-/* Takes one value from the budget of what one message may make us build. A decoded value costs
- * ~170 bytes of heap however few it took on the wire (a "b" takes 4): without a bound, one
- * 32 MiB message of booleans made a receiver peak at 1.4 GiB. A fixed array costs one. */
+/* End offsets of up to this many variable-size members in the open containers are kept in the
+ * writer itself: one allocation per payload (its bytes) for most payloads. */
+#define WRITER_ENDS_INLINE 16
+
+typedef struct gvs_writer {
+        uint8_t *data;
+        size_t size, allocated;
+        /* End offsets of the variable-size members of the open containers, innermost last. */
+        size_t *ends;
+        size_t n_ends, allocated_ends;
+        size_t ends_inline[WRITER_ENDS_INLINE];
+} gvs_writer;
+
+static void writer_init(gvs_writer *w) {
+        *w = (gvs_writer) { .allocated_ends = WRITER_ENDS_INLINE };
+        w->ends = w->ends_inline;
+}
+
+static void writer_done(gvs_writer *w) {
+        g_free(w->data);
+        if (w->ends != w->ends_inline)
+                g_free(w->ends);
+        writer_init(w);
+}
+
+/* n more bytes at the end, uninitialised; NULL when out of memory. */
+static uint8_t *writer_grow(gvs_writer *w, size_t n) {
+        uint8_t *p;
+
+        if (n > w->allocated - w->size) {
+                size_t want;
+
+                if (n > SIZE_MAX / 4 - w->size)
+                        return NULL;
+                want = MAX(MAX(w->size + n, w->allocated * 2), (size_t) 64);
+                p = g_try_realloc(w->data, want);
+                if (!p)
+                        return NULL;
+                w->data = p;
+                w->allocated = want;
+        }
+        p = w->data + w->size;
+        w->size += n;
+        return p;
+}
+
+static int writer_put(gvs_writer *w, const void *bytes, size_t n) {
+        uint8_t *p;
+
+        if (n == 0)
+                return 0;
+        p = writer_grow(w, n);
+        if (!p)
+                return -ENOMEM;
+        memcpy(p, bytes, n);
+        return 0;
+}
+
+/* Zeros up to the next multiple of alignment (a power of 2). */
+static int writer_align(gvs_writer *w, size_t alignment) {
+        size_t n = -w->size & (alignment - 1);
+        uint8_t *p;
+
+        if (n == 0)
+                return 0;
+        p = writer_grow(w, n);
+        if (!p)
+                return -ENOMEM;
+        memset(p, 0, n);
+        return 0;
+}
+
+static int writer_push_end(gvs_writer *w, size_t end) {
+        if (w->n_ends == w->allocated_ends) {
+                size_t want = w->allocated_ends * 2;
+                size_t *p = g_try_new(size_t, want);
+
+                if (!p)
+                        return -ENOMEM;
+                memcpy(p, w->ends, w->n_ends * sizeof(size_t));
+                if (w->ends != w->ends_inline)
+                        g_free(w->ends);
+                w->ends = p;
+                w->allocated_ends = want;
+        }
+        w->ends[w->n_ends++] = end;
+        return 0;
+}
+
+/* Closes a container whose body started at start: writes the end offsets pushed since base
+ * (in reverse for a struct) and drops them. */
+static int writer_close(gvs_writer *w, size_t start, size_t base, bool reverse) {
+        size_t n = w->n_ends - base, body = w->size - start, width;
+        uint8_t *p;
+
+        if (n == 0)
+                return 0;
+        if (body + n <= UINT8_MAX)
+                width = 1;
+        else if (body + 2 * n <= UINT16_MAX)
+                width = 2;
+        else if (body + 4 * n <= UINT32_MAX)
+                width = 4;
+        else
+                width = 8;
+        p = writer_grow(w, n * width);
+        if (!p)
+                return -ENOMEM;
+        for (size_t i = 0; i < n; i++) {
+                uint64_t end = w->ends[reverse ? w->n_ends - 1 - i : base + i];
+
+                for (size_t k = 0; k < width; k++)
+                        *p++ = (uint8_t) (end >> (8 * k));
+        }
+        w->n_ends = base;
+        return 0;
+}
+
+/* GVariant's alignment and fixed size (0: of variable size) of the complete type at *s, which
+ * is moved past it. Signatures were checked before anything is read. */
+static void type_layout(const char **s, size_t *ret_align, size_t *ret_fixed);
+
+/* The same for the members of a struct or dict entry, from *s up to its closing bracket (or to
+ * the end of the string: sd-bus gives a struct's contents without brackets), moved past it. */
+static void members_layout(const char **s, size_t *ret_align, size_t *ret_fixed) {
+        size_t align = 1, offset = 0;
+        bool fixed = true;
+
+        while (**s != ')' && **s != '}' && **s != '\0') {
+                size_t a, f;
+
+                type_layout(s, &a, &f);
+                align = MAX(align, a);
+                if (f == 0)
+                        fixed = false;
+                else
+                        offset = ALIGN_TO(offset, a) + f;
+        }
+        if (**s != '\0')
+                (*s)++;
+        *ret_align = align;
+        /* "()" is one byte in GVariant; it cannot come over D-Bus, whose structs are never empty. */
+        *ret_fixed = !fixed ? 0 : offset == 0 ? 1 : ALIGN_TO(offset, align);
+}
+
+static void type_layout(const char **s, size_t *ret_align, size_t *ret_fixed) {
+        size_t ignored;
+
+        switch (*(*s)++) {
+        case 'y':
+        case 'b':
+                *ret_align = *ret_fixed = 1;
+                return;
+        case 'n':
+        case 'q':
+                *ret_align = *ret_fixed = 2;
+                return;
+        case 'i':
+        case 'u':
+        case 'h':
+                *ret_align = *ret_fixed = 4;
+                return;
+        case 'x':
+        case 't':
+        case 'd':
+                *ret_align = *ret_fixed = 8;
+                return;
+        case 'v':
+                *ret_align = 8;
+                *ret_fixed = 0;
+                return;
+        case 'a':
+                type_layout(s, ret_align, &ignored);
+                *ret_fixed = 0;
+                return;
+        case '(':
+        case '{':
+                members_layout(s, ret_align, ret_fixed);
+                return;
+        default: /* s, o, g */
+                *ret_align = 1;
+                *ret_fixed = 0;
+                return;
+        }
+}
+
+/* Takes one value from the budget of what one message may make us decode. It once bounded
+ * memory: a GVariant per value cost ~170 bytes of heap however few the value took on the wire
+ * (a "b" takes 4), and one 32 MiB message of booleans made a receiver peak at 1.4 GiB. Values
+ * are now bytes, but the bound stays the contract (ipchannel_set_values_max()), and it still
+ * bounds the work one message makes. A fixed array costs one. */
 static int budget_take(size_t *budget) {
         if (*budget == 0)
                 return -ENOBUFS;
@@ -357,21 +558,20 @@ static int budget_take(size_t *budget) {
         return 0;
 }
 
-static int read_basic(sd_bus_message *m, char type, size_t *budget, GVariant **ret) {
+static int write_item(sd_bus_message *m, unsigned depth, size_t *budget, gvs_writer *w,
+                      size_t *ret_fixed);
+
+static int write_basic(sd_bus_message *m, char type, size_t *budget, gvs_writer *w,
+                       size_t *ret_fixed) {
         union {
                 uint8_t y;
-                int16_t n;
                 uint16_t q;
-                int32_t i;
                 uint32_t u;
-                int64_t x;
                 uint64_t t;
-                double d;
                 int b;
-                int h;
                 const char *s;
         } u = { 0 };
-        GVariant *v;
+        size_t size;
         int r;
 
         r = budget_take(budget);
@@ -384,66 +584,51 @@ static int read_basic(sd_bus_message *m, char type, size_t *budget, GVariant **r
                 return -EBADMSG;
 
         switch (type) {
-        case 'y':
-                v = g_variant_new_byte(u.y);
-                break;
         case 'b':
-                v = g_variant_new_boolean(u.b);
-                break;
+                u.y = u.b != 0;
+                _fallthrough_;
+        case 'y':
+                *ret_fixed = 1;
+                return writer_put(w, &u.y, 1);
         case 'n':
-                v = g_variant_new_int16(u.n);
-                break;
         case 'q':
-                v = g_variant_new_uint16(u.q);
-                break;
         case 'i':
-                v = g_variant_new_int32(u.i);
-                break;
         case 'u':
-                v = g_variant_new_uint32(u.u);
-                break;
-        case 'x':
-                v = g_variant_new_int64(u.x);
-                break;
-        case 't':
-                v = g_variant_new_uint64(u.t);
-                break;
-        case 'd':
-                v = g_variant_new_double(u.d);
-                break;
         case 'h':
-                v = g_variant_new_handle(u.h);
-                break;
-        /* sd-bus validated these already; GLib's rules are checked too because its constructors
-         * fail with a critical rather than an error on anything they disagree with. */
+        case 'x':
+        case 't':
+        case 'd':
+                size = type == 'n' || type == 'q' ? 2 : type == 'x' || type == 't' || type == 'd' ? 8 : 4;
+                *ret_fixed = size;
+                r = writer_align(w, size);
+                if (r < 0)
+                        return r;
+                return writer_put(w, &u, size);
+        /* sd-bus validated these already; GLib's rules are checked too, as GLib will trust
+         * these bytes and its rules differ in places. */
         case 's':
                 if (!g_utf8_validate(u.s, -1, NULL))
                         return -EBADMSG;
-                v = g_variant_new_string(u.s);
                 break;
         case 'o':
                 if (!g_variant_is_object_path(u.s))
                         return -EBADMSG;
-                v = g_variant_new_object_path(u.s);
                 break;
         case 'g':
                 if (!g_variant_is_signature(u.s))
                         return -EBADMSG;
-                v = g_variant_new_signature(u.s);
                 break;
         default:
                 return -EBADMSG;
         }
-
-        *ret = g_variant_ref_sink(v);
-        return 0;
+        *ret_fixed = 0;
+        return writer_put(w, u.s, strlen(u.s) + 1);
 }
 
-static int read_fixed_array(sd_bus_message *m, char type, size_t size, size_t *budget,
-                            GVariant **ret) {
+static int write_fixed_array(sd_bus_message *m, char type, size_t size, size_t *budget,
+                             gvs_writer *w) {
         const void *p = NULL;
         size_t n = 0;
-        char element[2] = { type, '\0' };
         int r;
 
         r = budget_take(budget);
@@ -454,91 +639,87 @@ static int read_fixed_array(sd_bus_message *m, char type, size_t size, size_t *b
                 return r;
         if (n % size != 0)
                 return -EBADMSG;
-
-        *ret = g_variant_ref_sink(g_variant_new_fixed_array(G_VARIANT_TYPE(element), p, n / size,
-                                                            size));
-        return 0;
+        r = writer_align(w, size);
+        if (r < 0)
+                return r;
+        return writer_put(w, p, n);
 }
 
-/* Reads the items of the container just entered, up to its end. */
-static int read_children(sd_bus_message *m, unsigned depth, size_t *budget, GPtrArray *children) {
-        int r;
-
-        for (;;) {
-                GVariant *child = NULL;
-
-                r = sd_bus_message_at_end(m, false);
-                if (r < 0)
-                        return r;
-                if (r > 0)
-                        return 0;
-
-                r = read_item(m, depth, budget, &child);
-                if (r < 0)
-                        return r;
-                g_ptr_array_add(children, child);
-        }
-}
-
-static int read_container(sd_bus_message *m, char type, const char *contents, unsigned depth,
-                          size_t *budget, GVariant **ret) {
-        g_autoptr(GPtrArray) children = g_ptr_array_new_with_free_func(
-                (GDestroyNotify) g_variant_unref);
-        g_autoptr(GVariantType) element = NULL;
-        GVariant *v = NULL;
+/* An array, struct or dict entry whose contents signature sd-bus peeked; depth counts it. */
+static int write_container(sd_bus_message *m, char type, const char *contents, unsigned depth,
+                           size_t *budget, gvs_writer *w, size_t *ret_fixed) {
+        size_t align, fixed, start, base = w->n_ends, n = 0;
+        bool last_variable = false;
+        const char *s = contents;
         int r;
 
         r = budget_take(budget);
         if (r < 0)
                 return r;
 
-        /* contents points into sd-bus's peek buffer, which the first peek inside replaces. */
+        /* contents points into sd-bus's peek buffer, which the first peek inside replaces. For
+         * an array this is its element's layout, for a struct its own. */
         if (type == 'a')
-                element = g_variant_type_new(contents);
+                type_layout(&s, &align, &fixed);
+        else
+                members_layout(&s, &align, &fixed);
 
         r = sd_bus_message_enter_container(m, type, contents);
         if (r < 0)
                 return r;
         if (r == 0)
                 return -EBADMSG;
-
-        r = read_children(m, depth, budget, children);
+        r = writer_align(w, align);
         if (r < 0)
                 return r;
+        start = w->size;
+
+        for (;;) {
+                size_t member_fixed = 0;
+
+                r = sd_bus_message_at_end(m, false);
+                if (r < 0)
+                        return r;
+                if (r > 0)
+                        break;
+                r = write_item(m, depth, budget, w, &member_fixed);
+                if (r < 0)
+                        return r;
+                n++;
+                last_variable = member_fixed == 0;
+                if (last_variable) {
+                        r = writer_push_end(w, w->size - start);
+                        if (r < 0)
+                                return r;
+                }
+        }
 
         r = sd_bus_message_exit_container(m);
         if (r < 0)
                 return r;
 
-        /* The enclosing variant's signature was checked, so these types are valid GVariant
-         * types; the count checks only keep GLib's constructors from being called wrongly. */
-        switch (type) {
-        case 'a':
-                v = g_variant_new_array(element,
-                                        (GVariant **) children->pdata, children->len);
-                break;
-        case 'r':
-                if (children->len == 0)
-                        return -EBADMSG;
-                v = g_variant_new_tuple((GVariant **) children->pdata, children->len);
-                break;
-        case 'e':
-                if (children->len != 2)
-                        return -EBADMSG;
-                v = g_variant_new_dict_entry(children->pdata[0], children->pdata[1]);
-                break;
+        if (type == 'a') {
+                *ret_fixed = 0;
+                return writer_close(w, start, base, false);
         }
-        if (!v)
+        /* The signature came from sd-bus, which never lets an empty struct through; these keep
+         * the layout from being trusted on input that disagrees with it. */
+        if ((type == 'r' && n == 0) || (type == 'e' && n != 2))
                 return -EBADMSG;
-
-        *ret = g_variant_ref_sink(v);
-        return 0;
+        /* A struct's last member ends where the struct's body does. */
+        if (last_variable)
+                w->n_ends--;
+        *ret_fixed = fixed;
+        if (fixed > 0)
+                return writer_align(w, align);
+        return writer_close(w, start, base, true);
 }
 
-/* Reads the contents of the variant at the read position, which sits at depth. */
-static int read_variant_contents(sd_bus_message *m, const char *contents, unsigned depth,
-                                 size_t *budget, GVariant **ret) {
-        g_autoptr(GVariant) v = NULL;
+/* Reads the variant at the read position, whose contents signature is contents and which sits
+ * at depth, and writes its value (not the variant's framing) at the writer's end. */
+static int write_variant_value(sd_bus_message *m, const char *contents, unsigned depth,
+                               size_t *budget, gvs_writer *w) {
+        size_t ignored;
         int r;
 
         /* The signature is the sender's: check it all before building anything from it, so that
@@ -563,20 +744,17 @@ static int read_variant_contents(sd_bus_message *m, const char *contents, unsign
         if (r == 0)
                 return -EBADMSG;
 
-        r = read_item(m, depth, budget, &v);
+        r = write_item(m, depth, budget, w, &ignored);
         if (r < 0)
                 return r;
 
-        r = sd_bus_message_exit_container(m);
-        if (r < 0)
-                return r;
-
-        *ret = g_steal_pointer(&v);
-        return 0;
+        return sd_bus_message_exit_container(m);
 }
 
-/* Reads one complete item inside depth containers. */
-static int read_item(sd_bus_message *m, unsigned depth, size_t *budget, GVariant **ret) {
+/* Reads one complete item inside depth containers and writes it at the writer's end, aligned;
+ * *ret_fixed is its type's fixed size, or 0. */
+static int write_item(sd_bus_message *m, unsigned depth, size_t *budget, gvs_writer *w,
+                      size_t *ret_fixed) {
         const char *contents = NULL;
         char type;
         int r;
@@ -589,18 +767,31 @@ static int read_item(sd_bus_message *m, unsigned depth, size_t *budget, GVariant
 
         switch (type) {
         case 'v': {
-                g_autoptr(GVariant) child = NULL;
+                /* The contents signature goes after the value, and the peek buffer it is in
+                 * does not outlive the next peek. */
+                char signature[DBUS_SIGNATURE_MAX + 1];
+                size_t length;
 
-                if (depth >= PAYLOAD_DEPTH_MAX)
+                if (depth >= PAYLOAD_DEPTH_MAX || !contents)
                         return -EBADMSG;
+                length = strlen(contents);
+                if (length > DBUS_SIGNATURE_MAX)
+                        return -EBADMSG;
+                memcpy(signature, contents, length + 1);
                 r = budget_take(budget);
                 if (r < 0)
                         return r;
-                r = read_variant_contents(m, contents, depth + 1, budget, &child);
+                r = writer_align(w, 8);
                 if (r < 0)
                         return r;
-                *ret = g_variant_ref_sink(g_variant_new_variant(child));
-                return 0;
+                r = write_variant_value(m, signature, depth + 1, budget, w);
+                if (r < 0)
+                        return r;
+                *ret_fixed = 0;
+                r = writer_put(w, "", 1);
+                if (r < 0)
+                        return r;
+                return writer_put(w, signature, length);
         }
         case 'a': {
                 size_t size;
@@ -608,23 +799,27 @@ static int read_item(sd_bus_message *m, unsigned depth, size_t *budget, GVariant
                 if (depth >= PAYLOAD_DEPTH_MAX || !contents)
                         return -EBADMSG;
                 size = contents[1] == '\0' ? fixed_element_size(contents[0]) : 0;
-                if (size > 0)
-                        return read_fixed_array(m, contents[0], size, budget, ret);
-                return read_container(m, type, contents, depth + 1, budget, ret);
+                if (size > 0) {
+                        *ret_fixed = 0;
+                        return write_fixed_array(m, contents[0], size, budget, w);
+                }
+                return write_container(m, type, contents, depth + 1, budget, w, ret_fixed);
         }
         case 'r':
         case 'e':
                 if (depth >= PAYLOAD_DEPTH_MAX || !contents)
                         return -EBADMSG;
-                return read_container(m, type, contents, depth + 1, budget, ret);
+                return write_container(m, type, contents, depth + 1, budget, w, ret_fixed);
         default:
-                return read_basic(m, type, budget, ret);
+                return write_basic(m, type, budget, w, ret_fixed);
         }
 }
 
 int payload_read_variant_budget(sd_bus_message *m, size_t *budget, GVariant **ret) {
-        g_autoptr(GVariant) v = NULL;
+        char signature[DBUS_SIGNATURE_MAX + 1];
         const char *contents = NULL;
+        gvs_writer w;
+        size_t length;
         char type;
         int r;
 
@@ -636,16 +831,30 @@ int payload_read_variant_budget(sd_bus_message *m, size_t *budget, GVariant **re
                 return r;
         if (r == 0 || type != 'v')
                 return -ENXIO;
-
-        r = read_variant_contents(m, contents, 1, budget, &v);
-        /* -ENXIO promises the caller that nothing was read; past this point it can only mean
-         * the sender's data disagreed with its own signature. */
-        if (r == -ENXIO)
+        if (!contents || (length = strlen(contents)) > DBUS_SIGNATURE_MAX)
                 return -EBADMSG;
-        if (r < 0)
-                return r;
+        memcpy(signature, contents, length + 1);
 
-        *ret = g_steal_pointer(&v);
+        writer_init(&w);
+        r = write_variant_value(m, signature, 1, budget, &w);
+        if (r < 0) {
+                writer_done(&w);
+                /* -ENXIO promises the caller that nothing was read; past this point it can only
+                 * mean the sender's data disagreed with its own signature. */
+                return r == -ENXIO ? -EBADMSG : r;
+        }
+
+        /* Large payloads give back what doubling the buffer left over. */
+        if (w.allocated - w.size > 4096) {
+                uint8_t *p = g_try_realloc(w.data, MAX(w.size, (size_t) 1));
+
+                if (p)
+                        w.data = p;
+        }
+        *ret = g_variant_ref_sink(g_variant_new_from_data(G_VARIANT_TYPE(signature), w.data, w.size,
+                                                          TRUE, g_free, w.data));
+        w.data = NULL;
+        writer_done(&w);
         return 0;
 }
 
