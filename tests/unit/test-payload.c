@@ -111,8 +111,6 @@ static GVariant *round_trip(GVariant *value) {
         return v;
 }
 
-/* g_variant_equal() compares bytes only when both sides are trusted, and prints both otherwise:
- * comparing normal forms keeps it exact and fast for values of any provenance. */
 /* The reader writes a payload's GVariant bytes itself and GLib trusts them: b's bytes must be
  * GLib's own normal form of a (same length, same bytes), and GLib must find them normal when it
  * reads them without trusting them. */
@@ -1401,6 +1399,35 @@ START_TEST(test_packed_budget) {
 }
 END_TEST
 
+/* A value not in normal form is appended by GLib's reading of it (a string without its NUL reads
+ * as "", a struct whose offset points past its end reads its members as their defaults), the
+ * rest from the bytes themselves: both come back as GLib reads them. */
+START_TEST(test_append_non_normal_value) {
+        static const char abc[] = { 'a', 'b', 'c' };
+        /* ("ab", 7): the string's end offset (the last byte) says 9, past the 8 bytes. */
+        static const uint8_t bad_offset[] = { 'a', 'b', 0, 0, 7, 0, 0, 0, 9 };
+        const struct {
+                const char *type;
+                const void *data;
+                size_t size;
+        } cases[] = {
+                { "s", abc, sizeof(abc) },
+                { "(si)", bad_offset, sizeof(bad_offset) },
+                { "a(si)", bad_offset, sizeof(bad_offset) },
+        };
+
+        for (size_t i = 0; i < G_N_ELEMENTS(cases); i++) {
+                g_autoptr(GVariant) value = g_variant_ref_sink(g_variant_new_from_data(
+                        G_VARIANT_TYPE(cases[i].type), cases[i].data, cases[i].size, false, NULL, NULL));
+                g_autoptr(GVariant) back = NULL;
+
+                ck_assert_msg(!g_variant_is_normal_form(value), "case %zu is normal", i);
+                back = round_trip(g_variant_ref(value));
+                ck_assert_msg(variants_identical(value, back), "case %zu changed", i);
+        }
+}
+END_TEST
+
 /* A payload made from another process's bytes may not be in normal form (a string without its
  * NUL reads as ""); packed as it is, it would make the receiver refuse the whole batch. It goes
  * in normal form. */
@@ -1584,6 +1611,7 @@ static Suite *payload_suite(void) {
         tcase_add_test(tc, test_basic_types_round_trip);
         tcase_add_test(tc, test_containers_round_trip);
         tcase_add_test(tc, test_random_nested_values_round_trip);
+        tcase_add_test(tc, test_append_non_normal_value);
         tcase_add_test(tc, test_nesting_limits_round_trip);
         tcase_add_test(tc, test_large_byte_array_round_trip);
         tcase_add_test(tc, test_large_struct_array_round_trip);
