@@ -566,11 +566,10 @@ static int budget_take(size_t *budget) {
         return 0;
 }
 
-static int write_item(sd_bus_message *m, unsigned depth, size_t *budget, gvs_writer *w,
-                      size_t *ret_fixed);
+static int write_value(sd_bus_message *m, const char **s, unsigned depth, size_t *budget,
+                       gvs_writer *w);
 
-static int write_basic(sd_bus_message *m, char type, size_t *budget, gvs_writer *w,
-                       size_t *ret_fixed) {
+static int write_basic(sd_bus_message *m, char type, size_t *budget, gvs_writer *w) {
         union {
                 uint8_t y;
                 uint16_t q;
@@ -596,7 +595,6 @@ static int write_basic(sd_bus_message *m, char type, size_t *budget, gvs_writer 
                 u.y = u.b != 0;
                 _fallthrough_;
         case 'y':
-                *ret_fixed = 1;
                 return writer_put(w, &u.y, 1);
         case 'n':
         case 'q':
@@ -607,7 +605,6 @@ static int write_basic(sd_bus_message *m, char type, size_t *budget, gvs_writer 
         case 't':
         case 'd':
                 size = type == 'n' || type == 'q' ? 2 : type == 'x' || type == 't' || type == 'd' ? 8 : 4;
-                *ret_fixed = size;
                 r = writer_align(w, size);
                 if (r < 0)
                         return r;
@@ -629,7 +626,6 @@ static int write_basic(sd_bus_message *m, char type, size_t *budget, gvs_writer 
         default:
                 return -EBADMSG;
         }
-        *ret_fixed = 0;
         return writer_put(w, u.s, strlen(u.s) + 1);
 }
 
@@ -653,26 +649,47 @@ static int write_fixed_array(sd_bus_message *m, char type, size_t size, size_t *
         return writer_put(w, p, n);
 }
 
-/* An array, struct or dict entry whose contents signature sd-bus peeked; depth counts it. */
-static int write_container(sd_bus_message *m, char type, const char *contents, unsigned depth,
-                           size_t *budget, gvs_writer *w, size_t *ret_fixed) {
-        size_t align, fixed, start, base = w->n_ends, n = 0;
-        bool last_variable = false;
-        const char *s = contents;
+/* The complete type at *s (moved past it) as a string of its own in buffer, without the
+ * brackets of a struct or dict entry when strip: sd-bus takes container contents as strings. */
+static int type_copy(const char **s, bool strip, char buffer[static DBUS_SIGNATURE_MAX + 1]) {
+        const char *start = *s;
+        size_t align, fixed, length;
+
+        type_layout(s, &align, &fixed);
+        length = *s - start;
+        if (strip) {
+                start++;
+                length -= 2;
+        }
+        if (length > DBUS_SIGNATURE_MAX)
+                return -EINVAL;
+        memcpy(buffer, start, length);
+        buffer[length] = '\0';
+        return 0;
+}
+
+/* An array of the complete type at *s (past the 'a', moved past the element type), at depth
+ * (counting it). The signature says what comes: sd-bus is asked for exactly that, and refuses
+ * (-ENXIO) if the message holds anything else. */
+static int write_array(sd_bus_message *m, const char **s, unsigned depth, size_t *budget,
+                       gvs_writer *w) {
+        char element[DBUS_SIGNATURE_MAX + 1];
+        size_t align, fixed, start, size, base = w->n_ends;
+        const char *e = *s;
         int r;
+
+        type_layout(&e, &align, &fixed);
+        r = type_copy(s, false, element);
+        if (r < 0)
+                return -EBADMSG;
+        size = element[1] == '\0' ? fixed_element_size(element[0]) : 0;
+        if (size > 0)
+                return write_fixed_array(m, element[0], size, budget, w);
 
         r = budget_take(budget);
         if (r < 0)
                 return r;
-
-        /* contents points into sd-bus's peek buffer, which the first peek inside replaces. For
-         * an array this is its element's layout, for a struct its own. */
-        if (type == 'a')
-                type_layout(&s, &align, &fixed);
-        else
-                members_layout(&s, &align, &fixed);
-
-        r = sd_bus_message_enter_container(m, type, contents);
+        r = sd_bus_message_enter_container(m, 'a', element);
         if (r < 0)
                 return r;
         if (r == 0)
@@ -683,19 +700,17 @@ static int write_container(sd_bus_message *m, char type, const char *contents, u
         start = w->size;
 
         for (;;) {
-                size_t member_fixed = 0;
+                const char *t = element;
 
                 r = sd_bus_message_at_end(m, false);
                 if (r < 0)
                         return r;
                 if (r > 0)
                         break;
-                r = write_item(m, depth, budget, w, &member_fixed);
+                r = write_value(m, &t, depth, budget, w);
                 if (r < 0)
                         return r;
-                n++;
-                last_variable = member_fixed == 0;
-                if (last_variable) {
+                if (fixed == 0) {
                         r = writer_push_end(w, w->size - start);
                         if (r < 0)
                                 return r;
@@ -705,19 +720,54 @@ static int write_container(sd_bus_message *m, char type, const char *contents, u
         r = sd_bus_message_exit_container(m);
         if (r < 0)
                 return r;
+        return writer_close(w, start, base, false);
+}
 
-        if (type == 'a') {
-                *ret_fixed = 0;
-                return writer_close(w, start, base, false);
-        }
-        /* The signature came from sd-bus, which never lets an empty struct through; these keep
-         * the layout from being trusted on input that disagrees with it. */
-        if ((type == 'r' && n == 0) || (type == 'e' && n != 2))
+/* A struct or dict entry, the complete type at *s (moved past it), at depth (counting it). */
+static int write_members(sd_bus_message *m, const char **s, unsigned depth, size_t *budget,
+                         gvs_writer *w) {
+        char contents[DBUS_SIGNATURE_MAX + 1];
+        char type = **s == '(' ? 'r' : 'e';
+        const char *t = *s + 1, *layout = *s;
+        size_t align, fixed, start, base = w->n_ends;
+        int r;
+
+        type_layout(&layout, &align, &fixed);
+        r = type_copy(s, true, contents);
+        if (r < 0)
                 return -EBADMSG;
-        /* A struct's last member ends where the struct's body does. */
-        if (last_variable)
-                w->n_ends--;
-        *ret_fixed = fixed;
+        r = budget_take(budget);
+        if (r < 0)
+                return r;
+        r = sd_bus_message_enter_container(m, type, contents);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return -EBADMSG;
+        r = writer_align(w, align);
+        if (r < 0)
+                return r;
+        start = w->size;
+
+        while (*t != ')' && *t != '}') {
+                const char *member = t;
+                size_t member_align, member_fixed;
+
+                type_layout(&t, &member_align, &member_fixed);
+                r = write_value(m, &member, depth, budget, w);
+                if (r < 0)
+                        return r;
+                /* A struct's last member ends where the struct's body does. */
+                if (member_fixed == 0 && *t != ')' && *t != '}') {
+                        r = writer_push_end(w, w->size - start);
+                        if (r < 0)
+                                return r;
+                }
+        }
+
+        r = sd_bus_message_exit_container(m);
+        if (r < 0)
+                return r;
         if (fixed > 0)
                 return writer_align(w, align);
         return writer_close(w, start, base, true);
@@ -727,7 +777,7 @@ static int write_container(sd_bus_message *m, char type, const char *contents, u
  * at depth, and writes its value (not the variant's framing) at the writer's end. */
 static int write_variant_value(sd_bus_message *m, const char *contents, unsigned depth,
                                size_t *budget, gvs_writer *w) {
-        size_t ignored;
+        const char *t = contents;
         int r;
 
         /* The signature is the sender's: check it all before building anything from it, so that
@@ -752,35 +802,36 @@ static int write_variant_value(sd_bus_message *m, const char *contents, unsigned
         if (r == 0)
                 return -EBADMSG;
 
-        r = write_item(m, depth, budget, w, &ignored);
+        r = write_value(m, &t, depth, budget, w);
         if (r < 0)
                 return r;
 
         return sd_bus_message_exit_container(m);
 }
 
-/* Reads one complete item inside depth containers and writes it at the writer's end, aligned;
- * *ret_fixed is its type's fixed size, or 0. */
-static int write_item(sd_bus_message *m, unsigned depth, size_t *budget, gvs_writer *w,
-                      size_t *ret_fixed) {
-        const char *contents = NULL;
-        char type;
+/* Reads one value of the complete type at *s (moved past it), inside depth containers, and
+ * writes it at the writer's end, aligned. Only a variant's contents are asked of sd-bus: the
+ * rest is known from the signature, which the enclosing variant's check let through. */
+static int write_value(sd_bus_message *m, const char **s, unsigned depth, size_t *budget,
+                       gvs_writer *w) {
+        char c = *(*s)++;
         int r;
 
-        r = sd_bus_message_peek_type(m, &type, &contents);
-        if (r < 0)
-                return r;
-        if (r == 0)
-                return -EBADMSG;
-
-        switch (type) {
+        switch (c) {
         case 'v': {
                 /* The contents signature goes after the value, and the peek buffer it is in
                  * does not outlive the next peek. */
                 char signature[DBUS_SIGNATURE_MAX + 1];
+                const char *contents = NULL;
+                char type;
                 size_t length;
 
-                if (depth >= PAYLOAD_DEPTH_MAX || !contents)
+                if (depth >= PAYLOAD_DEPTH_MAX)
+                        return -EBADMSG;
+                r = sd_bus_message_peek_type(m, &type, &contents);
+                if (r < 0)
+                        return r;
+                if (r == 0 || type != 'v' || !contents)
                         return -EBADMSG;
                 length = strlen(contents);
                 if (length > DBUS_SIGNATURE_MAX)
@@ -795,31 +846,23 @@ static int write_item(sd_bus_message *m, unsigned depth, size_t *budget, gvs_wri
                 r = write_variant_value(m, signature, depth + 1, budget, w);
                 if (r < 0)
                         return r;
-                *ret_fixed = 0;
                 r = writer_put(w, "", 1);
                 if (r < 0)
                         return r;
                 return writer_put(w, signature, length);
         }
-        case 'a': {
-                size_t size;
-
-                if (depth >= PAYLOAD_DEPTH_MAX || !contents)
+        case 'a':
+                if (depth >= PAYLOAD_DEPTH_MAX)
                         return -EBADMSG;
-                size = contents[1] == '\0' ? fixed_element_size(contents[0]) : 0;
-                if (size > 0) {
-                        *ret_fixed = 0;
-                        return write_fixed_array(m, contents[0], size, budget, w);
-                }
-                return write_container(m, type, contents, depth + 1, budget, w, ret_fixed);
-        }
-        case 'r':
-        case 'e':
-                if (depth >= PAYLOAD_DEPTH_MAX || !contents)
+                return write_array(m, s, depth + 1, budget, w);
+        case '(':
+        case '{':
+                if (depth >= PAYLOAD_DEPTH_MAX)
                         return -EBADMSG;
-                return write_container(m, type, contents, depth + 1, budget, w, ret_fixed);
+                (*s)--;
+                return write_members(m, s, depth + 1, budget, w);
         default:
-                return write_basic(m, type, budget, w, ret_fixed);
+                return write_basic(m, c, budget, w);
         }
 }
 
@@ -901,25 +944,6 @@ static size_t offset_read(const uint8_t *p, size_t width) {
         for (size_t k = 0; k < width; k++)
                 v |= (uint64_t) p[k] << (8 * k);
         return (size_t) v;
-}
-
-/* Copies the complete type at *s (moved past it), without the brackets of a struct or dict
- * entry when strip, into buffer: sd-bus wants container contents as strings of their own. */
-static int type_copy(const char **s, bool strip, char buffer[static DBUS_SIGNATURE_MAX + 1]) {
-        const char *start = *s;
-        size_t align, fixed, length;
-
-        type_layout(s, &align, &fixed);
-        length = *s - start;
-        if (strip) {
-                start++;
-                length -= 2;
-        }
-        if (length > DBUS_SIGNATURE_MAX)
-                return -EINVAL;
-        memcpy(buffer, start, length);
-        buffer[length] = '\0';
-        return 0;
 }
 
 static int append_serialised_basic(sd_bus_message *m, char c, const uint8_t *data, size_t size) {
