@@ -18,6 +18,10 @@
 #define DBUS_ARRAY_DEPTH_MAX 32
 #define DBUS_STRUCT_DEPTH_MAX 32 /* dict entries count as structs, as in sd-bus and libdbus */
 
+/* The largest value appended from its serialized bytes (the rest go through GLib's accessors):
+ * the default memfd threshold, above which payloads go inline only when they must. */
+#define APPEND_SERIALISED_MAX (128u * 1024)
+
 /* x rounded up to a multiple of a, a power of 2. */
 #define ALIGN_TO(x, a) (((x) + (a) - 1) & ~((size_t) (a) - 1))
 
@@ -313,7 +317,11 @@ static int append_variant(sd_bus_message *m, GVariant *contents, unsigned depth)
         if (r < 0)
                 return r;
 
-        if (g_variant_is_normal_form(contents)) {
+        /* A value built in memory (a tree of GVariants) is serialized by g_variant_get_data():
+         * a copy, cheap for the small payloads that go inline (larger ones go as memfds), but
+         * a second payload in memory for a large one. */
+        if (g_variant_get_size(contents) <= APPEND_SERIALISED_MAX &&
+            g_variant_is_normal_form(contents)) {
                 const char *t = g_variant_get_type_string(contents);
 
                 r = append_serialised(m, &t, g_variant_get_data(contents),

@@ -42,7 +42,10 @@ int payload_check_value_budget(GVariant *value, size_t *budget, const char **ret
  * sd-bus refuses some values GLib allows, with its own error: strings holding Unicode
  * noncharacters (U+FDD0..U+FDEF, U+xFFFE, U+xFFFF) and signature values D-Bus does not accept
  * (-EINVAL), "h" values that are not open fds (-EBADF, or -EINVAL if negative), any "h" on a
- * connection that cannot pass fds (-EOPNOTSUPP). After an error m is half written: discard it. */
+ * connection that cannot pass fds (-EOPNOTSUPP). A value whose bytes GLib was told to trust
+ * (g_variant_new_from_data() with trusted TRUE) is appended from those bytes: if they are not
+ * in normal form, as trusted bytes must be, -EINVAL. After an error m is half written: discard
+ * it. */
 int payload_append_variant(sd_bus_message *m, GVariant *value);
 
 /* Reads one D-Bus variant ("v") at the message's read position into a new (non-floating)
@@ -50,7 +53,9 @@ int payload_append_variant(sd_bus_message *m, GVariant *value);
  * the message lives. Errors: -EBADMSG for malformed or too deeply nested input (the value
  * comes from another process: everything about it is checked), -ENXIO if the message is not
  * at a variant (then nothing was read), -ENOBUFS if it holds more than PAYLOAD_VALUES_MAX
- * values. On other errors *ret is untouched and the read position is unspecified. */
+ * values. On other errors *ret is untouched and the read position is unspecified.
+ * The value is one serialized GVariant in normal form (trusted): a child taken out of it keeps
+ * the whole payload's bytes alive, as with any serialized GVariant. */
 int payload_read_variant(sd_bus_message *m, GVariant **ret);
 
 /* As payload_read_variant(), with the values built taken from *budget, which the caller shares
