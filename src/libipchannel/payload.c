@@ -323,8 +323,10 @@ static int append_variant(sd_bus_message *m, GVariant *contents, unsigned depth)
         if (g_variant_get_size(contents) <= APPEND_SERIALISED_MAX &&
             g_variant_is_normal_form(contents)) {
                 const char *t = g_variant_get_type_string(contents);
+                const uint8_t *data = g_variant_get_data(contents);
 
-                r = append_serialised(m, &t, g_variant_get_data(contents),
+                /* A value of size 0 (an empty array, a struct of them) may have no bytes at all. */
+                r = append_serialised(m, &t, data ? data : (const uint8_t *) "",
                                       g_variant_get_size(contents), depth);
         } else
                 r = append_value(m, contents, depth);

@@ -68,7 +68,10 @@ static int call_peer(sd_bus *bus, const char *app, unsigned id, const char *path
                 va_end(ap);
                 ck_assert_int_ge(r, 0);
         }
-        return sd_bus_call(bus, m, scaled_usec(10 * 1000 * 1000), error, NULL);
+        /* Generous: the 32 MiB payloads are copied several times on their way, and under the
+         * sanitizers (fresh memory for every allocation) on a machine whose page faults are
+         * slow that took over 10 s. */
+        return sd_bus_call(bus, m, scaled_usec(60 * 1000 * 1000), error, NULL);
 }
 
 /* A raw client that owns the peer name `id` of `app`, once the target (peer `target_id`) knows

@@ -120,7 +120,8 @@ static bool variants_identical(GVariant *a, GVariant *b) {
 
         if (strcmp(g_variant_get_type_string(a), g_variant_get_type_string(b)) != 0 ||
             g_variant_get_size(na) != g_variant_get_size(b) ||
-            memcmp(g_variant_get_data(na), g_variant_get_data(b), g_variant_get_size(b)) != 0)
+            (g_variant_get_size(b) > 0 &&
+             memcmp(g_variant_get_data(na), g_variant_get_data(b), g_variant_get_size(b)) != 0))
                 return false;
         untrusted = g_variant_ref_sink(g_variant_new_from_data(g_variant_get_type(b),
                                                                g_variant_get_data(b),
@@ -1422,7 +1423,7 @@ START_TEST(test_append_non_normal_value) {
                 g_autoptr(GVariant) back = NULL;
 
                 ck_assert_msg(!g_variant_is_normal_form(value), "case %zu is normal", i);
-                back = round_trip(g_variant_ref(value));
+                back = round_trip(value);
                 ck_assert_msg(variants_identical(value, back), "case %zu changed", i);
         }
 
