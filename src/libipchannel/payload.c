@@ -678,6 +678,24 @@ static int type_copy(const char **s, bool strip, char buffer[static DBUS_SIGNATU
         return 0;
 }
 
+/* Enters the container at the read position and aligns the writer for its body, which starts
+ * at *ret_start. */
+static int write_enter(sd_bus_message *m, char type, const char *contents, size_t align,
+                       gvs_writer *w, size_t *ret_start) {
+        int r;
+
+        r = sd_bus_message_enter_container(m, type, contents);
+        if (r < 0)
+                return r;
+        if (r == 0)
+                return -EBADMSG;
+        r = writer_align(w, align);
+        if (r < 0)
+                return r;
+        *ret_start = w->size;
+        return 0;
+}
+
 /* An array of the complete type at *s (past the 'a', moved past the element type), at depth
  * (counting it). The signature says what comes: sd-bus is asked for exactly that, and refuses
  * (-ENXIO) if the message holds anything else. */
@@ -699,15 +717,9 @@ static int write_array(sd_bus_message *m, const char **s, unsigned depth, size_t
         r = budget_take(budget);
         if (r < 0)
                 return r;
-        r = sd_bus_message_enter_container(m, 'a', element);
+        r = write_enter(m, 'a', element, align, w, &start);
         if (r < 0)
                 return r;
-        if (r == 0)
-                return -EBADMSG;
-        r = writer_align(w, align);
-        if (r < 0)
-                return r;
-        start = w->size;
 
         for (;;) {
                 const char *t = element;
@@ -749,15 +761,9 @@ static int write_members(sd_bus_message *m, const char **s, unsigned depth, size
         r = budget_take(budget);
         if (r < 0)
                 return r;
-        r = sd_bus_message_enter_container(m, type, contents);
+        r = write_enter(m, type, contents, align, w, &start);
         if (r < 0)
                 return r;
-        if (r == 0)
-                return -EBADMSG;
-        r = writer_align(w, align);
-        if (r < 0)
-                return r;
-        start = w->size;
 
         while (*t != ')' && *t != '}') {
                 const char *member = t;
