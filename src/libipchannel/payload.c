@@ -19,7 +19,8 @@
 #define DBUS_STRUCT_DEPTH_MAX 32 /* dict entries count as structs, as in sd-bus and libdbus */
 
 /* The largest value appended from its serialized bytes (the rest go through GLib's accessors):
- * the default memfd threshold, above which payloads go inline only when they must. */
+ * the default memfd threshold. Larger payloads go inline when the threshold is raised or memfds
+ * cannot be used (no fd passing, fds in the payload). */
 #define APPEND_SERIALISED_MAX (128u * 1024)
 
 /* x rounded up to a multiple of a, a power of 2. */
@@ -1279,8 +1280,9 @@ int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, size_t
         if (!map)
                 return -ENOMEM;
         *map = (memfd_map) { .size = (size_t) st.st_size };
-        /* Populated at once: every byte is read by the check anyway, and one call that maps
-         * them all is much cheaper than a page fault per page (in virtual machines most). */
+        /* Populated at once: the pages are the memfd's own (the sender wrote them), so this
+         * costs no memory, and one call that maps them all is much cheaper than a page fault
+         * per page as the app reads them (in virtual machines most). */
         map->addr = mmap(NULL, map->size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
         if (map->addr == MAP_FAILED) {
                 r = -errno;

@@ -42,10 +42,11 @@ int payload_check_value_budget(GVariant *value, size_t *budget, const char **ret
  * sd-bus refuses some values GLib allows, with its own error: strings holding Unicode
  * noncharacters (U+FDD0..U+FDEF, U+xFFFE, U+xFFFF) and signature values D-Bus does not accept
  * (-EINVAL), "h" values that are not open fds (-EBADF, or -EINVAL if negative), any "h" on a
- * connection that cannot pass fds (-EOPNOTSUPP). A value whose bytes GLib was told to trust
- * (g_variant_new_from_data() with trusted TRUE) is appended from those bytes: if they are not
- * in normal form, as trusted bytes must be, -EINVAL. After an error m is half written: discard
- * it. */
+ * connection that cannot pass fds (-EOPNOTSUPP). A value in normal form up to 128 KiB is
+ * appended from its serialized bytes; GLib takes bytes it was told to trust
+ * (g_variant_new_from_data() with trusted TRUE) as normal without looking, so such bytes that
+ * are not may give -EINVAL (what cannot be read) or be appended as GLib would read them.
+ * After an error m is half written: discard it. */
 int payload_append_variant(sd_bus_message *m, GVariant *value);
 
 /* Reads one D-Bus variant ("v") at the message's read position into a new (non-floating)
