@@ -501,8 +501,9 @@ static int writer_close(gvs_writer *w, size_t start, size_t base, bool reverse) 
  * is moved past it. Signatures were checked before anything is read. */
 static void type_layout(const char **s, size_t *ret_align, size_t *ret_fixed);
 
-/* The same for the members of a struct or dict entry, from *s up to its closing bracket (or to
- * the end of the string: sd-bus gives a struct's contents without brackets), moved past it. */
+/* The same for the members of a struct or dict entry, from *s (past the opening bracket) up to
+ * its closing bracket, moved past it; the end of the string stops it too, so that no string
+ * is read past its end (signatures are checked before they get here). */
 static void members_layout(const char **s, size_t *ret_align, size_t *ret_fixed) {
         size_t align = 1, offset = 0;
         bool fixed = true;
