@@ -123,9 +123,10 @@ int  ipchannel_set_listener_max(ipchannel *ch, size_t n);
 int  ipchannel_set_flush_wait(ipchannel *ch, uint64_t usec);
 
 /* Payloads whose serialized size (g_variant_get_size()) is at least this many bytes travel as
- * a sealed memfd passed as a unix fd, which the receiver maps without a copy (default
- * IPCHANNEL_MEMFD_THRESHOLD_DEFAULT; 0: never). Smaller ones, payloads holding unix fds ("h"),
- * and all payloads on a bus connection that cannot pass fds travel inline, in the message. */
+ * a sealed memfd passed as a unix fd, which the receiver reads (up to 4 MiB) or maps without a
+ * copy (default IPCHANNEL_MEMFD_THRESHOLD_DEFAULT; 0: never). Smaller ones, payloads holding
+ * unix fds ("h"), and all payloads on a bus connection that cannot pass fds travel inline, in
+ * the message. */
 #define IPCHANNEL_MEMFD_THRESHOLD_DEFAULT (128u * 1024)
 int  ipchannel_set_memfd_threshold(ipchannel *ch, size_t bytes);
 

@@ -1277,22 +1277,41 @@ int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, size_t
                 return memfd_refuse(PAYLOAD_MEMFD_TOO_LARGE, "the memfd is larger than this peer accepts",
                                     ret_status, ret_reason);
 
-        map = malloc(sizeof(*map));
-        if (!map)
-                return -ENOMEM;
-        *map = (memfd_map) { .size = (size_t) st.st_size };
-        /* Populated at once: the pages are the memfd's own (the sender wrote them), so this
-         * costs no memory, and one call that maps them all is much cheaper than a page fault
-         * per page as the app reads them (in virtual machines most). */
-        map->addr = mmap(NULL, map->size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
-        if (map->addr == MAP_FAILED) {
-                r = -errno;
-                free(map);
-                return r;
+        /* Read, not mapped, up to PAYLOAD_MEMFD_READ_MAX (see payload.h). */
+        if ((uint64_t) st.st_size <= PAYLOAD_MEMFD_READ_MAX) {
+                size_t size = (size_t) st.st_size;
+                uint8_t *bytes = g_try_malloc(size);
+                ssize_t n;
+
+                if (!bytes)
+                        return -ENOMEM;
+                n = pread(fd, bytes, size, 0);
+                if (n < 0 || (size_t) n != size) {
+                        r = n < 0 ? -errno : -EIO;
+                        g_free(bytes);
+                        return r;
+                }
+                value = g_variant_ref_sink(g_variant_new_from_data(G_VARIANT_TYPE(type_string), bytes,
+                                                                   size, FALSE, g_free, bytes));
+        } else {
+                map = malloc(sizeof(*map));
+                if (!map)
+                        return -ENOMEM;
+                *map = (memfd_map) { .size = (size_t) st.st_size };
+                /* Populated at once: the pages are the memfd's own (the sender wrote them), so
+                 * this costs no memory, and one call that maps them all is much cheaper than a
+                 * page fault per page as the app reads them (in virtual machines most). */
+                map->addr = mmap(NULL, map->size, PROT_READ, MAP_SHARED | MAP_POPULATE, fd, 0);
+                if (map->addr == MAP_FAILED) {
+                        r = -errno;
+                        free(map);
+                        return r;
+                }
+                /* Untrusted: GLib checks every offset it reads from the bytes. */
+                value = g_variant_ref_sink(g_variant_new_from_data(G_VARIANT_TYPE(type_string),
+                                                                   map->addr, map->size, FALSE,
+                                                                   memfd_map_free, map));
         }
-        /* Untrusted: GLib checks every offset it reads from the bytes. */
-        value = g_variant_ref_sink(g_variant_new_from_data(G_VARIANT_TYPE(type_string), map->addr,
-                                                           map->size, FALSE, memfd_map_free, map));
         /* The walk into variants is bounded like an inline payload's decoding: a memfd of
          * tiny variants would otherwise cost the receiver CPU by the megabyte. */
         r = payload_check_value_budget(value, &values_max, &reason);

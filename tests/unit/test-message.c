@@ -70,7 +70,7 @@ static GVariant *sample_value(void) {
                                                                           sizeof(bytes), 1)));
 }
 
-START_TEST(test_memfd_round_trip_is_sealed_and_not_copied) {
+START_TEST(test_memfd_round_trip_is_sealed) {
         g_autoptr(GVariant) value = sample_value();
         g_autoptr(GVariant) back = NULL;
         _cleanup_(closep) int fd = -1;
@@ -88,7 +88,29 @@ START_TEST(test_memfd_round_trip_is_sealed_and_not_copied) {
         ck_assert_int_eq(status, PAYLOAD_MEMFD_OK);
         ck_assert(!g_variant_is_floating(back));
         ck_assert(g_variant_equal(value, back));
-        /* The value is the mapping itself: page-aligned, not the sender's buffer. */
+        ck_assert_ptr_ne(g_variant_get_data(back), g_variant_get_data(value));
+}
+END_TEST
+
+/* Above PAYLOAD_MEMFD_READ_MAX the value is the mapping itself: page-aligned, not a copy in
+ * the sender's buffer or the heap. */
+START_TEST(test_large_memfd_is_mapped_not_copied) {
+        size_t size = PAYLOAD_MEMFD_READ_MAX + 1;
+        g_autofree uint8_t *bytes = g_malloc(size);
+        g_autoptr(GVariant) value = NULL;
+        g_autoptr(GVariant) back = NULL;
+        _cleanup_(closep) int fd = -1;
+        payload_memfd_status status = -1;
+        const char *reason = NULL;
+
+        for (size_t i = 0; i < size; i++)
+                bytes[i] = (uint8_t) (i * 7);
+        value = g_variant_ref_sink(g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, bytes, size, 1));
+        ck_assert_int_eq(payload_memfd_new(value, &fd), 0);
+        ck_assert_int_eq(payload_memfd_map(fd, "ay", 2 * size, PAYLOAD_VALUES_MAX, &back, &status,
+                                           &reason), 0);
+        ck_assert_int_eq(status, PAYLOAD_MEMFD_OK);
+        ck_assert(g_variant_equal(value, back));
         ck_assert_uint_eq((uintptr_t) g_variant_get_data(back) % (uintptr_t) getpagesize(), 0);
         ck_assert_ptr_ne(g_variant_get_data(back), g_variant_get_data(value));
 }
@@ -462,7 +484,8 @@ int main(void) {
 
         g_log_set_always_fatal(G_LOG_LEVEL_CRITICAL | G_LOG_LEVEL_WARNING);
 
-        tcase_add_test(tc, test_memfd_round_trip_is_sealed_and_not_copied);
+        tcase_add_test(tc, test_memfd_round_trip_is_sealed);
+        tcase_add_test(tc, test_large_memfd_is_mapped_not_copied);
         tcase_add_test(tc, test_memfd_mapping_lives_until_the_last_reference);
         tcase_add_test(tc, test_memfd_map_refuses_what_is_not_a_sealed_memfd_of_a_good_type);
         tcase_add_test(tc, test_memfd_garbage_of_a_valid_type_reads_safely);
