@@ -103,14 +103,17 @@ START_TEST(test_large_memfd_is_mapped_not_copied) {
         payload_memfd_status status = -1;
         const char *reason = NULL;
 
-        for (size_t i = 0; i < size; i++)
-                bytes[i] = (uint8_t) (i * 7);
+        /* Light enough for valgrind: a fill and a compare, no per-byte loop of ours. */
+        memset(bytes, 0x5a, size);
+        bytes[0] = 1;
+        bytes[size - 1] = 2;
         value = g_variant_ref_sink(g_variant_new_fixed_array(G_VARIANT_TYPE_BYTE, bytes, size, 1));
         ck_assert_int_eq(payload_memfd_new(value, &fd), 0);
         ck_assert_int_eq(payload_memfd_map(fd, "ay", 2 * size, PAYLOAD_VALUES_MAX, &back, &status,
                                            &reason), 0);
         ck_assert_int_eq(status, PAYLOAD_MEMFD_OK);
-        ck_assert(g_variant_equal(value, back));
+        ck_assert_uint_eq(g_variant_get_size(back), size);
+        ck_assert(memcmp(g_variant_get_data(back), bytes, size) == 0);
         ck_assert_uint_eq((uintptr_t) g_variant_get_data(back) % (uintptr_t) getpagesize(), 0);
         ck_assert_ptr_ne(g_variant_get_data(back), g_variant_get_data(value));
 }
