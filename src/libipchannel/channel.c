@@ -538,10 +538,33 @@ static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error
         return 0;
 }
 
+/* Deliver* calls are answered here, ahead of sd-bus's match rules and object table, which
+ * cost more for each call than all of sd-bus's other handling of it bar reading it (callgrind:
+ * about 3,000 instructions of the 37,000 a ping-pong responder spends per round trip). A call
+ * that leaves the interface out is taken too (D-Bus allows that; sd-bus's object table would
+ * answer UnknownMethod). One with the wrong signature goes on to the object table, which answers
+ * with sd-bus's standard error. */
 static int on_filter(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
         ipchannel *ch = userdata;
+        const char *interface, *path;
+        uint8_t type;
+        int shape;
 
-        if (sd_bus_message_is_signal(m, "org.freedesktop.DBus.Local", "Disconnected"))
+        if (sd_bus_message_get_type(m, &type) < 0)
+                return 0;
+        if (type == SD_BUS_MESSAGE_METHOD_CALL) {
+                interface = sd_bus_message_get_interface(m);
+                path = sd_bus_message_get_path(m);
+                if (!path || strcmp(path, ch->path) != 0 ||
+                    (interface && strcmp(interface, IPCHANNEL_PEER_INTERFACE) != 0))
+                        return 0;
+                shape = message_shape_of(sd_bus_message_get_member(m), sd_bus_message_get_signature(m, true),
+                                         false);
+                if (shape < 0)
+                        return 0;
+                return handle_deliver(m, ch, shape, ret_error);
+        }
+        if (type == SD_BUS_MESSAGE_SIGNAL && sd_bus_message_is_signal(m, "org.freedesktop.DBus.Local", "Disconnected"))
                 channel_lost(ch);
         return 0;
 }
@@ -1048,7 +1071,7 @@ static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *eve
         if (n_data > 1)
                 r = payload_append_packed(m, data, n_data);
         else if (n_data == 1)
-                r = payload_append_variant(m, data[0]);
+                r = payload_append_checked_variant(m, data[0]);   /* checked by channel_send() */
         if (r < 0)
                 return r;
         r = sd_bus_send(ch->bus, m, NULL);

@@ -306,13 +306,8 @@ static int append_members(sd_bus_message *m, char container, GVariant *value, un
 
 /* Appends a variant at depth; the declared type of a variant says nothing about what it holds,
  * so each one's contents is checked here, with the depth of everything around it. */
-static int append_variant(sd_bus_message *m, GVariant *contents, unsigned depth) {
-        const GVariantType *type = g_variant_get_type(contents);
+static int append_checked_variant(sd_bus_message *m, GVariant *contents, unsigned depth) {
         int r;
-
-        r = check_variant_contents(type, depth, NULL);
-        if (r < 0)
-                return r;
 
         r = sd_bus_message_open_container(m, 'v', g_variant_get_type_string(contents));
         if (r < 0)
@@ -335,6 +330,12 @@ static int append_variant(sd_bus_message *m, GVariant *contents, unsigned depth)
                 return r;
 
         return sd_bus_message_close_container(m);
+}
+
+static int append_variant(sd_bus_message *m, GVariant *contents, unsigned depth) {
+        int r = check_variant_contents(g_variant_get_type(contents), depth, NULL);
+
+        return r < 0 ? r : append_checked_variant(m, contents, depth);
 }
 
 /* depth counts the containers around value. */
@@ -365,6 +366,15 @@ int payload_append_variant(sd_bus_message *m, GVariant *value) {
         g_autoptr(GVariant) owned = g_variant_ref_sink(value);
 
         return append_variant(m, owned, 1);
+}
+
+int payload_append_checked_variant(sd_bus_message *m, GVariant *value) {
+        if (!m || !value)
+                return -EINVAL;
+
+        g_autoptr(GVariant) owned = g_variant_ref_sink(value);
+
+        return append_checked_variant(m, owned, 1);
 }
 
 /* ---- D-Bus -> GVariant ------------------------------------------------------------------
@@ -937,8 +947,10 @@ int payload_read_variant_budget(sd_bus_message *m, size_t *budget, GVariant **re
                         w.data = p;
         }
         keep_type_info(signature);
-        *ret = g_variant_ref_sink(g_variant_new_from_data(G_VARIANT_TYPE(signature), w.data, w.size,
-                                                          TRUE, g_free, w.data));
+        /* A single complete type that sd-bus and the writer accepted is a GVariant type: no
+         * need for G_VARIANT_TYPE()'s check (a third of what wrapping the bytes costs). */
+        *ret = g_variant_ref_sink(g_variant_new_from_data((const GVariantType *) signature, w.data,
+                                                          w.size, TRUE, g_free, w.data));
         w.data = NULL;
         writer_done(&w);
         return 0;

@@ -48,6 +48,9 @@ int payload_check_value_budget(GVariant *value, size_t *budget, const char **ret
  * are not may give -EINVAL (what cannot be read) or be appended as GLib would read them.
  * After an error m is half written: discard it. */
 int payload_append_variant(sd_bus_message *m, GVariant *value);
+/* The same for a value whose own type has passed payload_check_type() already (a send checks
+ * it when it is made): only the variants nested inside it are checked here. */
+int payload_append_checked_variant(sd_bus_message *m, GVariant *value);
 
 /* Reads one D-Bus variant ("v") at the message's read position into a new (non-floating)
  * GVariant. A "h" value becomes the number of an fd owned by the message: valid only while

@@ -304,6 +304,34 @@ START_TEST(test_sender_id_comes_from_the_bus_name_owned) {
 }
 END_TEST
 
+/* D-Bus lets a method call leave its interface out; sd-bus's object table alone would answer
+ * such a Deliver with UnknownMethod. Both forms deliver, and both answer a caller that waits
+ * for a reply. */
+START_TEST(test_deliver_without_interface_is_delivered_too) {
+        peer *a = peer_start(APP("noiface"), "--listen", "message", "--connect");
+        ck_assert_uint_eq(peer_wait_connect(a), 1);
+        sd_bus *bus = raw_bus();
+        sd_bus_message *m = NULL;
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+
+        ck_assert_int_ge(sd_bus_request_name(bus, "org.ipchannel.noiface.Peer5", 0), 0);
+        ck_assert_int_ge(sd_bus_call_method(bus, "org.ipchannel.noiface.Peer1", "/org/ipchannel/noiface",
+                                            "org.ipchannel.Peer1", "Deliver", &error, NULL, "sv",
+                                            "message", "s", "with interface"),
+                         0);
+        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 5 message 'with interface'");
+
+        ck_assert_int_ge(sd_bus_message_new_method_call(bus, &m, "org.ipchannel.noiface.Peer1",
+                                                        "/org/ipchannel/noiface", NULL, "Deliver"),
+                         0);
+        ck_assert_int_ge(sd_bus_message_append(m, "sv", "message", "s", "without interface"), 0);
+        ck_assert_int_ge(sd_bus_call(bus, m, 0, &error, NULL), 0);
+        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 5 message 'without interface'");
+        sd_bus_message_unref(m);
+        sd_bus_flush_close_unref(bus);
+}
+END_TEST
+
 START_TEST(test_peer_cannot_emit_local_events) {
         peer *a = peer_start(APP("reserved"), "--listen", "message", "--connect");
         ck_assert_uint_eq(peer_wait_connect(a), 1);
@@ -434,6 +462,7 @@ static Suite *channel_suite(void) {
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, test_non_peer_connection_cannot_deliver_or_broadcast);
         tcase_add_test(tc, test_sender_id_comes_from_the_bus_name_owned);
+        tcase_add_test(tc, test_deliver_without_interface_is_delivered_too);
         tcase_add_test(tc, test_peer_cannot_emit_local_events);
         tcase_add_test(tc, test_peer_without_listener_is_not_woken_by_broadcasts);
         suite_add_tcase(s, tc);
