@@ -412,6 +412,125 @@ int role_raw_pingpong(const bench_opts *o) {
         return r < 0 ? 1 : 0;
 }
 
+/* ---- round trips with ipchannel's messages, written by hand --------------------------------
+ * What a program that spoke ipchannel's D-Bus contract with sd-bus alone would do: each side
+ * sends the other a no-reply Deliver(s event, v data) call to its well-known name, taken from a
+ * filter, the payload's type known at compile time. The difference from ipchannel is then the
+ * library's own work, not the contract's. */
+
+typedef struct echo {
+        raw w;
+        char self[64];
+        bool initiator;
+        uint64_t n_done, t_sent;
+        uint64_t *samples;
+} echo;
+
+static int echo_send(echo *e, const char *word, int32_t seq) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
+        int r;
+
+        r = sd_bus_message_new_method_call(e->w.bus, &m, e->w.dest, BENCH_RAW_PATH, BENCH_RAW_INTERFACE,
+                                           "Deliver");
+        if (r >= 0)
+                r = sd_bus_message_set_expect_reply(m, false);
+        if (r >= 0)
+                r = sd_bus_message_append(m, "sv", "message", "(si)", word, seq);
+        if (r >= 0)
+                r = sd_bus_send(e->w.bus, m, NULL);
+        return r;
+}
+
+static void echo_ping(echo *e) {
+        int r;
+
+        e->t_sent = bench_now_nsec();
+        r = echo_send(e, BENCH_WORD, (int32_t) e->n_done);
+        if (r < 0)
+                raw_fail(&e->w, "sd_bus_send", r);
+}
+
+static int echo_filter(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        echo *e = userdata;
+        const char *event, *word;
+        int32_t seq;
+        int r;
+
+        if (!sd_bus_message_is_method_call(m, BENCH_RAW_INTERFACE, "Deliver"))
+                return 0;
+        r = sd_bus_message_read(m, "sv", &event, "(si)", &word, &seq);
+        if (r < 0) {
+                raw_fail(&e->w, "Deliver", r);
+                return 1;
+        }
+        if (!e->initiator) {
+                r = echo_send(e, word, seq);
+                if (r < 0)
+                        raw_fail(&e->w, "sd_bus_send (echo)", r);
+                return 1;
+        }
+
+        uint64_t now = bench_now_nsec();
+        unsigned total = e->w.o->warmup + e->w.o->count;
+
+        if ((uint64_t) seq != e->n_done || strcmp(word, BENCH_WORD) != 0) {
+                raw_fail(&e->w, "round trip out of order", EBADMSG);
+                return 1;
+        }
+        if (e->n_done >= e->w.o->warmup)
+                e->samples[e->n_done - e->w.o->warmup] = now - e->t_sent;
+        if (++e->n_done < total) {
+                echo_ping(e);
+                return 1;
+        }
+
+        char fields[512];
+        bench_latency_fields(fields, sizeof(fields), "rtt", e->samples, e->w.o->count);
+        bench_out("result round_trips=%u %s", e->w.o->count, fields);
+        return 1;
+}
+
+static void on_go_echo(void *userdata) {
+        echo *e = userdata;
+
+        if (e->t_sent == 0)
+                echo_ping(e);
+}
+
+/* Owns Raw<peer-id>. --to 0: the responder, which echoes to Raw2 (the initiator of case c);
+ * otherwise the initiator, which measures round trips to Raw<to>. */
+int role_raw_echo(const bench_opts *o) {
+        echo e = { .initiator = o->to != 0 };
+        bench_opts ro = *o;
+        int r;
+
+        if (!e.initiator)
+                ro.to = 2;
+        r = raw_open(&e.w, &ro);
+        e.w.o = o;
+        snprintf(e.self, sizeof(e.self), BENCH_RAW_NAME_FMT, o->peer_id);
+        if (r >= 0 && e.initiator && !(e.samples = calloc(o->count ? o->count : 1, sizeof(uint64_t))))
+                r = -ENOMEM;
+        if (r >= 0)
+                r = sd_bus_add_filter(e.w.bus, &e.w.match_slot, echo_filter, &e);
+        if (r >= 0)
+                r = sd_bus_request_name(e.w.bus, e.self, 0);
+        if (r >= 0 && e.initiator)
+                r = raw_wait_name(&e.w, e.w.dest);
+        if (r >= 0)
+                r = raw_attach(&e.w, e.initiator ? on_go_echo : NULL);
+        if (r < 0) {
+                free(e.samples);
+                return raw_setup_failed(&e.w, "raw echo", r);
+        }
+        bench_out("ready");
+        r = raw_run(&e.w);
+        bench_final("round_trips=%" PRIu64, e.n_done);
+        free(e.samples);
+        raw_free(&e.w);
+        return r;
+}
+
 int role_raw_payload_send(const bench_opts *o) {
         _cleanup_(freep) uint8_t *payload = malloc(o->size ? o->size : 1);
         unsigned i, total = o->warmup + o->count;

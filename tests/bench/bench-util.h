@@ -106,6 +106,7 @@ int role_raw_send(const bench_opts *o);
 int role_raw_send_queued(const bench_opts *o);
 int role_raw_bcast(const bench_opts *o);
 int role_raw_pingpong(const bench_opts *o);
+int role_raw_echo(const bench_opts *o);
 int role_raw_payload_send(const bench_opts *o);
 int role_raw_payload_recv(const bench_opts *o);
 int role_raw_idle(const bench_opts *o);

@@ -35,6 +35,8 @@ static const role roles[] = {
         { "raw-send-queued", role_raw_send_queued, "sd-bus sends queued before the bus is up" },
         { "raw-bcast", role_raw_bcast, "sd-bus signal receiver; --sender emits" },
         { "raw-pingpong", role_raw_pingpong, "sd-bus method call round trips" },
+        { "raw-echo", role_raw_echo, "ipchannel's Deliver calls by hand: echoes (--to 0) or "
+                                     "measures round trips to --to" },
         { "raw-payload-send", role_raw_payload_send, "sd-bus \"ay\" method calls" },
         { "raw-idle", role_raw_idle, "idle sd-bus client; RSS after --settle-msec" },
         { "unix-pingpong", role_unix_pingpong, "AF_UNIX socketpair round trips (forks)" },
