@@ -138,11 +138,14 @@ struct ipchannel {
         uint64_t alone_iteration;       /* sd-event: the same, as that iteration's number + 1 */
         char *dest;                     /* the bus name of peer dest_id */
         uint32_t dest_id;
-        /* A Deliver to peer dest_id, made ready after a send to it has gone out: the next send
-         * there (an answer, the next ping) then spends no time on the message's header, about a
-         * fifth of what a send costs, between the arrival of what it answers and its own going
-         * out. NULL when none is ready. */
+        /* A Deliver to peer dest_id, made ready after the second send in a row to it has gone
+         * out: the next send there (an answer, the next ping) then spends no time on the
+         * message's header, about a fifth of what a send costs, between the arrival of what it
+         * answers and its own going out. Not after a send to another peer than the one before,
+         * so sends that take turns between peers build no message they throw away. NULL when
+         * none is ready. */
         sd_bus_message *next_deliver;
+        uint32_t last_to;               /* the peer of the last targeted send, 0 if none */
         /* The type (no variant inside) of a payload that passed the checks, last: payloads of
          * that type pass too. */
         GVariantType *checked_type;
@@ -297,8 +300,12 @@ static void dispatch_payloads(ipchannel *ch, uint32_t sender, const char *event,
                 emit_local(ch, sender, event, NULL);
                 return;
         }
-        for (guint i = 0; i < payloads->len; i++)
+        /* A handler may let go of the app's last reference: the rest of a batch is dropped
+         * then, and the channel goes only after the loop. */
+        ipchannel_ref(ch);
+        for (guint i = 0; i < payloads->len && ch->n_ref > 1; i++)
                 emit_local(ch, sender, event, g_variant_ref(g_ptr_array_index(payloads, i)));
+        ipchannel_unref(ch);
 }
 
 static message_limits channel_limits(ipchannel *ch) {
@@ -548,7 +555,9 @@ static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error
  * about 3,000 instructions of the 37,000 a ping-pong responder spends per round trip). A call
  * that leaves the interface out is taken too (D-Bus allows that; sd-bus's object table would
  * answer UnknownMethod). One with the wrong signature goes on to the object table, which answers
- * with sd-bus's standard error. */
+ * InvalidArgs (UnknownMethod if it also leaves the interface out). sd-bus runs the newest filter
+ * first: filters an app added to its own connection before ipchannel_connect() do not see
+ * these calls. */
 static int on_filter(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
         ipchannel *ch = userdata;
         const char *interface, *path;
@@ -1101,8 +1110,11 @@ static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *eve
                 return r;
         /* The next Deliver to this peer is made ready now, while the message just sent is on
          * its way. Without one, that send makes its own. */
-        if (to != IPCHANNEL_ALL && !ch->next_deliver)
-                (void) channel_new_deliver(ch, "Deliver", &ch->next_deliver);
+        if (to != IPCHANNEL_ALL) {
+                if (to == ch->last_to && !ch->next_deliver)
+                        (void) channel_new_deliver(ch, "Deliver", &ch->next_deliver);
+                ch->last_to = to;
+        }
         return 0;
 }
 

@@ -50,7 +50,9 @@ int  ipchannel_new(ipchannel **ret, const char *app);
 ipchannel *ipchannel_ref(ipchannel *ch);
 ipchannel *ipchannel_unref(ipchannel *ch);          /* NULL-safe, returns NULL */
 
-int  ipchannel_set_bus(ipchannel *ch, sd_bus *bus);         /* optional, before connect */
+/* Optional, before connect. The channel answers Deliver calls from a filter of its own, which
+ * sd-bus runs before filters the app added to bus earlier: those do not see these calls. */
+int  ipchannel_set_bus(ipchannel *ch, sd_bus *bus);
 int  ipchannel_set_peer_id(ipchannel *ch, uint32_t id);     /* optional, before connect */
 int  ipchannel_attach_event(ipchannel *ch, sd_event *e, int64_t priority);
 int  ipchannel_attach_glib(ipchannel *ch, GMainContext *ctx);

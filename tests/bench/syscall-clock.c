@@ -6,16 +6,20 @@
  *
  *     KIND START_NS END_NS RESULT        (KIND: wait, recv, send)
  *
- * after a first line of "#" and its command line, to $IPCHANNEL_SYSCALL_CLOCK_DIR/PID.txt (no file without that variable). tests/bench/
- * syscall-gaps reads them back: how long a process takes from a message's arrival to its
- * answer's going out, and how long each of those system calls takes. Times come from the TSC
+ * after a first line of "#" and its command line, to $IPCHANNEL_SYSCALL_CLOCK_DIR/PID.txt (no
+ * file without that variable). tests/bench/syscall-gaps reads them back: how long a process
+ * takes from a message's arrival to its answer's going out, and how long each of those system
+ * calls takes. Times come from the TSC
  * on x86-64 (calibrated against CLOCK_MONOTONIC at start; a clock_gettime() may itself be a
  * system call in a virtual machine), from CLOCK_MONOTONIC elsewhere. Only the main thread's
  * calls are kept (an ipchannel peer's lock agent thread waits on a loop of its own), at most
- * 1,000,000 of them.
+ * 1,000,000 of them, and written out only when the main thread exits; a forked child starts
+ * with none. Only those four calls are timed: a loop that waits with poll() or epoll_pwait2(),
+ * or a connection that writes with writev(), leaves no records.
  */
 #include <dlfcn.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -44,6 +48,7 @@ typedef struct call {
 static call *calls;
 static size_t n_calls;
 static __thread bool main_thread;
+static pid_t pid;
 static double ns_per_tick = 1.0;
 
 static uint64_t monotonic_ns(void) {
@@ -66,7 +71,15 @@ static void record(int kind, uint64_t start, long result) {
                 calls[n_calls++] = (call) { .start = start, .end = ticks(), .result = result, .kind = kind };
 }
 
+static void forget(void) {
+        n_calls = 0;
+        pid = getpid();
+}
+
+static void resolve_all(void);
+
 __attribute__((constructor)) static void start(void) {
+        resolve_all();
         if (!getenv("IPCHANNEL_SYSCALL_CLOCK_DIR"))
                 return;
 #if defined(__x86_64__)
@@ -78,6 +91,8 @@ __attribute__((constructor)) static void start(void) {
 #endif
         calls = calloc(CALLS_MAX, sizeof(call));
         main_thread = true;
+        pid = getpid();
+        (void) pthread_atfork(NULL, NULL, forget);
 }
 
 __attribute__((destructor)) static void finish(void) {
@@ -85,9 +100,9 @@ __attribute__((destructor)) static void finish(void) {
         char path[4096];
         FILE *f;
 
-        if (!calls || !dir)
+        if (!calls || !dir || !main_thread)
                 return;
-        snprintf(path, sizeof(path), "%s/%ld.txt", dir, (long) getpid());
+        snprintf(path, sizeof(path), "%s/%ld.txt", dir, (long) pid);
         f = fopen(path, "we");
         if (f) {
                 /* First line: "#" and the command line, to tell the processes apart. */
@@ -110,17 +125,14 @@ __attribute__((destructor)) static void finish(void) {
         calls = NULL;
 }
 
-/* Defines the libc function `name` as a call of the next definition (libc's), timed. */
+/* Defines the libc function `name` as a call of the next definition (libc's), timed; the
+ * pointers to those are all looked up at start, before any thread runs. */
 #define TIMED(kind, ret_type, name, params, args)                               \
+        static __typeof__(&name) next_##name;                                   \
         ret_type name params {                                                  \
-                static __typeof__(&name) next;                                  \
-                uint64_t t;                                                     \
-                ret_type r;                                                     \
+                uint64_t t = ticks();                                           \
+                ret_type r = next_##name args;                                  \
                                                                                 \
-                if (!next)                                                      \
-                        next = (__typeof__(&name)) dlsym(RTLD_NEXT, #name);     \
-                t = ticks();                                                    \
-                r = next args;                                                  \
                 record(kind, t, (long) r);                                      \
                 return r;                                                       \
         }
@@ -132,3 +144,10 @@ TIMED(KIND_WAIT, int, ppoll,
       (fds, nfds, timeout, sigmask))
 TIMED(KIND_RECV, ssize_t, recvmsg, (int fd, struct msghdr *msg, int flags), (fd, msg, flags))
 TIMED(KIND_SEND, ssize_t, sendmsg, (int fd, const struct msghdr *msg, int flags), (fd, msg, flags))
+
+static void resolve_all(void) {
+        next_epoll_wait = (__typeof__(next_epoll_wait)) dlsym(RTLD_NEXT, "epoll_wait");
+        next_ppoll = (__typeof__(next_ppoll)) dlsym(RTLD_NEXT, "ppoll");
+        next_recvmsg = (__typeof__(next_recvmsg)) dlsym(RTLD_NEXT, "recvmsg");
+        next_sendmsg = (__typeof__(next_sendmsg)) dlsym(RTLD_NEXT, "sendmsg");
+}

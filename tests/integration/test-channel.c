@@ -136,6 +136,31 @@ START_TEST(test_broadcast_reaches_every_peer_and_the_sender) {
 }
 END_TEST
 
+/* Sends that take turns between peers, and runs of sends to one peer (after the second of
+ * which the next Deliver to it is built ahead): each arrives where it was sent, in order. */
+START_TEST(test_sends_taking_turns_between_peers_each_reach_their_target) {
+        peer *p[3];
+        const char *const to[] = { "2", "3", "2", "2", "2", "3", "3", "2" };
+
+        for (int i = 0; i < 3; i++) {
+                p[i] = peer_start(APP("turns"), "--listen", "message", "--connect");
+                ck_assert_uint_eq(peer_wait_connect(p[i]), (unsigned) i + 1);
+        }
+        for (size_t i = 0; i < sizeof(to) / sizeof(to[0]); i++) {
+                peer_cmd(p[0], "send %s %zu", to[i], i);
+                /* One send per turn of the sender's loop: each goes as a Deliver of its own. */
+                ck_assert_str_eq(peer_expect(p[0], "result send", PEER_TIMEOUT_MS), "result send 0");
+        }
+        for (size_t i = 0; i < sizeof(to) / sizeof(to[0]); i++) {
+                char want[64];
+                snprintf(want, sizeof(want), "recv 1 message %zu", i);
+                ck_assert_str_eq(peer_expect(p[atoi(to[i]) - 1], "recv", PEER_TIMEOUT_MS), want);
+        }
+        ck_assert(peer_quiet(p[1], "recv", 200));
+        ck_assert(peer_quiet(p[2], "recv", 200));
+}
+END_TEST
+
 START_TEST(test_null_data_arrives_as_null) {
         peer *a = peer_start(APP("nulldata"), "--listen", "ping", "--connect");
         ck_assert_uint_eq(peer_wait_connect(a), 1);
@@ -463,6 +488,7 @@ static Suite *channel_suite(void) {
         tcase_add_test(tc, test_non_peer_connection_cannot_deliver_or_broadcast);
         tcase_add_test(tc, test_sender_id_comes_from_the_bus_name_owned);
         tcase_add_test(tc, test_deliver_without_interface_is_delivered_too);
+        tcase_add_test(tc, test_sends_taking_turns_between_peers_each_reach_their_target);
         tcase_add_test(tc, test_peer_cannot_emit_local_events);
         tcase_add_test(tc, test_peer_without_listener_is_not_woken_by_broadcasts);
         suite_add_tcase(s, tc);
