@@ -145,7 +145,6 @@ struct ipchannel {
          * so sends that take turns between peers build no message they throw away. NULL when
          * none is ready. */
         sd_bus_message *next_deliver;
-        uint32_t last_to;               /* the peer of the last targeted send, 0 if none */
         /* The type (no variant inside) of a payload that passed the checks, last: payloads of
          * that type pass too. */
         GVariantType *checked_type;
@@ -1051,6 +1050,7 @@ static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *eve
                                      GVariant *const *data, size_t n_data, bool memfd) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         _cleanup_(closep) int fd = -1;
+        bool same_peer = false;         /* a targeted send to the peer of the one before */
         const char *member;
         int r;
 
@@ -1067,7 +1067,8 @@ static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *eve
                 r = sd_bus_message_new_signal(ch->bus, &m, ch->path, IPCHANNEL_PEER_INTERFACE, member);
         } else {
                 /* The last receiver's name is kept: sends mostly go to one peer after another. */
-                if (to != ch->dest_id || !ch->dest) {
+                same_peer = to == ch->dest_id && ch->dest;
+                if (!same_peer) {
                         ch->next_deliver = sd_bus_message_unref(ch->next_deliver);
                         free(ch->dest);
                         ch->dest = names_peer(ch->prefix, ch->app, to);
@@ -1109,11 +1110,8 @@ static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *eve
                 return r;
         /* The next Deliver to this peer is made ready now, while the message just sent is on
          * its way. Without one, that send makes its own. */
-        if (to != IPCHANNEL_ALL) {
-                if (to == ch->last_to && !ch->next_deliver)
-                        (void) channel_new_deliver(ch, "Deliver", &ch->next_deliver);
-                ch->last_to = to;
-        }
+        if (same_peer && !ch->next_deliver)
+                (void) channel_new_deliver(ch, "Deliver", &ch->next_deliver);
         return 0;
 }
 
