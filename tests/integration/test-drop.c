@@ -30,6 +30,15 @@ static void on_join(ipchannel *ch, uint32_t id, const char *event, GVariant *dat
                         fprintf(stderr, "send %d failed\n", i);
 }
 
+/* Peer 2 connects once peer 1 is: peer 1 then sees it join (a peer already there when a channel
+ * connects is found, not announced). */
+static void on_connect(ipchannel *ch, uint32_t id, const char *event, GVariant *data, void *userdata) {
+        int r = ipchannel_connect(receiver);
+
+        if (r < 0)
+                fprintf(stderr, "test-drop: connect of peer 2: %s\n", g_strerror(-r));
+}
+
 static int on_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
         return sd_event_exit(sd_event_source_get_event(s), 0);
 }
@@ -52,15 +61,15 @@ int main(void) {
         if (r >= 0)
                 r = ipchannel_attach_event(receiver, e, 0);
         if (r >= 0)
+                r = ipchannel_on(sender, IPCHANNEL_EVENT_CONNECT, on_connect, NULL, NULL);
+        if (r >= 0)
                 r = ipchannel_on(sender, IPCHANNEL_EVENT_PEER_JOIN, on_join, NULL, NULL);
         if (r >= 0)
                 r = ipchannel_on(receiver, IPCHANNEL_EVENT_MESSAGE, on_message, NULL, NULL);
         if (r >= 0)
                 r = ipchannel_connect(sender);
         if (r >= 0)
-                r = ipchannel_connect(receiver);
-        if (r >= 0)
-                r = sd_event_add_time_relative(e, NULL, CLOCK_MONOTONIC, 2 * 1000 * 1000, 0, on_timeout, NULL);
+                r = sd_event_add_time_relative(e, NULL, CLOCK_MONOTONIC, 3 * 1000 * 1000, 0, on_timeout, NULL);
         if (r >= 0)
                 r = sd_event_loop(e);
         if (r < 0)
