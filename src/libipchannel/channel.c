@@ -463,7 +463,7 @@ static void channel_flush(ipchannel *ch) {
                                 return;
                 }
 
-                r = channel_send_now(ch, p->to, p->event, p->data);
+                r = channel_send_now(ch, p->to, p->event, p->data, false);
                 if (r == -ENOTCONN || r == -ECONNRESET)
                         return;         /* the bus is going: keep it for the reconnect */
 
@@ -1045,9 +1045,11 @@ static int channel_new_deliver(ipchannel *ch, const char *member, sd_bus_message
 }
 
 /* Builds and queues one D-Bus message: n_data 0 (…Null), 1, a batch (…Batch), or one payload
- * in a sealed memfd (…Memfd, when memfd is true). */
+ * in a sealed memfd (…Memfd, when memfd is true). built: a lone payload was handed over
+ * floating, so most likely just built (payload_append_checked_variant()). */
 static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *event,
-                                     GVariant *const *data, size_t n_data, bool memfd) {
+                                     GVariant *const *data, size_t n_data, bool memfd,
+                                     bool built) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         _cleanup_(closep) int fd = -1;
         bool same_peer = false;         /* a targeted send to the peer of the one before */
@@ -1102,7 +1104,7 @@ static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *eve
         if (n_data > 1)
                 r = payload_append_packed(m, data, n_data);
         else if (n_data == 1)
-                r = payload_append_checked_variant(m, data[0]);   /* checked by channel_send() */
+                r = payload_append_checked_variant(m, data[0], built); /* checked by channel_send() */
         if (r < 0)
                 return r;
         r = sd_bus_send(ch->bus, m, NULL);
@@ -1119,7 +1121,7 @@ static int channel_send_message(ipchannel *ch, uint32_t to, const char *event, G
                                 size_t n_data) {
         bool memfd = n_data == 1 && channel_wants_memfd(ch, data[0]);
 
-        return channel_send_message_full(ch, to, event, data, n_data, memfd);
+        return channel_send_message_full(ch, to, event, data, n_data, memfd, false);
 }
 
 /* The bus went before the batch did: its sends wait for the reconnect, ahead of the rest. */
@@ -1263,7 +1265,7 @@ static void channel_mark_sent_alone(ipchannel *ch) {
 #define BATCH_MAX 256
 #define BATCH_BYTES_MAX (64 * 1024)
 
-int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *data) {
+int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *data, bool built) {
         bool batchable, memfd;
         int r;
 
@@ -1281,13 +1283,13 @@ int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *da
                         return r;
         }
         if (!batchable)
-                return channel_send_message_full(ch, to, event, &data, data ? 1 : 0, memfd);
+                return channel_send_message_full(ch, to, event, &data, data ? 1 : 0, memfd, built);
 
         /* The first send of an iteration goes at once, so a lone message (a reply, a
          * ping-pong) waits for nothing; those after it in the same iteration are batched. */
         if (ch->batch->len == 0 && !channel_sent_alone(ch)) {
                 channel_mark_sent_alone(ch);
-                return channel_send_message_full(ch, to, event, &data, 1, false);
+                return channel_send_message_full(ch, to, event, &data, 1, false, built);
         }
 
         if (ch->batch->len == 0) {
@@ -1308,8 +1310,9 @@ int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *da
         return 0;
 }
 
-/* data: borrowed, not floating. */
-static int channel_send(ipchannel *ch, uint32_t to, const char *event, GVariant *data) {
+/* data: borrowed, not floating; built: it was handed over floating (channel_send_now()). */
+static int channel_send(ipchannel *ch, uint32_t to, const char *event, GVariant *data,
+                        bool built) {
         const char *reason;
         pending_send *p;
         int r;
@@ -1332,7 +1335,7 @@ static int channel_send(ipchannel *ch, uint32_t to, const char *event, GVariant 
         }
 
         if (ch->state == STATE_CONNECTED && !ch->queue)
-                return channel_send_now(ch, to, event, data);
+                return channel_send_now(ch, to, event, data, built);
 
         if (ch->n_queued >= ch->queue_max)
                 return -ENOBUFS;
@@ -1745,9 +1748,12 @@ _public_ int ipchannel_send(ipchannel *ch, uint32_t to, GVariant *data) {
 }
 
 _public_ int ipchannel_emit(ipchannel *ch, uint32_t to, const char *event, GVariant *data) {
+        /* A floating value was most likely just built, as a tree of GVariants: walked as one
+         * when the send goes at once, rather than serialized first. */
+        bool built = data && g_variant_is_floating(data);
         /* Sunk first: a floating value handed over is consumed even when it is refused. */
         g_autoptr(GVariant) sunk = data ? g_variant_ref_sink(data) : NULL;
 
         assert_channel(ch);
-        return channel_send(ch, to, event, sunk);
+        return channel_send(ch, to, event, sunk, built);
 }

@@ -34,5 +34,6 @@ void lock_client_free(ipchannel *ch);
 /* Sends what handlers coalesced, now: for callers that stop running the loop. */
 void channel_flush_sends(ipchannel *ch);
 
-/* Sends now; the channel must be connected. -ENXIO if no peer holds id `to`. */
-int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *data);
+/* Sends now; the channel must be connected. -ENXIO if no peer holds id `to`. built: data was
+ * handed over floating, so most likely just built (payload_append_checked_variant()). */
+int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *data, bool built);

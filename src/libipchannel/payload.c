@@ -305,18 +305,21 @@ static int append_members(sd_bus_message *m, char container, GVariant *value, un
 }
 
 /* Appends a variant at depth; the declared type of a variant says nothing about what it holds,
- * so each one's contents is checked here, with the depth of everything around it. */
-static int append_checked_variant(sd_bus_message *m, GVariant *contents, unsigned depth) {
+ * so each one's contents is checked here, with the depth of everything around it. built: the
+ * value was most likely just built in memory (see payload_append_checked_variant()). */
+static int append_checked_variant(sd_bus_message *m, GVariant *contents, unsigned depth,
+                                  bool built) {
         int r;
 
         r = sd_bus_message_open_container(m, 'v', g_variant_get_type_string(contents));
         if (r < 0)
                 return r;
 
-        /* A value built in memory (a tree of GVariants) is serialized by g_variant_get_data():
-         * a copy, cheap for the small payloads that go inline (larger ones go as memfds), but
-         * a second payload in memory for a large one. */
-        if (g_variant_get_size(contents) <= APPEND_SERIALISED_MAX &&
+        /* A value built in memory (a tree of GVariants) would be serialized by
+         * g_variant_get_data(): a copy, which costs more than walking the tree (its children
+         * are at hand); a value in serialized form is read from its bytes, which costs less
+         * than making a GVariant for each child. */
+        if (!built && g_variant_get_size(contents) <= APPEND_SERIALISED_MAX &&
             g_variant_is_normal_form(contents)) {
                 const char *t = g_variant_get_type_string(contents);
                 const uint8_t *data = g_variant_get_data(contents);
@@ -335,7 +338,7 @@ static int append_checked_variant(sd_bus_message *m, GVariant *contents, unsigne
 static int append_variant(sd_bus_message *m, GVariant *contents, unsigned depth) {
         int r = check_variant_contents(g_variant_get_type(contents), depth, NULL);
 
-        return r < 0 ? r : append_checked_variant(m, contents, depth);
+        return r < 0 ? r : append_checked_variant(m, contents, depth, false);
 }
 
 /* depth counts the containers around value. */
@@ -358,23 +361,29 @@ static int append_value(sd_bus_message *m, GVariant *value, unsigned depth) {
         }
 }
 
-int payload_append_variant(sd_bus_message *m, GVariant *value) {
+static int append_top(sd_bus_message *m, GVariant *value, bool checked, bool built) {
+        int r;
+
         if (!m || !value)
                 return -EINVAL;
 
         /* Like GLib's own constructors, take over a floating reference rather than leak it. */
         g_autoptr(GVariant) owned = g_variant_ref_sink(value);
 
-        return append_variant(m, owned, 1);
+        if (!checked) {
+                r = check_variant_contents(g_variant_get_type(owned), 1, NULL);
+                if (r < 0)
+                        return r;
+        }
+        return append_checked_variant(m, owned, 1, built);
 }
 
-int payload_append_checked_variant(sd_bus_message *m, GVariant *value) {
-        if (!m || !value)
-                return -EINVAL;
+int payload_append_variant(sd_bus_message *m, GVariant *value) {
+        return append_top(m, value, false, false);
+}
 
-        g_autoptr(GVariant) owned = g_variant_ref_sink(value);
-
-        return append_checked_variant(m, owned, 1);
+int payload_append_checked_variant(sd_bus_message *m, GVariant *value, bool built) {
+        return append_top(m, value, true, built);
 }
 
 /* ---- D-Bus -> GVariant ------------------------------------------------------------------

@@ -49,8 +49,12 @@ int payload_check_value_budget(GVariant *value, size_t *budget, const char **ret
  * After an error m is half written: discard it. */
 int payload_append_variant(sd_bus_message *m, GVariant *value);
 /* The same for a value whose own type has passed payload_check_type() already (a send checks
- * it when it is made): only the variants nested inside it are checked here. */
-int payload_append_checked_variant(sd_bus_message *m, GVariant *value);
+ * it when it is made): only the variants nested inside it are checked here. built: value was
+ * most likely just built in memory, as a tree of GVariants (a caller that handed it over
+ * floating has usually just made it with g_variant_new() and the like): it is then walked
+ * with GLib's accessors rather than serialized first. Either way gives the same message; the
+ * hint only picks the cheaper walk (a wrong one costs a copy, or a GVariant per child). */
+int payload_append_checked_variant(sd_bus_message *m, GVariant *value, bool built);
 
 /* Reads one D-Bus variant ("v") at the message's read position into a new (non-floating)
  * GVariant. A "h" value becomes the number of an fd owned by the message: valid only while

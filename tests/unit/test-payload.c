@@ -1320,6 +1320,48 @@ START_TEST(test_append_consumes_floating_value) {
 }
 END_TEST
 
+/* Appends value (own type checked) with the given hint and reads it back. */
+static GVariant *append_read_back(GVariant *value, bool built) {
+        _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = message_new();
+        GVariant *back = NULL;
+
+        ck_assert_int_eq(payload_check_value(value, NULL), 0);
+        ck_assert_int_eq(payload_append_checked_variant(m, value, built), 0);
+        message_seal_rewind(m);
+        ck_assert_int_eq(payload_read_variant(m, &back), 0);
+        return back;
+}
+
+/* A send whose value was handed over floating (most likely just built: a tree of GVariants)
+ * walks it with GLib's accessors; any other is read from its serialized bytes. Both walks,
+ * and a wrong hint either way, must give what the value holds. */
+START_TEST(test_append_walks_agree) {
+        guint32 seed = random_seed();
+        unsigned count = random_count(RANDOM_VALUES / 4);
+
+        for (unsigned i = 0; i < count; i++) {
+                guint32 value_seed = seed + i;
+                /* Built by GLib's constructors: a tree, until something asks for its bytes. */
+                g_autoptr(GVariant) tree = random_payload(value_seed, false);
+                g_autoptr(GVariant) flat = random_payload(value_seed, false);
+                g_autoptr(GVariant) from_tree = append_read_back(tree, true);
+                g_autoptr(GVariant) flat_built = NULL, flat_read = NULL, tree_read = NULL;
+
+                (void) g_variant_get_data(flat);        /* serialized now */
+                flat_built = append_read_back(flat, true);
+                flat_read = append_read_back(flat, false);
+                tree_read = append_read_back(tree, false);
+                if (!variants_identical(flat, from_tree) || !variants_identical(flat, flat_built) ||
+                    !variants_identical(flat, flat_read) || !variants_identical(flat, tree_read)) {
+                        g_autofree char *text = print_truncated(flat);
+
+                        ck_abort_msg("PAYLOAD_TEST_SEED=%u PAYLOAD_TEST_COUNT=1: the walks differ: "
+                                     "%s %s", value_seed, g_variant_get_type_string(flat), text);
+                }
+        }
+}
+END_TEST
+
 /* ---- packed batches ----------------------------------------------------------------------- */
 
 static GPtrArray *unpack_ok(GBytes *packed, const char *element, size_t n_expected) {
@@ -1658,6 +1700,7 @@ static Suite *payload_suite(void) {
         tcase_add_test(tc, test_large_byte_array_round_trip);
         tcase_add_test(tc, test_large_struct_array_round_trip);
         tcase_add_test(tc, test_append_consumes_floating_value);
+        tcase_add_test(tc, test_append_walks_agree);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("unix-fds");
