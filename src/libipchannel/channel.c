@@ -1044,15 +1044,20 @@ static int channel_new_deliver(ipchannel *ch, const char *member, sd_bus_message
         return 0;
 }
 
+typedef enum send_flags {
+        SEND_MEMFD = 1 << 0,    /* the lone payload goes in a sealed memfd (…Memfd) */
+        SEND_BUILT = 1 << 1,    /* it was handed over floating: most likely just built */
+        SEND_PACKED = 1 << 2,   /* the payloads go packed (…Batch), even a lone one */
+} send_flags;
+
 /* Builds and queues one D-Bus message: n_data 0 (…Null), 1, a batch (…Batch), or one payload
- * in a sealed memfd (…Memfd, when memfd is true). built: a lone payload was handed over
- * floating, so most likely just built (payload_append_checked_variant()). */
+ * in a sealed memfd (…Memfd). */
 static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *event,
-                                     GVariant *const *data, size_t n_data, bool memfd,
-                                     bool built) {
+                                     GVariant *const *data, size_t n_data, send_flags flags) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
         _cleanup_(closep) int fd = -1;
         bool same_peer = false;         /* a targeted send to the peer of the one before */
+        bool memfd = flags & SEND_MEMFD, packed = n_data > 1 || (flags & SEND_PACKED);
         const char *member;
         int r;
 
@@ -1064,8 +1069,8 @@ static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *eve
         if (to == IPCHANNEL_ALL) {
                 member = memfd ? "BroadcastMemfd"
                          : n_data == 0 ? "BroadcastNull"
-                         : n_data == 1 ? "Broadcast"
-                                       : "BroadcastBatch";
+                         : !packed ? "Broadcast"
+                                   : "BroadcastBatch";
                 r = sd_bus_message_new_signal(ch->bus, &m, ch->path, IPCHANNEL_PEER_INTERFACE, member);
         } else {
                 /* The last receiver's name is kept: sends mostly go to one peer after another. */
@@ -1080,9 +1085,9 @@ static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *eve
                 }
                 member = memfd ? "DeliverMemfd"
                          : n_data == 0 ? "DeliverNull"
-                         : n_data == 1 ? "Deliver"
-                                       : "DeliverBatch";
-                if (!memfd && n_data == 1 && ch->next_deliver) {
+                         : !packed ? "Deliver"
+                                   : "DeliverBatch";
+                if (!memfd && n_data == 1 && !packed && ch->next_deliver) {
                         m = TAKE_PTR(ch->next_deliver);
                         r = 0;
                 } else
@@ -1101,10 +1106,17 @@ static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *eve
                         return r;
                 n_data = 0;
         }
-        if (n_data > 1)
+        if (packed)
                 r = payload_append_packed(m, data, n_data);
-        else if (n_data == 1)
-                r = payload_append_checked_variant(m, data[0], built); /* checked by channel_send() */
+        else if (n_data == 1) {
+                /* Its type was checked by channel_send(). */
+                r = payload_append_checked_variant(m, data[0], flags & SEND_BUILT);
+                /* sd-bus refuses some values GLib and the D-Bus specification allow (strings
+                 * holding Unicode noncharacters, the signature "()"): those go packed, as a
+                 * batch of one, which the receiver reads with GLib. */
+                if (r == -EINVAL && payload_packs_faithfully(data[0]))
+                        return channel_send_message_full(ch, to, event, data, 1, SEND_PACKED);
+        }
         if (r < 0)
                 return r;
         r = sd_bus_send(ch->bus, m, NULL);
@@ -1121,7 +1133,7 @@ static int channel_send_message(ipchannel *ch, uint32_t to, const char *event, G
                                 size_t n_data) {
         bool memfd = n_data == 1 && channel_wants_memfd(ch, data[0]);
 
-        return channel_send_message_full(ch, to, event, data, n_data, memfd, false);
+        return channel_send_message_full(ch, to, event, data, n_data, memfd ? SEND_MEMFD : 0);
 }
 
 /* The bus went before the batch did: its sends wait for the reconnect, ahead of the rest. */
@@ -1283,13 +1295,14 @@ int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *da
                         return r;
         }
         if (!batchable)
-                return channel_send_message_full(ch, to, event, &data, data ? 1 : 0, memfd, built);
+                return channel_send_message_full(ch, to, event, &data, data ? 1 : 0,
+                                                 (memfd ? SEND_MEMFD : 0) | (built ? SEND_BUILT : 0));
 
         /* The first send of an iteration goes at once, so a lone message (a reply, a
          * ping-pong) waits for nothing; those after it in the same iteration are batched. */
         if (ch->batch->len == 0 && !channel_sent_alone(ch)) {
                 channel_mark_sent_alone(ch);
-                return channel_send_message_full(ch, to, event, &data, 1, false, built);
+                return channel_send_message_full(ch, to, event, &data, 1, built ? SEND_BUILT : 0);
         }
 
         if (ch->batch->len == 0) {

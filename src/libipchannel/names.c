@@ -84,6 +84,20 @@ int names_check_event(const char *event, const char **ret_reason) {
         return names_check_event_max(event, IPCHANNEL_EVENT_NAME_MAX, ret_reason);
 }
 
+/* Whether the valid UTF-8 s[0..n) holds a Unicode noncharacter (U+FDD0..U+FDEF, U+xFFFE,
+ * U+xFFFF): allowed by GLib and the D-Bus specification, refused by sd-bus in a message. All of
+ * them are encoded with a first byte of 0xEF or above. */
+static bool has_noncharacter(const char *s, size_t n) {
+        for (const char *p = s; p < s + n; p++) {
+                if ((unsigned char) *p < 0xEF)
+                        continue;
+                gunichar c = g_utf8_get_char(p);
+                if ((c >= 0xFDD0 && c <= 0xFDEF) || (c & 0xFFFE) == 0xFFFE)
+                        return true;
+        }
+        return false;
+}
+
 int names_check_event_max(const char *event, size_t max, const char **ret_reason) {
         const char *reason = NULL;
         size_t n;
@@ -97,6 +111,8 @@ int names_check_event_max(const char *event, size_t max, const char **ret_reason
                                                          : "the event name is longer than the channel's limit";
         else if (!g_utf8_validate(event, (gssize) n, NULL))
                 reason = "the event name is not valid UTF-8";
+        else if (has_noncharacter(event, n))
+                reason = "the event name holds a Unicode noncharacter, which sd-bus refuses";
 
         if (reason) {
                 if (ret_reason)

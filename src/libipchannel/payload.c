@@ -1400,6 +1400,24 @@ GBytes *payload_pack(GVariant *const *values, size_t n, const char **ret_element
         return g_variant_get_data_as_bytes(array);
 }
 
+bool payload_packs_faithfully(GVariant *value) {
+        g_autoptr(GVariant) untrusted = NULL;
+        const void *data;
+
+        if (!value || payload_has_handles(value))
+                return false;
+        /* A value GLib knows is not in normal form is packed in its normal form. */
+        if (!g_variant_is_normal_form(value))
+                return true;
+        /* Bytes GLib was told to trust are taken as normal without a look, and would be packed
+         * as they are: look. (A value built in memory is serialized here, in normal form.) */
+        data = g_variant_get_data(value);
+        untrusted = g_variant_ref_sink(g_variant_new_from_data(
+                g_variant_get_type(value), data ? data : "", g_variant_get_size(value), false,
+                NULL, NULL));
+        return g_variant_is_normal_form(untrusted);
+}
+
 int payload_append_packed(sd_bus_message *m, GVariant *const *values, size_t n) {
         const char *element;
         g_autoptr(GVariant) array = pack_array(values, n, &element);

@@ -131,6 +131,10 @@ int payload_memfd_map(int fd, const char *type_string, uint64_t size_max, size_t
 GBytes *payload_pack(GVariant *const *values, size_t n, const char **ret_element_type);
 /* Appends the same as (g element, ay batch) to m, serialized in place. */
 int payload_append_packed(sd_bus_message *m, GVariant *const *values, size_t n);
+/* Whether value arrives as it is when packed: it holds no fd, and its bytes, if GLib was told
+ * to trust them, are in normal form (looked at, so only where a cost is acceptable: a value
+ * sd-bus refused). */
+bool payload_packs_faithfully(GVariant *value);
 /* Unpacks bytes (referenced, not copied) whose element type the sender said is element_type
  * into a new array of new GVariants, each of a type that passes payload_check_value().
  * Errors: -EBADMSG for a bad element type (not one complete payload type or "v", or holding

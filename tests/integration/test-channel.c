@@ -161,6 +161,40 @@ START_TEST(test_sends_taking_turns_between_peers_each_reach_their_target) {
 }
 END_TEST
 
+/* Strings holding Unicode noncharacters (U+FFFE, U+FDD0) are valid for GLib and for the D-Bus
+ * specification (since 0.21), but sd-bus refuses them in a message, as it refuses the
+ * signature "()" GLib allows. They travel all the same: sent at once, queued before connect,
+ * in a burst (packed), broadcast. */
+START_TEST(test_values_sd_bus_refuses_inline_travel_all_the_same) {
+        peer *a = peer_start(APP("nonchar"), "--listen", "message", "--listen", "ev", "--connect");
+        ck_assert_uint_eq(peer_wait_connect(a), 1);
+        peer *b = peer_start(APP("nonchar"), "--id", "2");
+
+        peer_cmd(b, "send 1 'queued\\ufffe'");
+        ck_assert_str_eq(peer_expect(b, "result", PEER_TIMEOUT_MS), "result send 0");
+        peer_cmd(b, "connect");
+        ck_assert_uint_eq(peer_wait_connect(b), 2);
+        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 2 message 'queued\\ufffe'");
+
+        peer_cmd(b, "send 1 'alone\\ufffe'");
+        ck_assert_str_eq(peer_expect(b, "result", PEER_TIMEOUT_MS), "result send 0");
+        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 2 message 'alone\\ufffe'");
+        peer_cmd(b, "send 1 signature '()'");
+        ck_assert_str_eq(peer_expect(b, "result", PEER_TIMEOUT_MS), "result send 0");
+        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 2 message signature '()'");
+        peer_cmd(b, "emit all ev '\\ufdd0'");
+        ck_assert_str_eq(peer_expect(b, "result", PEER_TIMEOUT_MS), "result emit 0");
+        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 2 ev '\\ufdd0'");
+
+        /* Two commands in one write are run in one turn of the loop: the second is batched. */
+        peer_cmd(b, "send 1 'first\\ufffe'\nsend 1 'second\\ufffe'");
+        for (int i = 0; i < 2; i++)
+                ck_assert_str_eq(peer_expect(b, "result", PEER_TIMEOUT_MS), "result send 0");
+        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 2 message 'first\\ufffe'");
+        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 2 message 'second\\ufffe'");
+}
+END_TEST
+
 START_TEST(test_null_data_arrives_as_null) {
         peer *a = peer_start(APP("nulldata"), "--listen", "ping", "--connect");
         ck_assert_uint_eq(peer_wait_connect(a), 1);
@@ -489,6 +523,7 @@ static Suite *channel_suite(void) {
         tcase_add_test(tc, test_sender_id_comes_from_the_bus_name_owned);
         tcase_add_test(tc, test_deliver_without_interface_is_delivered_too);
         tcase_add_test(tc, test_sends_taking_turns_between_peers_each_reach_their_target);
+        tcase_add_test(tc, test_values_sd_bus_refuses_inline_travel_all_the_same);
         tcase_add_test(tc, test_peer_cannot_emit_local_events);
         tcase_add_test(tc, test_peer_without_listener_is_not_woken_by_broadcasts);
         suite_add_tcase(s, tc);
