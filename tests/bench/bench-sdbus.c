@@ -46,9 +46,10 @@ static void raw_fail(raw *w, const char *what, int r) {
                 sd_event_exit(w->event, 1);
 }
 
-static int raw_open(raw *w, const bench_opts *o) {
+/* to: the peer whose name the process calls (usually o->to). */
+static int raw_open(raw *w, const bench_opts *o, uint32_t to) {
         *w = (raw) { .o = o };
-        snprintf(w->dest, sizeof(w->dest), BENCH_RAW_NAME_FMT, o->to);
+        snprintf(w->dest, sizeof(w->dest), BENCH_RAW_NAME_FMT, to);
         return sd_bus_open_user(&w->bus);
 }
 
@@ -186,7 +187,7 @@ int role_raw_server(const bench_opts *o) {
         int r;
 
         snprintf(name, sizeof(name), BENCH_RAW_NAME_FMT, o->peer_id);
-        r = raw_open(&w, o);
+        r = raw_open(&w, o, o->to);
         if (r >= 0)
                 r = sd_bus_add_object_vtable(w.bus, &w.vtable_slot, BENCH_RAW_PATH,
                                              BENCH_RAW_INTERFACE, server_vtable, &w);
@@ -267,7 +268,7 @@ int role_raw_send(const bench_opts *o) {
         raw w;
         int r;
 
-        r = raw_open(&w, o);
+        r = raw_open(&w, o, o->to);
         if (r >= 0)
                 r = raw_wait_name(&w, w.dest);
         if (r >= 0)
@@ -346,7 +347,7 @@ int role_raw_bcast(const bench_opts *o) {
         raw w;
         int r;
 
-        r = raw_open(&w, o);
+        r = raw_open(&w, o, o->to);
         if (r >= 0)
                 r = sd_bus_add_match(w.bus, &w.match_slot, MATCH_BROADCAST, on_broadcast, &w);
         if (r >= 0)
@@ -370,7 +371,7 @@ int role_raw_pingpong(const bench_opts *o) {
         raw w;
         int r;
 
-        r = raw_open(&w, o);
+        r = raw_open(&w, o, o->to);
         if (r >= 0 && !samples)
                 r = -ENOMEM;
         if (r >= 0)
@@ -420,7 +421,6 @@ int role_raw_pingpong(const bench_opts *o) {
 
 typedef struct echo {
         raw w;
-        char self[64];
         bool initiator;
         uint64_t n_done, t_sent;
         uint64_t *samples;
@@ -501,20 +501,18 @@ static void on_go_echo(void *userdata) {
  * otherwise the initiator, which measures round trips to Raw<to>. */
 int role_raw_echo(const bench_opts *o) {
         echo e = { .initiator = o->to != 0 };
-        bench_opts ro = *o;
+        char self[64];
         int r;
 
-        if (!e.initiator)
-                ro.to = 2;
-        r = raw_open(&e.w, &ro);
-        e.w.o = o;
-        snprintf(e.self, sizeof(e.self), BENCH_RAW_NAME_FMT, o->peer_id);
+        /* The responder answers the initiator, peer 2. */
+        r = raw_open(&e.w, o, e.initiator ? o->to : 2);
+        snprintf(self, sizeof(self), BENCH_RAW_NAME_FMT, o->peer_id);
         if (r >= 0 && e.initiator && !(e.samples = calloc(o->count ? o->count : 1, sizeof(uint64_t))))
                 r = -ENOMEM;
         if (r >= 0)
                 r = sd_bus_add_filter(e.w.bus, &e.w.match_slot, echo_filter, &e);
         if (r >= 0)
-                r = sd_bus_request_name(e.w.bus, e.self, 0);
+                r = sd_bus_request_name(e.w.bus, self, 0);
         if (r >= 0 && e.initiator)
                 r = raw_wait_name(&e.w, e.w.dest);
         if (r >= 0)
@@ -538,7 +536,7 @@ int role_raw_payload_send(const bench_opts *o) {
         raw w;
         int r;
 
-        r = raw_open(&w, o);
+        r = raw_open(&w, o, o->to);
         if (r >= 0 && !payload)
                 r = -ENOMEM;
         if (r >= 0)
@@ -606,7 +604,7 @@ int role_raw_idle(const bench_opts *o) {
 
         g_hash_table_insert(table, g_strdup(BENCH_WORD), v);
         snprintf(name, sizeof(name), BENCH_RAW_NAME_FMT, o->peer_id);
-        r = raw_open(&w, o);
+        r = raw_open(&w, o, o->to);
         if (r >= 0)
                 r = sd_bus_add_object_vtable(w.bus, &w.vtable_slot, BENCH_RAW_PATH,
                                              BENCH_RAW_INTERFACE, server_vtable, &w);

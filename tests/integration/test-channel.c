@@ -337,6 +337,18 @@ START_TEST(test_non_peer_connection_cannot_deliver_or_broadcast) {
         ck_assert_str_eq(error.name, "org.ipchannel.Error.NotAPeer");
         sd_bus_error_free(&error);
 
+        /* The same call without an interface field (D-Bus allows it) is refused alike. */
+        sd_bus_message *m = NULL;
+        ck_assert_int_ge(sd_bus_message_new_method_call(bus, &m, "org.ipchannel.ident.Peer1",
+                                                        "/org/ipchannel/ident", NULL, "Deliver"),
+                         0);
+        ck_assert_int_ge(sd_bus_message_append(m, "sv", "message", "s", "no interface, no name"), 0);
+        r = sd_bus_call(bus, m, 0, &error, NULL);
+        ck_assert_int_lt(r, 0);
+        ck_assert_str_eq(error.name, "org.ipchannel.Error.NotAPeer");
+        sd_bus_error_free(&error);
+        sd_bus_message_unref(m);
+
         r = sd_bus_emit_signal(bus, "/org/ipchannel/ident", "org.ipchannel.Peer1", "Broadcast", "sv",
                                "message", "s", "forged broadcast");
         ck_assert_int_ge(r, 0);
