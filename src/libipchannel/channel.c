@@ -1111,9 +1111,10 @@ static int channel_send_message_full(ipchannel *ch, uint32_t to, const char *eve
         else if (n_data == 1) {
                 /* Its type was checked by channel_send(). */
                 r = payload_append_checked_variant(m, data[0], flags & SEND_BUILT);
-                /* sd-bus refuses some values GLib and the D-Bus specification allow (strings
-                 * holding Unicode noncharacters, the signature "()"): those go packed, as a
-                 * batch of one, which the receiver reads with GLib. */
+                /* sd-bus refuses some values GLib allows (strings holding Unicode
+                 * noncharacters, which D-Bus allows too; signature values D-Bus does not, such
+                 * as "()"): those go packed, as a batch of one, which the receiver reads with
+                 * GLib. */
                 if (r == -EINVAL && payload_packs_faithfully(data[0]))
                         return channel_send_message_full(ch, to, event, data, 1, SEND_PACKED);
         }

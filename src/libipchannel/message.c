@@ -134,8 +134,8 @@ int message_read(sd_bus_message *m, message_shape shape, const message_limits *l
                                     "Cannot read the payload: %s.", g_strerror(-r));
                 g_ptr_array_add(payloads, data);
         }
-        /* No sender makes an empty batch (one payload goes as Deliver): dispatching it would make
-         * up a message with no payload that nobody sent, as if it came by DeliverNull. */
+        /* No sender makes an empty batch (no payload goes as DeliverNull): dispatching it would
+         * make up a message with no payload that nobody sent, as if it came by DeliverNull. */
         if (shape == MESSAGE_BATCH && payloads->len == 0)
                 return fail(error, -EBADMSG, SD_BUS_ERROR_INVALID_ARGS, "The batch is empty.");
         *ret_event = event;

@@ -23,6 +23,9 @@
  * cannot be used (no fd passing, fds in the payload). */
 #define APPEND_SERIALISED_MAX (128u * 1024)
 
+/* The largest alignment a GVariant type needs. */
+#define ARRAY_ALIGN_MAX 8
+
 /* x rounded up to a multiple of a, a power of 2. */
 #define ALIGN_TO(x, a) (((x) + (a) - 1) & ~((size_t) (a) - 1))
 
@@ -1428,12 +1431,19 @@ int payload_append_packed(sd_bus_message *m, GVariant *const *values, size_t n) 
         r = sd_bus_message_append_basic(m, 'g', element);
         if (r < 0)
                 return r;
-        /* GLib serializes the array straight into the message: no buffer in between. */
         r = sd_bus_message_append_array_space(m, 'y', size, &p);
         if (r < 0)
                 return r;
-        if (size > 0)
+        if (size == 0)
+                return 0;
+        /* GLib serializes the array straight into the message, with no buffer in between, when
+         * the bytes there are aligned as the array's type needs (up to 8; GLib aborts
+         * otherwise): an "ay"'s bytes are only 4-aligned, 8-aligned or not depending on the
+         * length of the event name and element type before them. Else they are copied. */
+        if (((uintptr_t) p & (ARRAY_ALIGN_MAX - 1)) == 0)
                 g_variant_store(array, p);
+        else
+                memcpy(p, g_variant_get_data(array), size);
         return 0;
 }
 

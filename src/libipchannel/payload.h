@@ -52,8 +52,10 @@ int payload_append_variant(sd_bus_message *m, GVariant *value);
  * it when it is made): only the variants nested inside it are checked here. built: value was
  * most likely just built in memory, as a tree of GVariants (a caller that handed it over
  * floating has usually just made it with g_variant_new() and the like): it is then walked
- * with GLib's accessors rather than serialized first. Either way gives the same message; the
- * hint only picks the cheaper walk (a wrong one costs a copy, or a GVariant per child). */
+ * with GLib's accessors rather than serialized first. For a value in normal form either way
+ * gives the same message, and the hint only picks the cheaper walk (a wrong one costs a copy,
+ * or a GVariant per child); bytes GLib was told to trust that are not in normal form are read
+ * by the walk as GLib's accessors read them, and may be refused (-EINVAL) otherwise. */
 int payload_append_checked_variant(sd_bus_message *m, GVariant *value, bool built);
 
 /* Reads one D-Bus variant ("v") at the message's read position into a new (non-floating)

@@ -164,34 +164,56 @@ END_TEST
 /* Strings holding Unicode noncharacters (U+FFFE, U+FDD0) are valid for GLib and for the D-Bus
  * specification (since 0.21), but sd-bus refuses them in a message, as it refuses the
  * signature "()" GLib allows. They travel all the same: sent at once, queued before connect,
- * in a burst (packed), broadcast. */
+ * in a burst (packed), broadcast, inside a variant; handed over as a value of the caller's
+ * (read from its bytes) and floating (walked as a tree). */
 START_TEST(test_values_sd_bus_refuses_inline_travel_all_the_same) {
-        peer *a = peer_start(APP("nonchar"), "--listen", "message", "--listen", "ev", "--connect");
-        ck_assert_uint_eq(peer_wait_connect(a), 1);
-        peer *b = peer_start(APP("nonchar"), "--id", "2");
+        const char *const app[] = { "nonchar", "noncharf" };
+        const char *const floating[] = { "--id=2", "--floating" };  /* harmless, or not */
 
-        peer_cmd(b, "send 1 'queued\\ufffe'");
-        ck_assert_str_eq(peer_expect(b, "result", PEER_TIMEOUT_MS), "result send 0");
-        peer_cmd(b, "connect");
-        ck_assert_uint_eq(peer_wait_connect(b), 2);
-        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 2 message 'queued\\ufffe'");
+        for (int k = 0; k < 2; k++) {
+                peer *a = peer_start("--app", app[k], "--listen", "message", "--listen", "ev",
+                                     "--connect");
+                ck_assert_uint_eq(peer_wait_connect(a), 1);
+                peer *b = peer_start("--app", app[k], "--id", "2", floating[k]);
 
-        peer_cmd(b, "send 1 'alone\\ufffe'");
-        ck_assert_str_eq(peer_expect(b, "result", PEER_TIMEOUT_MS), "result send 0");
-        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 2 message 'alone\\ufffe'");
-        peer_cmd(b, "send 1 signature '()'");
-        ck_assert_str_eq(peer_expect(b, "result", PEER_TIMEOUT_MS), "result send 0");
-        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 2 message signature '()'");
-        peer_cmd(b, "emit all ev '\\ufdd0'");
-        ck_assert_str_eq(peer_expect(b, "result", PEER_TIMEOUT_MS), "result emit 0");
-        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 2 ev '\\ufdd0'");
-
-        /* Two commands in one write are run in one turn of the loop: the second is batched. */
-        peer_cmd(b, "send 1 'first\\ufffe'\nsend 1 'second\\ufffe'");
-        for (int i = 0; i < 2; i++)
+                peer_cmd(b, "send 1 'queued\\ufffe'");
                 ck_assert_str_eq(peer_expect(b, "result", PEER_TIMEOUT_MS), "result send 0");
-        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 2 message 'first\\ufffe'");
-        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 2 message 'second\\ufffe'");
+                peer_cmd(b, "connect");
+                ck_assert_uint_eq(peer_wait_connect(b), 2);
+                ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS),
+                                 "recv 2 message 'queued\\ufffe'");
+
+                const char *const sends[][2] = {
+                        { "send 1 'alone\\ufffe'", "recv 2 message 'alone\\ufffe'" },
+                        { "send 1 <'wrapped\\ufffe'>", "recv 2 message <'wrapped\\ufffe'>" },
+                        { "send 1 ('in a struct\\ufffe', @x 7)", "recv 2 message ('in a struct\\ufffe', int64 7)" },
+                        { "send 1 signature '()'", "recv 2 message signature '()'" },
+                        { "emit all ev '\\ufdd0'", "recv 2 ev '\\ufdd0'" },
+                };
+                size_t n = sizeof(sends) / sizeof(sends[0]);
+                for (size_t i = 0; i < n; i++) {
+                        peer_cmd(b, "%s", sends[i][0]);
+                        ck_assert_str_eq(peer_expect(b, "result", PEER_TIMEOUT_MS),
+                                         i == n - 1 ? "result emit 0" : "result send 0");
+                        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), sends[i][1]);
+                }
+
+                /* Commands in one write are run in one turn of the loop: all but the first
+                 * are batched (and "ax" needs 8-aligned bytes, which the batch's bytes in the
+                 * message may not be). */
+                peer_cmd(b, "send 1 'first\\ufffe'\nsend 1 'second\\ufffe'");
+                for (int i = 0; i < 2; i++)
+                        ck_assert_str_eq(peer_expect(b, "result", PEER_TIMEOUT_MS), "result send 0");
+                ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 2 message 'first\\ufffe'");
+                ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 2 message 'second\\ufffe'");
+                peer_cmd(b, "emit 1 ev @x 1\nemit 1 ev @x 2\nemit 1 ev @x 3");
+                for (int i = 1; i <= 3; i++) {
+                        char want[64];
+                        ck_assert_str_eq(peer_expect(b, "result", PEER_TIMEOUT_MS), "result emit 0");
+                        snprintf(want, sizeof(want), "recv 2 ev int64 %d", i);
+                        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), want);
+                }
+        }
 }
 END_TEST
 

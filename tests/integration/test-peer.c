@@ -16,7 +16,9 @@
  * Commands (stdin, one per line):
  *   connect | disconnect | exit CODE
  *   send TO TEXT            TO: a peer id or "all"; TEXT: GVariant text, or "null"
- *   emit TO EVENT TEXT
+ *   emit TO EVENT TEXT      (with --floating, send and emit hand over a floating copy of the
+ *                           value built with GLib's constructors, as a program that builds
+ *                           its payload in the call would)
  *   flood TO EVENT N        N sends of (u seq) with seq 0..N-1
  *   mixed TO N              N messages alternating targeted/broadcast, event "seq", (u seq)
  *   on EVENT | once EVENT | off EVENT
@@ -53,6 +55,7 @@ static bool arg_connect;
 static int64_t arg_memfd_threshold = -1;
 static uint64_t arg_memfd_max;
 static bool arg_no_fds;         /* the first connection cannot pass unix fds */
+static bool arg_floating;
 
 typedef struct slot_entry {
         struct slot_entry *next;
@@ -165,6 +168,37 @@ static GVariant *parse_data(const char *text) {
                 return NULL;
         }
         return v;
+}
+
+/* A floating copy of v built by GLib's constructors: a tree of GVariants. */
+static GVariant *floating_copy(GVariant *v) {
+        GVariantBuilder b;
+
+        if (g_variant_is_of_type(v, G_VARIANT_TYPE_VARIANT)) {
+                g_autoptr(GVariant) inner = g_variant_get_variant(v);
+                return g_variant_new_variant(floating_copy(inner));
+        }
+        if (!g_variant_is_container(v)) {
+                g_autoptr(GBytes) bytes = g_variant_get_data_as_bytes(v);
+                return g_variant_new_from_bytes(g_variant_get_type(v), bytes, true);
+        }
+        if (g_variant_is_of_type(v, G_VARIANT_TYPE_MAYBE)) {
+                g_autoptr(GVariant) child = g_variant_get_maybe(v);
+                return g_variant_new_maybe(g_variant_type_element(g_variant_get_type(v)),
+                                           child ? floating_copy(child) : NULL);
+        }
+        g_variant_builder_init(&b, g_variant_get_type(v));
+        for (size_t i = 0; i < g_variant_n_children(v); i++) {
+                g_autoptr(GVariant) child = g_variant_get_child_value(v, i);
+                g_variant_builder_add_value(&b, floating_copy(child));
+        }
+        return g_variant_builder_end(&b);
+}
+
+/* What send and emit hand over: data itself (a full reference, kept by the caller), or with
+ * --floating a floating copy, which the library takes. */
+static GVariant *handed_over(GVariant *data) {
+        return arg_floating && data ? floating_copy(data) : data;
 }
 
 static void add_listener(const char *event, bool once) {
@@ -294,12 +328,12 @@ static void run_command(char *line) {
                 /* g_variant_parse() gives a full reference, which the library does not take. */
                 g_autoptr(GVariant) data = parse_data(rest);
                 parse_to(w[1], &to);
-                r = ipchannel_send(ch, to, data);
+                r = ipchannel_send(ch, to, handed_over(data));
                 out("result send %d", r);
         } else if (strcmp(w[0], "emit") == 0 && n >= 4) {
                 g_autoptr(GVariant) data = parse_data(w[3]);
                 parse_to(w[1], &to);
-                r = ipchannel_emit(ch, to, w[2], data);
+                r = ipchannel_emit(ch, to, w[2], handed_over(data));
                 out("result emit %d", r);
         } else if (strcmp(w[0], "flood") == 0 && n >= 4) {
                 unsigned count = (unsigned) atoi(w[3]);
@@ -368,6 +402,7 @@ static int parse_argv(int argc, char *argv[]) {
                 { "memfd-threshold", required_argument, NULL, 'T' },
                 { "memfd-max", required_argument, NULL, 'M' },
                 { "no-fds", no_argument, NULL, 'N' },
+                { "floating", no_argument, NULL, 'F' },
 
                 {}
         };
@@ -403,6 +438,9 @@ static int parse_argv(int argc, char *argv[]) {
                         break;
                 case 'N':
                         arg_no_fds = true;
+                        break;
+                case 'F':
+                        arg_floating = true;
                         break;
 
                 case 'L':

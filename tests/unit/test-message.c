@@ -383,9 +383,14 @@ START_TEST(test_append_packed_is_payload_pack) {
                 { "('a', 1)", "'x'", "@a{sv} {'k': <@ay [1, 2]>}" },
                 { "<1>", "<'v'>", "<(1, 2)>" },
                 { "@ay []", "@ay [1]", "@ay []" },
+                { "@x 1", "@x -2", "@x 3" },              /* 8-aligned arrays: "ax", "a(td)" */
+                { "(@t 1, 0.5)", "(@t 2, 1.5)", "(@t 3, 2.5)" },
         };
+        /* The array's bytes in the message are 8-aligned or not depending on the length of
+         * what comes before them: GLib must never be asked to serialize into unaligned bytes. */
+        const char *events[] = { "e", "ev", "eve", "even", "event", "events", "eventsx", "eventsxy" };
 
-        for (size_t k = 0; k < G_N_ELEMENTS(sets); k++) {
+        for (size_t k = 0; k < G_N_ELEMENTS(sets) * G_N_ELEMENTS(events); k++) {
                 _cleanup_(sd_bus_message_unrefp) sd_bus_message *m = NULL;
                 g_autoptr(GBytes) packed = NULL;
                 GVariant *values[3];
@@ -393,18 +398,22 @@ START_TEST(test_append_packed_is_payload_pack) {
                 const void *data = NULL, *want;
                 size_t size = 0, want_size;
 
+                const char *const *set = sets[k / G_N_ELEMENTS(events)];
+                const char *ev = events[k % G_N_ELEMENTS(events)];
+
                 for (size_t i = 0; i < 3; i++)     /* g_variant_parse(): not floating */
-                        values[i] = g_variant_parse(NULL, sets[k][i], NULL, NULL, NULL);
+                        values[i] = g_variant_parse(NULL, set[i], NULL, NULL, NULL);
                 packed = payload_pack(values, 3, &element);
                 want = g_bytes_get_data(packed, &want_size);
 
                 ck_assert_int_eq(sd_bus_message_new_method_call(bus, &m, "org.example.X", "/x",
                                                                 "org.ipchannel.Peer1", "DeliverBatch"), 0);
-                ck_assert_int_ge(sd_bus_message_append_basic(m, 's', "ev"), 0);
+                ck_assert_int_ge(sd_bus_message_append_basic(m, 's', ev), 0);
                 ck_assert_int_eq(payload_append_packed(m, values, 3), 0);
                 ck_assert_int_eq(sd_bus_message_seal(m, 1, 0), 0);
                 ck_assert_int_ge(sd_bus_message_rewind(m, true), 0);
                 ck_assert_int_gt(sd_bus_message_read(m, "sg", &event, &read_element), 0);
+                ck_assert_str_eq(event, ev);
                 ck_assert_int_ge(sd_bus_message_read_array(m, 'y', &data, &size), 0);
                 ck_assert_str_eq(read_element, element);
                 ck_assert_uint_eq(size, want_size);

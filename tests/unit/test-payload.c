@@ -1362,6 +1362,32 @@ START_TEST(test_append_walks_agree) {
 }
 END_TEST
 
+/* What sd-bus refuses to write goes packed instead, when it arrives as it is that way. */
+START_TEST(test_packs_faithfully) {
+        /* ("ab", 7) with the string's end offset past the 8 bytes: not in normal form. */
+        static const uint8_t bad_offset[] = { 'a', 'b', 0, 0, 7, 0, 0, 0, 9 };
+        g_autoptr(GVariant) tree = g_variant_ref_sink(g_variant_new("(si)", "x\xef\xbf\xbe", 1));
+        g_autoptr(GVariant) flat = g_variant_ref_sink(g_variant_new_from_data(
+                G_VARIANT_TYPE("(si)"), "x\xef\xbf\xbe\0\0\0\0\1\0\0\0\5", 13, false, NULL, NULL));
+        g_autoptr(GVariant) untrusted = g_variant_ref_sink(g_variant_new_from_data(
+                G_VARIANT_TYPE("(si)"), bad_offset, sizeof(bad_offset), false, NULL, NULL));
+        g_autoptr(GVariant) trusted = g_variant_ref_sink(g_variant_new_from_data(
+                G_VARIANT_TYPE("(si)"), bad_offset, sizeof(bad_offset), true, NULL, NULL));
+        g_autoptr(GVariant) with_fd = g_variant_ref_sink(g_variant_new("(hs)", 0, "x"));
+
+        ck_assert(g_variant_is_normal_form(flat));
+        ck_assert(payload_packs_faithfully(tree));
+        ck_assert(payload_packs_faithfully(flat));
+        /* GLib knows it is not normal: packed in its normal form, which is what GLib reads. */
+        ck_assert(payload_packs_faithfully(untrusted));
+        /* Said to be normal, and not: the receiver would refuse the packed bytes. */
+        ck_assert(!payload_packs_faithfully(trusted));
+        /* Fds cannot be packed at all. */
+        ck_assert(!payload_packs_faithfully(with_fd));
+        ck_assert(!payload_packs_faithfully(NULL));
+}
+END_TEST
+
 /* ---- packed batches ----------------------------------------------------------------------- */
 
 static GPtrArray *unpack_ok(GBytes *packed, const char *element, size_t n_expected) {
@@ -1701,6 +1727,7 @@ static Suite *payload_suite(void) {
         tcase_add_test(tc, test_large_struct_array_round_trip);
         tcase_add_test(tc, test_append_consumes_floating_value);
         tcase_add_test(tc, test_append_walks_agree);
+        tcase_add_test(tc, test_packs_faithfully);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("unix-fds");
