@@ -441,14 +441,18 @@ static void on_flush_timer(void *userdata) {
         ipchannel *ch = userdata;
 
         ch->flush_waited = true;
+        ipchannel_ref(ch);
         channel_flush(ch);
+        ipchannel_unref(ch);
 }
 
 /* Sends what waited for the connection, in order. A message for a peer that is not (yet) on
  * the bus holds everything behind it, so no pair of peers sees its messages reordered, until
  * that peer appears or flush_wait_usec after connect; then it is reported as undeliverable. */
 static void channel_flush(ipchannel *ch) {
-        while (ch->queue && ch->state == STATE_CONNECTED) {
+        /* The caller holds a reference: an "error" handler may let go of the app's last one, and
+         * then nothing more is sent. */
+        while (ch->queue && ch->state == STATE_CONNECTED && ch->n_ref > 1) {
                 pending_send *p = ch->queue;
                 int r;
 
@@ -495,13 +499,15 @@ static void channel_become_connected(ipchannel *ch) {
                 channel_map_set(ch, ch->peer_id, ch->unique_name);
 
         ch->flush_waited = false;
+        ipchannel_ref(ch);
         channel_flush(ch);
 
-        if (ch->state != STATE_CONNECTED)
-                return;
-        (void) sd_bus_emit_properties_changed(ch->bus, ch->path, IPCHANNEL_PEER_INTERFACE, "PeerId",
-                                              NULL);
-        emit_local(ch, 0, IPCHANNEL_EVENT_CONNECT, NULL);
+        if (ch->state == STATE_CONNECTED && ch->n_ref > 1) {
+                (void) sd_bus_emit_properties_changed(ch->bus, ch->path, IPCHANNEL_PEER_INTERFACE,
+                                                      "PeerId", NULL);
+                emit_local(ch, 0, IPCHANNEL_EVENT_CONNECT, NULL);
+        }
+        ipchannel_unref(ch);
 }
 
 static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
@@ -538,13 +544,16 @@ static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error
         }
 
         if (ch->state == STATE_CONNECTED && id != ch->peer_id) {
+                ipchannel_ref(ch);
                 if (old_owner[0] != '\0')
                         emit_local(ch, id, IPCHANNEL_EVENT_PEER_LEAVE, NULL);
-                if (new_owner[0] != '\0') {
+                if (new_owner[0] != '\0' && ch->n_ref > 1) {
                         if (ch->queue)
                                 channel_flush(ch);
-                        emit_local(ch, id, IPCHANNEL_EVENT_PEER_JOIN, NULL);
+                        if (ch->n_ref > 1)
+                                emit_local(ch, id, IPCHANNEL_EVENT_PEER_JOIN, NULL);
                 }
+                ipchannel_unref(ch);
         }
         return 0;
 }
@@ -887,12 +896,10 @@ static void channel_teardown_bus(ipchannel *ch) {
         if (!ch->bus)
                 return;
 
-        /* What was accepted goes out if it still can. */
+        /* What was accepted goes out if it still can; else it waits in the queue. */
         if (sd_bus_is_open(ch->bus) > 0)
                 (void) channel_flush_batch(ch);
-        g_ptr_array_set_size(ch->batch, 0);
-        ch->batch_bytes = 0;
-        ch->batch_event = (free(ch->batch_event), NULL);
+        channel_requeue_batch(ch);
         ch->next_deliver = sd_bus_message_unref(ch->next_deliver);
         ch->batch_defer = sd_event_source_disable_unref(ch->batch_defer);
         if (ch->batch_glib) {
@@ -1011,11 +1018,14 @@ static void channel_lost(ipchannel *ch) {
         channel_requeue_batch(ch);
         channel_teardown_bus(ch);
 
+        /* An "error" handler may let go of the app's last reference. */
+        ipchannel_ref(ch);
         r = channel_reconnect_schedule(ch);
         if (r < 0)
                 channel_emit_error(ch, r, "Cannot schedule a reconnect: %s", g_strerror(-r));
-        if (was_connected)
+        if (was_connected && ch->n_ref > 1)
                 emit_local(ch, 0, IPCHANNEL_EVENT_DISCONNECT, NULL);
+        ipchannel_unref(ch);
 }
 
 /* ---- sending ---------------------------------------------------------------------------- */
@@ -1171,6 +1181,9 @@ static int channel_flush_batch(ipchannel *ch) {
                 return 0;
         r = channel_send_message(ch, ch->batch_to, ch->batch_event, (GVariant *const *) ch->batch->pdata,
                                  ch->batch->len);
+        /* The bus is going: the batch stays, and channel_lost() puts it ahead of the queue. */
+        if (r == -ENOTCONN || r == -ECONNRESET)
+                return r;
         g_ptr_array_set_size(ch->batch, 0);
         ch->batch_bytes = 0;
         ch->batch_event = (free(ch->batch_event), NULL);
@@ -1189,7 +1202,7 @@ static void channel_flush_batch_deferred(ipchannel *ch) {
 
         ch->sent_alone = false;
 
-        if (r < 0)
+        if (r < 0 && r != -ENOTCONN && r != -ECONNRESET)
                 channel_emit_error(ch, r, "Messages could not be sent: %s", g_strerror(-r));
 }
 
@@ -1319,8 +1332,12 @@ int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *da
         }
         g_ptr_array_add(ch->batch, g_variant_ref(data));
         ch->batch_bytes += g_variant_get_size(data);
-        if (ch->batch->len >= BATCH_MAX || ch->batch_bytes >= BATCH_BYTES_MAX)
-                return channel_flush_batch(ch);
+        if (ch->batch->len >= BATCH_MAX || ch->batch_bytes >= BATCH_BYTES_MAX) {
+                r = channel_flush_batch(ch);
+                if (r == -ENOTCONN || r == -ECONNRESET)
+                        return 0;       /* it is in the batch kept for the reconnect */
+                return r;
+        }
         return 0;
 }
 
@@ -1348,8 +1365,12 @@ static int channel_send(ipchannel *ch, uint32_t to, const char *event, GVariant 
                 }
         }
 
-        if (ch->state == STATE_CONNECTED && !ch->queue)
-                return channel_send_now(ch, to, event, data, built);
+        if (ch->state == STATE_CONNECTED && !ch->queue) {
+                r = channel_send_now(ch, to, event, data, built);
+                if (r != -ENOTCONN && r != -ECONNRESET)
+                        return r;
+                /* The bus is going: this send waits for the reconnect, behind the batch. */
+        }
 
         if (ch->n_queued >= ch->queue_max)
                 return -ENOBUFS;
@@ -1699,22 +1720,27 @@ _public_ int ipchannel_run(ipchannel *ch) {
 
         assert_channel(ch);
 
+        /* A handler may let go of the app's last reference while the loop runs. */
+        ipchannel_ref(ch);
         if (ch->glib) {
                 if (!ch->glib_loop)
                         ch->glib_loop = g_main_loop_new(ch->glib, FALSE);
                 ch->glib_exit_code = 0;
                 g_main_loop_run(ch->glib_loop);
-                channel_flush_sends(ch);
-                return ch->glib_exit_code;
+                r = ch->glib_exit_code;
+        } else {
+                if (!ch->event) {
+                        r = sd_event_default(&ch->event);
+                        if (r < 0) {
+                                ipchannel_unref(ch);
+                                return r;
+                        }
+                }
+                r = sd_event_loop(ch->event);
         }
-        if (!ch->event) {
-                r = sd_event_default(&ch->event);
-                if (r < 0)
-                        return r;
-        }
-        r = sd_event_loop(ch->event);
         /* The loop will not run the deferred flush any more: send what handlers left. */
         channel_flush_sends(ch);
+        ipchannel_unref(ch);
         return r;
 }
 

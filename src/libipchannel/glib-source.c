@@ -77,6 +77,10 @@ static gboolean bus_source_dispatch(GSource *source, GSourceFunc callback, gpoin
 
         for (unsigned i = 0; i < DISPATCH_BATCH; i++) {
                 int r = sd_bus_process(bus, NULL);
+                /* A handler may have torn the connection down (disconnect, or the channel's last
+                 * reference dropped): the source, and the channel behind userdata, are gone. */
+                if (g_source_is_destroyed(source))
+                        break;
                 if (r < 0) {
                         if (s->on_error)
                                 s->on_error(r, s->userdata);

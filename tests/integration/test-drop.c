@@ -1,67 +1,117 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * test-drop: a handler that lets go of its channel's last reference in the middle of a batch.
- * Peer 1 sends peer 2 four messages in one turn of the loop (the first goes alone, the other
- * three as one DeliverBatch); peer 2's handler drops its channel at the second. Then the rest
- * of that batch must not be handed out. Before, the loop went on with the freed channel: the
- * AddressSanitizer and valgrind runs of this test report that (a plain build may read the freed
- * memory unnoticed). Runs on the bus of $DBUS_SESSION_BUS_ADDRESS; exit status 0 when peer 2
- * saw exactly two messages.
+ * test-drop SCENARIO LOOP: a handler lets go of its channel's last reference at an awkward
+ * moment, and the library must not touch the channel after that. The AddressSanitizer and
+ * valgrind runs of these tests report it if it does (a plain build may read the freed memory
+ * unnoticed). LOOP: sd-event or glib. Runs on the bus of $DBUS_SESSION_BUS_ADDRESS; exit
+ * status 0 when the scenario saw what it should.
+ *
+ *   batch  Peer 1 sends peer 2 four messages in one turn of the loop (the first goes alone,
+ *          the other three as one DeliverBatch); peer 2's handler drops its channel at the
+ *          second. The rest of that batch must not be handed out: peer 2 sees exactly two.
+ *   error  Two sends are queued before connect for peer 9, which never comes; with a flush
+ *          wait of 0 the first is reported on "error" as undeliverable while the channel
+ *          flushes its queue, and the handler drops the channel there: exactly one error.
+ *   run    A "connect" handler ends ipchannel_run() and drops the channel: ipchannel_run()
+ *          must not touch it once its loop has returned.
  */
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include <ipchannel.h>
 
-static ipchannel *sender, *receiver;
-static int received;
+#define DONE_GRACE_USEC (300 * 1000)    /* after the scenario's event: time for a late crash */
+#define TIMEOUT_USEC (5 * 1000 * 1000)
 
-static void on_message(ipchannel *ch, uint32_t from, const char *event, GVariant *data, void *userdata) {
-        received++;
-        if (received == 2)
-                receiver = ipchannel_unref(receiver);
+static bool use_glib;
+static sd_event *event;
+static GMainContext *context;
+static GMainLoop *loop;
+static ipchannel *sender, *receiver;
+static int seen;
+
+static int attach(ipchannel *ch) {
+        return use_glib ? ipchannel_attach_glib(ch, context) : ipchannel_attach_event(ch, event, 0);
 }
 
-static void on_join(ipchannel *ch, uint32_t id, const char *event, GVariant *data, void *userdata) {
+static int on_event_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        return sd_event_exit(sd_event_source_get_event(s), 0);
+}
+
+static gboolean on_glib_timeout(gpointer userdata) {
+        g_main_loop_quit(loop);
+        return G_SOURCE_REMOVE;
+}
+
+/* Ends the loop after usec. */
+static int stop_after(uint64_t usec) {
+        if (!use_glib)
+                return sd_event_add_time_relative(event, NULL, CLOCK_MONOTONIC, usec, 0,
+                                                  on_event_timeout, NULL);
+        GSource *t = g_timeout_source_new((guint) (usec / 1000));
+        g_source_set_callback(t, on_glib_timeout, NULL, NULL);
+        g_source_attach(t, context);
+        g_source_unref(t);
+        return 0;
+}
+
+static int run_loop(void) {
+        int r = stop_after(TIMEOUT_USEC);
+
+        if (r < 0)
+                return r;
+        if (use_glib) {
+                g_main_loop_run(loop);
+                return 0;
+        }
+        return sd_event_loop(event);
+}
+
+/* ---- batch -------------------------------------------------------------------------------- */
+
+static void on_message(ipchannel *ch, uint32_t from, const char *ev, GVariant *data, void *userdata) {
+        if (++seen == 2) {
+                receiver = ipchannel_unref(receiver);
+                (void) stop_after(DONE_GRACE_USEC);
+        }
+}
+
+static void on_join(ipchannel *ch, uint32_t id, const char *ev, GVariant *data, void *userdata) {
         if (id != 2)
                 return;
         for (int32_t i = 0; i < 4; i++)
                 if (ipchannel_send(sender, 2, g_variant_new_int32(i)) < 0)
-                        fprintf(stderr, "send %d failed\n", i);
+                        fprintf(stderr, "test-drop: send %d failed\n", i);
 }
 
 /* Peer 2 connects once peer 1 is: peer 1 then sees it join (a peer already there when a channel
  * connects is found, not announced). */
-static void on_connect(ipchannel *ch, uint32_t id, const char *event, GVariant *data, void *userdata) {
+static void on_sender_connect(ipchannel *ch, uint32_t id, const char *ev, GVariant *data,
+                              void *userdata) {
         int r = ipchannel_connect(receiver);
 
         if (r < 0)
                 fprintf(stderr, "test-drop: connect of peer 2: %s\n", g_strerror(-r));
 }
 
-static int on_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
-        return sd_event_exit(sd_event_source_get_event(s), 0);
-}
-
-int main(void) {
-        sd_event *e = NULL;
+static int scenario_batch(void) {
         int r;
 
-        r = sd_event_new(&e);
+        r = ipchannel_new(&sender, "dropbatch");
         if (r >= 0)
-                r = ipchannel_new(&sender, "drop");
-        if (r >= 0)
-                r = ipchannel_new(&receiver, "drop");
+                r = ipchannel_new(&receiver, "dropbatch");
         if (r >= 0)
                 r = ipchannel_set_peer_id(sender, 1);
         if (r >= 0)
                 r = ipchannel_set_peer_id(receiver, 2);
         if (r >= 0)
-                r = ipchannel_attach_event(sender, e, 0);
+                r = attach(sender);
         if (r >= 0)
-                r = ipchannel_attach_event(receiver, e, 0);
+                r = attach(receiver);
         if (r >= 0)
-                r = ipchannel_on(sender, IPCHANNEL_EVENT_CONNECT, on_connect, NULL, NULL);
+                r = ipchannel_on(sender, IPCHANNEL_EVENT_CONNECT, on_sender_connect, NULL, NULL);
         if (r >= 0)
                 r = ipchannel_on(sender, IPCHANNEL_EVENT_PEER_JOIN, on_join, NULL, NULL);
         if (r >= 0)
@@ -69,15 +119,99 @@ int main(void) {
         if (r >= 0)
                 r = ipchannel_connect(sender);
         if (r >= 0)
-                r = sd_event_add_time_relative(e, NULL, CLOCK_MONOTONIC, 3 * 1000 * 1000, 0, on_timeout, NULL);
+                r = run_loop();
+        if (r >= 0 && seen != 2) {
+                fprintf(stderr, "test-drop: peer 2 saw %d messages, not 2\n", seen);
+                r = -EBADMSG;
+        }
+        return r;
+}
+
+/* ---- error -------------------------------------------------------------------------------- */
+
+static void on_error(ipchannel *ch, uint32_t from, const char *ev, GVariant *data, void *userdata) {
+        if (++seen == 1)
+                (void) stop_after(DONE_GRACE_USEC);
+        sender = ipchannel_unref(sender);
+}
+
+static int scenario_error(void) {
+        int r;
+
+        r = ipchannel_new(&sender, "droperror");
         if (r >= 0)
-                r = sd_event_loop(e);
+                r = attach(sender);
+        if (r >= 0)
+                r = ipchannel_set_flush_wait(sender, 0);
+        if (r >= 0)
+                r = ipchannel_on(sender, IPCHANNEL_EVENT_ERROR, on_error, NULL, NULL);
+        for (int32_t i = 0; i < 2 && r >= 0; i++)
+                r = ipchannel_send(sender, 9, g_variant_new_int32(i));
+        if (r >= 0)
+                r = ipchannel_connect(sender);
+        if (r >= 0)
+                r = run_loop();
+        if (r >= 0 && seen != 1) {
+                fprintf(stderr, "test-drop: %d errors, not 1\n", seen);
+                r = -EBADMSG;
+        }
+        return r;
+}
+
+/* ---- run ---------------------------------------------------------------------------------- */
+
+static void on_connect_exit(ipchannel *ch, uint32_t id, const char *ev, GVariant *data,
+                            void *userdata) {
+        seen++;
+        (void) ipchannel_exit(ch, 0);
+        sender = ipchannel_unref(sender);
+}
+
+static int scenario_run(void) {
+        int r;
+
+        r = ipchannel_new(&sender, "droprun");
+        if (r >= 0)
+                r = attach(sender);
+        if (r >= 0)
+                r = ipchannel_on(sender, IPCHANNEL_EVENT_CONNECT, on_connect_exit, NULL, NULL);
+        if (r >= 0)
+                r = ipchannel_connect(sender);
+        if (r >= 0)
+                r = stop_after(TIMEOUT_USEC);
+        if (r >= 0)
+                r = ipchannel_run(sender);
+        if (r >= 0 && (seen != 1 || sender)) {
+                fprintf(stderr, "test-drop: the connect handler ran %d times\n", seen);
+                r = -EBADMSG;
+        }
+        return r;
+}
+
+int main(int argc, char *argv[]) {
+        const char *scenario = argc > 1 ? argv[1] : "";
+        int r;
+
+        use_glib = argc > 2 && strcmp(argv[2], "glib") == 0;
+        if (use_glib) {
+                context = g_main_context_new();
+                loop = g_main_loop_new(context, FALSE);
+                r = 0;
+        } else
+                r = sd_event_new(&event);
+        if (r >= 0)
+                r = strcmp(scenario, "batch") == 0   ? scenario_batch()
+                    : strcmp(scenario, "error") == 0 ? scenario_error()
+                    : strcmp(scenario, "run") == 0   ? scenario_run()
+                                                     : -EINVAL;
         if (r < 0)
-                fprintf(stderr, "test-drop: %s\n", g_strerror(-r));
+                fprintf(stderr, "test-drop %s: %s\n", scenario, g_strerror(-r));
         ipchannel_unref(sender);
         ipchannel_unref(receiver);
-        sd_event_unref(e);
-        if (received != 2)
-                fprintf(stderr, "test-drop: peer 2 saw %d messages, not 2\n", received);
-        return r >= 0 && received == 2 ? 0 : 1;
+        if (loop)
+                g_main_loop_unref(loop);
+        if (context)
+                g_main_context_unref(context);
+        sd_event_unref(event);
+        return r < 0 ? EXIT_FAILURE : EXIT_SUCCESS;
 }

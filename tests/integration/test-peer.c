@@ -32,6 +32,7 @@
  *   big-order TO N SIZE     N sends of event "seq": every fourth an "ay" of SIZE bytes with
  *                           SEED seq, the others (u seq); eight to TO, eight to "all", ...
  *   state                   prints "state ID CONNECTED"
+ *   sleep MS                blocks the loop for MS milliseconds, in the middle of its turn
  *   has ID                  prints "has ID R"
  *   acquire LOCK USEC       ipchannel_lock_acquire() from this (loop) thread; prints
  *                           "result acquire R TOKEN"
@@ -265,6 +266,8 @@ static void run_command(char *line) {
                 out("result disconnect %d", ipchannel_disconnect(ch));
         else if (strcmp(w[0], "exit") == 0)
                 ipchannel_exit(ch, n > 1 ? atoi(w[1]) : 0);
+        else if (strcmp(w[0], "sleep") == 0 && n >= 2)
+                g_usleep((gulong) strtoul(w[1], NULL, 10) * 1000);
         else if (strcmp(w[0], "state") == 0)
                 out("state %" PRIu32 " %d", ipchannel_get_peer_id(ch), ipchannel_is_connected(ch));
         else if (strcmp(w[0], "has") == 0 && n >= 2)

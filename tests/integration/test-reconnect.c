@@ -89,6 +89,38 @@ START_TEST(test_peers_reconnect_after_bus_restart_on_glib) {
 }
 END_TEST
 
+/* The bus goes away in the middle of a turn of a peer's loop, with a batch pending: what the
+ * sends that returned 0 carried arrives after the reconnect, in order, and a send made after
+ * the bus went is queued for it (it returned -ECONNRESET, and the batch was lost unreported). */
+START_TEST(test_batch_pending_when_the_bus_breaks_mid_turn_is_kept) {
+        peer *a = peer_start("--app", "midturn", "--listen", "message", "--connect", NULL);
+        ck_assert_uint_eq(peer_wait_connect(a), 1);
+        peer *b = peer_start("--app", "midturn", "--listen", "message", "--connect", NULL);
+        ck_assert_uint_eq(peer_wait_connect(b), 2);
+        peer *c = peer_start("--app", "midturn", "--connect", NULL);
+        ck_assert_uint_eq(peer_wait_connect(c), 3);
+
+        /* One turn of c's loop: "a0" goes at once, "a1" and "a2" wait in a batch for peer 1;
+         * the loop is busy while the broker is killed; "b0", for another peer, must flush the
+         * batch first, into the broken connection. */
+        peer_cmd(c, "send 1 'a0'\nsend 1 'a1'\nsend 1 'a2'\nsleep 1500\nsend 2 'b0'");
+        for (int i = 0; i < 3; i++)
+                ck_assert_str_eq(peer_expect(c, "result send", PEER_TIMEOUT_MS), "result send 0");
+        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 3 message 'a0'");
+        unsigned n = restart_bus();
+        ck_assert_str_eq(peer_expect(c, "result send", PEER_TIMEOUT_MS), "result send 0");
+        wait_bus_restarted(n);
+        ck_assert_uint_eq(peer_wait_connect(a), 1);
+        ck_assert_uint_eq(peer_wait_connect(b), 2);
+        ck_assert_uint_eq(peer_wait_connect(c), 3);
+
+        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 3 message 'a1'");
+        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 3 message 'a2'");
+        ck_assert_str_eq(peer_expect(b, "recv", PEER_TIMEOUT_MS), "recv 3 message 'b0'");
+        ck_assert(peer_quiet(c, "error", 200));
+}
+END_TEST
+
 /* Holders lose their grants with the bus (the service saw their connections close); waiters
  * keep waiting across the restart and are served by the new host. */
 START_TEST(test_lock_waiters_survive_bus_restart) {
@@ -138,6 +170,7 @@ int main(void) {
         tcase_add_test(tc, test_peers_reconnect_after_bus_restart_on_sd_event);
         tcase_add_test(tc, test_peers_reconnect_after_bus_restart_on_glib);
         tcase_add_test(tc, test_lock_waiters_survive_bus_restart);
+        tcase_add_test(tc, test_batch_pending_when_the_bus_breaks_mid_turn_is_kept);
         suite_add_tcase(s, tc);
 
         sr = srunner_create(s);
