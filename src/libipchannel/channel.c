@@ -1288,7 +1288,7 @@ static void channel_mark_sent_alone(ipchannel *ch) {
                 ch->alone_iteration = iteration + 1;
 }
 
-#define BATCH_MAX 256
+#define BATCH_MAX PAYLOAD_BATCH_MAX
 #define BATCH_BYTES_MAX (64 * 1024)
 
 int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *data, bool built) {

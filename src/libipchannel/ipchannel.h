@@ -141,10 +141,12 @@ int  ipchannel_set_memfd_max(ipchannel *ch, uint64_t bytes);
 /* The most values this peer decodes from one received message (each basic value, container
  * and variant; an array of a fixed-size type counts once), and the most payloads in one batch
  * (a batch arrives as GVariant bytes: each payload is a view on them, not decoded per value),
- * default IPCHANNEL_VALUES_MAX_DEFAULT; past it org.freedesktop.DBus.Error.LimitsExceeded (a
- * broadcast: dropped, "error" with -ENOBUFS). Batched and memfd payloads are not decoded up
- * front, but the values walked inside them to check what their variants hold (only where the
- * type has a "v") count against the same limit. */
+ * but never fewer than the 256 a sender packs in one; default IPCHANNEL_VALUES_MAX_DEFAULT;
+ * past it org.freedesktop.DBus.Error.LimitsExceeded (a broadcast: dropped, "error" with
+ * -ENOBUFS). Batched and memfd payloads are not decoded up front, but the values walked inside
+ * them to check what their variants hold (only where the type has a "v") count against the
+ * same limit, each payload of a batch on its own: a batch is taken when each of its payloads
+ * would be taken alone. */
 #define IPCHANNEL_VALUES_MAX_DEFAULT (1024u * 1024)
 int  ipchannel_set_values_max(ipchannel *ch, size_t n);
 

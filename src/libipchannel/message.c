@@ -78,7 +78,7 @@ int message_read(sd_bus_message *m, message_shape shape, const message_limits *l
                  const char **ret_event, GPtrArray **ret_payloads, sd_bus_error *error) {
         g_autoptr(GPtrArray) payloads = g_ptr_array_new_with_free_func((GDestroyNotify) g_variant_unref);
         const char *event, *reason;
-        size_t budget = limits->values_max;     /* for the whole message, a batch included */
+        size_t budget = limits->values_max;     /* for the whole message; a batch counts each payload */
         GVariant *data;
         int r;
 
@@ -113,11 +113,16 @@ int message_read(sd_bus_message *m, message_shape shape, const message_limits *l
                  * connection (whose references are not atomic), alive. */
                 bytes = g_bytes_new(packed, size);
                 g_clear_pointer(&payloads, g_ptr_array_unref);
-                r = payload_unpack(bytes, element, &budget, &payloads);
+                /* A batch is taken when each of its payloads would be taken alone; it may
+                 * hold as many payloads as a sender packs in one, whatever the limit. */
+                r = payload_unpack(bytes, element, MAX(limits->values_max, (size_t) PAYLOAD_BATCH_MAX),
+                                   limits->values_max, &payloads);
                 if (r == -ENOBUFS)
                         return fail(error, -ENOBUFS, SD_BUS_ERROR_LIMITS_EXCEEDED,
-                                    "The batch holds more than %zu payloads and values in their "
-                                    "variants.", limits->values_max);
+                                    "The batch holds more than %zu payloads, or one with more "
+                                    "than %zu values in its variants.",
+                                    MAX(limits->values_max, (size_t) PAYLOAD_BATCH_MAX),
+                                    limits->values_max);
                 if (r < 0)
                         return fail(error, -EBADMSG, SD_BUS_ERROR_INVALID_ARGS,
                                     "The batch is not a packed array of payloads of type \"%s\".",

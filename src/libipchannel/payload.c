@@ -1447,16 +1447,17 @@ int payload_append_packed(sd_bus_message *m, GVariant *const *values, size_t n) 
         return 0;
 }
 
-int payload_unpack(GBytes *bytes, const char *element_type, size_t *budget, GPtrArray **ret) {
+int payload_unpack(GBytes *bytes, const char *element_type, size_t payloads_max, size_t values_max,
+                   GPtrArray **ret) {
         g_autoptr(GPtrArray) values = NULL;
         g_autoptr(GVariant) array = NULL;
         g_autofree char *array_type = NULL;
         const GVariantType *checked = NULL;
         bool wrapped;
-        size_t n, left;
+        size_t n;
         int r;
 
-        if (!bytes || !element_type || !budget || !ret)
+        if (!bytes || !element_type || values_max == 0 || !ret)
                 return -EINVAL;
         /* The element type is the sender's: one complete payload type (or "v"), checked before
          * GLib sees it. */
@@ -1472,9 +1473,8 @@ int payload_unpack(GBytes *bytes, const char *element_type, size_t *budget, GPtr
         if (!g_variant_is_normal_form(array))
                 return -EBADMSG;
         n = g_variant_n_children(array);
-        if (n > *budget)
+        if (n > payloads_max)
                 return -ENOBUFS;
-        left = *budget - n;     /* each payload takes one; the walk into variants, one a value */
 
         values = g_ptr_array_new_full(n, (GDestroyNotify) g_variant_unref);
         for (size_t i = 0; i < n; i++) {
@@ -1492,7 +1492,9 @@ int payload_unpack(GBytes *bytes, const char *element_type, size_t *budget, GPtr
                  * once (GLib interns types, and the values keep theirs alive). */
                 if (type == checked)
                         continue;
-                /* An "h" here would be a number with no fd behind it. */
+                /* Each payload on its own, as if it came alone: it takes one, and the walk into
+                 * its variants one a value. An "h" here would be a number with no fd behind it. */
+                size_t left = values_max - 1;
                 r = payload_check_value_budget(value, &left, NULL);
                 if (r == -ENOBUFS)
                         return r;
@@ -1501,7 +1503,6 @@ int payload_unpack(GBytes *bytes, const char *element_type, size_t *budget, GPtr
                 if (!strchr(g_variant_get_type_string(value), 'v'))
                         checked = type;
         }
-        *budget = left;
         *ret = g_steal_pointer(&values);
         return 0;
 }

@@ -137,10 +137,16 @@ int payload_append_packed(sd_bus_message *m, GVariant *const *values, size_t n);
  * to trust them, are in normal form (looked at, so only where a cost is acceptable: a value
  * sd-bus refused). */
 bool payload_packs_faithfully(GVariant *value);
+/* The most payloads a sender packs in one batch. */
+#define PAYLOAD_BATCH_MAX 256
+
 /* Unpacks bytes (referenced, not copied) whose element type the sender said is element_type
  * into a new array of new GVariants, each of a type that passes payload_check_value().
  * Errors: -EBADMSG for a bad element type (not one complete payload type or "v", or holding
- * "h") or for data that is not a normal-form array of such values, -ENOBUFS when it holds more
- * than *budget payloads (each payload counts once: the values inside are views on the bytes,
- * not built one by one), the values the walk into their variants visits counted too. */
-int payload_unpack(GBytes *bytes, const char *element_type, size_t *budget, GPtrArray **ret);
+ * "h") or for data that is not a normal-form array of such values; -ENOBUFS when it holds more
+ * than payloads_max payloads, or when the walk into the variants of one of them visits more
+ * than values_max values, the payload itself counted (each payload on its own: what it would
+ * take if it came alone, where every value inside counts, is no less). The values inside are
+ * views on the bytes, not built one by one. */
+int payload_unpack(GBytes *bytes, const char *element_type, size_t payloads_max, size_t values_max,
+                   GPtrArray **ret);

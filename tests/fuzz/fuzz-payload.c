@@ -278,7 +278,7 @@ static void check_packed_round_trip(GVariant *v) {
         if (payload_has_handles(v))
                 abort();
         packed = payload_pack(&v, 1, &element);
-        if (payload_unpack(packed, element, &budget, &back) < 0 || back->len != 1 ||
+        if (payload_unpack(packed, element, 1, budget, &back) < 0 || back->len != 1 ||
             !g_variant_equal(v, g_ptr_array_index(back, 0))) {
                 fprintf(stderr, "a decoded %s does not survive a packed batch\n", g_variant_get_type_string(v));
                 abort();

@@ -455,6 +455,28 @@ START_TEST(test_peer_cannot_emit_local_events) {
 }
 END_TEST
 
+/* A receiver that lowered its values limit still gets every one of a burst of small sends,
+ * each of which it would take alone: the sender's coalescing must not turn them into one
+ * message the receiver refuses (a Deliver* expects no reply, so nobody would hear of it). */
+START_TEST(test_burst_to_a_receiver_with_a_low_values_limit_is_all_delivered) {
+        peer *a = peer_start(APP("lowlimit"), "--listen", "seq", "--connect");
+        ck_assert_uint_eq(peer_wait_connect(a), 1);
+        peer_cmd(a, "set-limit values-max 100");
+        ck_assert_str_eq(peer_expect(a, "result set-limit", PEER_TIMEOUT_MS), "result set-limit values-max 0");
+        peer *b = peer_start(APP("lowlimit"), "--connect");
+        ck_assert_uint_eq(peer_wait_connect(b), 2);
+
+        /* 600 sends in one turn: one alone, then batches of up to 256. */
+        peer_cmd(b, "flood 1 seq 600");
+        ck_assert_str_eq(peer_expect(b, "result flood", PEER_TIMEOUT_MS), "result flood 0");
+        for (unsigned i = 0; i < 600; i++) {
+                char want[64];
+                snprintf(want, sizeof(want), "recv 2 seq (uint32 %u,)", i);
+                ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), want);
+        }
+}
+END_TEST
+
 /* ---- wake-ups --------------------------------------------------------------------------- */
 
 START_TEST(test_peer_without_listener_is_not_woken_by_broadcasts) {
@@ -548,6 +570,7 @@ static Suite *channel_suite(void) {
         tcase_add_test(tc, test_send_to_absent_peer_is_an_error);
         tcase_add_test(tc, test_queued_send_to_absent_peer_is_reported_on_error_event);
         tcase_add_test(tc, test_queued_send_waits_for_a_late_receiver);
+        tcase_add_test(tc, test_burst_to_a_receiver_with_a_low_values_limit_is_all_delivered);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("identity");

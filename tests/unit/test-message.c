@@ -320,13 +320,33 @@ START_TEST(test_read_applies_the_event_and_values_limits) {
         read_with(m, MESSAGE_BATCH, &limits, NULL, &payloads);
         ck_assert_uint_eq(payloads->len, 3);
 
-        /* A packed batch builds no value per element: its payloads are what it costs, 3. */
-        limits.values_max = 2;
-        ck_assert_int_ge(sd_bus_message_rewind(m, true), 0);
-        ck_assert_int_eq(read_with(m, MESSAGE_BATCH, &limits, SD_BUS_ERROR_LIMITS_EXCEEDED, NULL), -ENOBUFS);
-        limits.values_max = 3;
+        /* A packed batch builds no value per element, and is taken when each of its payloads
+         * would be taken alone; it may hold as many payloads as a sender packs in one batch,
+         * whatever the limit. */
+        limits.values_max = 1;
         ck_assert_int_ge(sd_bus_message_rewind(m, true), 0);
         ck_assert_int_eq(read_with(m, MESSAGE_BATCH, &limits, NULL, NULL), 0);
+        {
+                _cleanup_(sd_bus_message_unrefp) sd_bus_message *big = NULL;
+                GVariant *many[PAYLOAD_BATCH_MAX + 1];
+
+                for (size_t i = 0; i < G_N_ELEMENTS(many); i++)
+                        many[i] = g_variant_ref_sink(g_variant_new_uint32((uint32_t) i));
+                ck_assert_int_eq(sd_bus_message_new_method_call(bus, &big, "org.example.X", "/x",
+                                                                "org.ipchannel.Peer1", "DeliverBatch"), 0);
+                ck_assert_int_ge(sd_bus_message_append_basic(big, 's', "ev"), 0);
+                ck_assert_int_eq(payload_append_packed(big, many, G_N_ELEMENTS(many)), 0);
+                ck_assert_int_eq(sd_bus_message_seal(big, 1, 0), 0);
+                for (size_t i = 0; i < G_N_ELEMENTS(many); i++)
+                        g_variant_unref(many[i]);
+                limits.values_max = PAYLOAD_BATCH_MAX;
+                ck_assert_int_ge(sd_bus_message_rewind(big, true), 0);
+                ck_assert_int_eq(read_with(big, MESSAGE_BATCH, &limits, SD_BUS_ERROR_LIMITS_EXCEEDED, NULL),
+                                 -ENOBUFS);
+                limits.values_max = PAYLOAD_BATCH_MAX + 1;
+                ck_assert_int_ge(sd_bus_message_rewind(big, true), 0);
+                ck_assert_int_eq(read_with(big, MESSAGE_BATCH, &limits, NULL, NULL), 0);
+        }
 
         /* "ev" is 2 bytes: a bound of 1 refuses it. */
         limits.event_name_max = 1;

@@ -1391,21 +1391,17 @@ END_TEST
 /* ---- packed batches ----------------------------------------------------------------------- */
 
 static GPtrArray *unpack_ok(GBytes *packed, const char *element, size_t n_expected) {
-        size_t budget = PAYLOAD_VALUES_MAX;
         GPtrArray *values = NULL;
 
-        ck_assert_int_eq(payload_unpack(packed, element, &budget, &values), 0);
+        ck_assert_int_eq(payload_unpack(packed, element, n_expected, PAYLOAD_VALUES_MAX, &values), 0);
         ck_assert_uint_eq(values->len, n_expected);
-        /* One a payload, and one a value walked into their variants. */
-        ck_assert_uint_le(budget, PAYLOAD_VALUES_MAX - n_expected);
         return values;
 }
 
 static int unpack_raw(const char *element, const void *data, size_t size) {
         g_autoptr(GBytes) bytes = g_bytes_new(data, size);
         g_autoptr(GPtrArray) values = NULL;
-        size_t budget = PAYLOAD_VALUES_MAX;
-        int r = payload_unpack(bytes, element, &budget, &values);
+        int r = payload_unpack(bytes, element, PAYLOAD_VALUES_MAX, PAYLOAD_VALUES_MAX, &values);
 
         if (r >= 0)
                 for (guint i = 0; i < values->len; i++)
@@ -1444,24 +1440,22 @@ START_TEST(test_packed_random_batches_round_trip) {
 }
 END_TEST
 
+/* The number of payloads in a batch is bounded on its own. */
 START_TEST(test_packed_budget) {
         GVariant *values[3] = { g_variant_new_int32(1), g_variant_new_string("two"),
                                 g_variant_new_parsed("[(1, 'x'), (2, 'y')]") };
         g_autoptr(GPtrArray) back = NULL;
         g_autoptr(GBytes) packed = NULL;
-        size_t budget = 2;
         const char *element;
 
         for (size_t i = 0; i < 3; i++)
                 g_variant_ref_sink(values[i]);
         packed = payload_pack(values, 3, &element);
         ck_assert_str_eq(element, "v");
-        ck_assert_int_eq(payload_unpack(packed, element, &budget, &back), -ENOBUFS);
+        ck_assert_int_eq(payload_unpack(packed, element, 2, PAYLOAD_VALUES_MAX, &back), -ENOBUFS);
         ck_assert_ptr_null(back);
-        ck_assert_uint_eq(budget, 2);
-        budget = 10;
-        ck_assert_int_eq(payload_unpack(packed, element, &budget, &back), 0);
-        ck_assert_uint_eq(budget, 7);
+        ck_assert_int_eq(payload_unpack(packed, element, 3, 1, &back), 0);
+        ck_assert_uint_eq(back->len, 3);
         ck_assert_str_eq(g_variant_get_string(g_ptr_array_index(back, 1), NULL), "two");
         for (size_t i = 0; i < 3; i++)
                 g_variant_unref(values[i]);
@@ -1562,15 +1556,15 @@ START_TEST(test_packed_non_normal_payload) {
 }
 END_TEST
 
-/* The walk into the payloads' variants counts against the same budget as the payloads: one
- * "av" of 10 variants takes 12 (the payload, the array, each variant). */
+/* The walk into a payload's variants is bounded, each payload on its own (alone, where every
+ * value counts, it would take more): one "av" of 10 variants takes 12 (the payload, the array,
+ * each variant), and so do each of three. */
 START_TEST(test_packed_variants_walk_is_bounded) {
         GVariantBuilder b;
         GVariant *value;
-        g_autoptr(GBytes) packed = NULL;
+        g_autoptr(GBytes) packed = NULL, three = NULL;
         g_autoptr(GPtrArray) back = NULL;
         const char *element;
-        size_t budget = 11;
 
         g_variant_builder_init(&b, G_VARIANT_TYPE("av"));
         for (int i = 0; i < 10; i++)
@@ -1578,13 +1572,17 @@ START_TEST(test_packed_variants_walk_is_bounded) {
         value = g_variant_ref_sink(g_variant_builder_end(&b));
         packed = payload_pack(&value, 1, &element);
         ck_assert_str_eq(element, "av");
-        ck_assert_int_eq(payload_unpack(packed, element, &budget, &back), -ENOBUFS);
+        ck_assert_int_eq(payload_unpack(packed, element, 1, 11, &back), -ENOBUFS);
         ck_assert_ptr_null(back);
-        ck_assert_uint_eq(budget, 11);
-        budget = 12;
-        ck_assert_int_eq(payload_unpack(packed, element, &budget, &back), 0);
-        ck_assert_uint_eq(budget, 0);
+        ck_assert_int_eq(payload_unpack(packed, element, 1, 12, &back), 0);
         ck_assert(g_variant_equal(value, g_ptr_array_index(back, 0)));
+        g_clear_pointer(&back, g_ptr_array_unref);
+
+        GVariant *values[3] = { value, value, value };
+        three = payload_pack(values, 3, &element);
+        ck_assert_int_eq(payload_unpack(three, element, 3, 11, &back), -ENOBUFS);
+        ck_assert_int_eq(payload_unpack(three, element, 3, 12, &back), 0);
+        ck_assert_uint_eq(back->len, 3);
         g_variant_unref(value);
 }
 END_TEST
