@@ -536,9 +536,13 @@ static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error
                          * took it anyway, wait in its queue to get it back. */
                         ch->state = STATE_CLAIMING;
                         ch->peer_id = 0;
+                        /* The "error" handler may let go of the app's last reference. */
+                        ipchannel_ref(ch);
                         channel_emit_error(ch, -EADDRINUSE, "The bus took the name of peer %" PRIu32
                                            " away; claiming it again", id);
-                        (void) channel_claim(ch);
+                        if (ch->n_ref > 1)
+                                (void) channel_claim(ch);
+                        ipchannel_unref(ch);
                         return 0;
                 }
         }
@@ -721,6 +725,8 @@ static void on_listeners_change(listener_event *ev, bool added, void *userdata) 
 }
 
 static void channel_discovery_done(ipchannel *ch) {
+        /* An "error" handler may let go of the app's last reference: then nothing more is done. */
+        _unused_ _cleanup_(ipchannel_unrefp) ipchannel *hold = ipchannel_ref(ch);
         const char *u = NULL;
         int r;
 
@@ -739,6 +745,8 @@ static void channel_discovery_done(ipchannel *ch) {
                                 channel_emit_error(ch, r, "Cannot listen to broadcasts of \"%s\": %s",
                                                    ev->name, g_strerror(-r));
                 }
+        if (ch->n_ref == 1)
+                return;
 
         if (ch->reclaim_id != 0)
                 ch->claim_id = ch->reclaim_id;  /* reconnecting: take our id back */
