@@ -268,6 +268,12 @@ static void slot_unref_notify(void *slot) {
         sd_bus_slot_unref(slot);
 }
 
+/* Whether a send failed because the bus is going (sd-bus: -ENOTCONN once it knows, else the
+ * write's -ECONNRESET): what it carried waits for the reconnect. */
+static bool send_error_is_disconnect(int r) {
+        return r == -ENOTCONN || r == -ECONNRESET;
+}
+
 static bool channel_usable(ipchannel *ch) {
         return ch && ch->n_ref > 0;
 }
@@ -468,7 +474,7 @@ static void channel_flush(ipchannel *ch) {
                 }
 
                 r = channel_send_now(ch, p->to, p->event, p->data, false);
-                if (r == -ENOTCONN || r == -ECONNRESET)
+                if (send_error_is_disconnect(r))
                         return;         /* the bus is going: keep it for the reconnect */
 
                 ch->queue = p->next;
@@ -1190,7 +1196,7 @@ static int channel_flush_batch(ipchannel *ch) {
         r = channel_send_message(ch, ch->batch_to, ch->batch_event, (GVariant *const *) ch->batch->pdata,
                                  ch->batch->len);
         /* The bus is going: the batch stays, and channel_lost() puts it ahead of the queue. */
-        if (r == -ENOTCONN || r == -ECONNRESET)
+        if (send_error_is_disconnect(r))
                 return r;
         g_ptr_array_set_size(ch->batch, 0);
         ch->batch_bytes = 0;
@@ -1210,7 +1216,7 @@ static void channel_flush_batch_deferred(ipchannel *ch) {
 
         ch->sent_alone = false;
 
-        if (r < 0 && r != -ENOTCONN && r != -ECONNRESET)
+        if (r < 0 && !send_error_is_disconnect(r))
                 channel_emit_error(ch, r, "Messages could not be sent: %s", g_strerror(-r));
 }
 
@@ -1342,7 +1348,7 @@ int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *da
         ch->batch_bytes += g_variant_get_size(data);
         if (ch->batch->len >= BATCH_MAX || ch->batch_bytes >= BATCH_BYTES_MAX) {
                 r = channel_flush_batch(ch);
-                if (r == -ENOTCONN || r == -ECONNRESET)
+                if (send_error_is_disconnect(r))
                         return 0;       /* it is in the batch kept for the reconnect */
                 return r;
         }
@@ -1375,7 +1381,7 @@ static int channel_send(ipchannel *ch, uint32_t to, const char *event, GVariant 
 
         if (ch->state == STATE_CONNECTED && !ch->queue) {
                 r = channel_send_now(ch, to, event, data, built);
-                if (r != -ENOTCONN && r != -ECONNRESET)
+                if (!send_error_is_disconnect(r))
                         return r;
                 /* The bus is going: this send waits for the reconnect, behind the batch. */
         }

@@ -364,21 +364,15 @@ static int append_value(sd_bus_message *m, GVariant *value, unsigned depth) {
         }
 }
 
+/* The carrying variant, at depth 1: checked (its own type) or not. */
 static int append_top(sd_bus_message *m, GVariant *value, bool checked, bool built) {
-        int r;
-
         if (!m || !value)
                 return -EINVAL;
 
         /* Like GLib's own constructors, take over a floating reference rather than leak it. */
         g_autoptr(GVariant) owned = g_variant_ref_sink(value);
 
-        if (!checked) {
-                r = check_variant_contents(g_variant_get_type(owned), 1, NULL);
-                if (r < 0)
-                        return r;
-        }
-        return append_checked_variant(m, owned, 1, built);
+        return checked ? append_checked_variant(m, owned, 1, built) : append_variant(m, owned, 1);
 }
 
 int payload_append_variant(sd_bus_message *m, GVariant *value) {
