@@ -23,9 +23,6 @@
  * cannot be used (no fd passing, fds in the payload). */
 #define APPEND_SERIALISED_MAX (128u * 1024)
 
-/* The largest alignment a GVariant type needs. */
-#define ARRAY_ALIGN_MAX 8
-
 /* x rounded up to a multiple of a, a power of 2. */
 #define ALIGN_TO(x, a) (((x) + (a) - 1) & ~((size_t) (a) - 1))
 
@@ -1416,9 +1413,9 @@ bool payload_packs_faithfully(GVariant *value) {
 }
 
 int payload_append_packed(sd_bus_message *m, GVariant *const *values, size_t n) {
-        const char *element;
+        const char *element, *t;
         g_autoptr(GVariant) array = pack_array(values, n, &element);
-        size_t size = g_variant_get_size(array);
+        size_t size = g_variant_get_size(array), align, fixed;
         void *p = NULL;
         int r;
 
@@ -1431,10 +1428,13 @@ int payload_append_packed(sd_bus_message *m, GVariant *const *values, size_t n) 
         if (size == 0)
                 return 0;
         /* GLib serializes the array straight into the message, with no buffer in between, when
-         * the bytes there are aligned as the array's type needs (up to 8; GLib aborts
-         * otherwise): an "ay"'s bytes are only 4-aligned, 8-aligned or not depending on the
-         * length of the event name and element type before them. Else they are copied. */
-        if (((uintptr_t) p & (ARRAY_ALIGN_MAX - 1)) == 0)
+         * the bytes there are aligned as the array's type needs (as its element: up to 8; GLib
+         * aborts otherwise). An "ay"'s bytes are only sure to be 4-aligned: whether they are
+         * 8-aligned depends on the length of the event name and element type before them.
+         * Else they are copied. */
+        t = element;
+        type_layout(&t, &align, &fixed);
+        if (((uintptr_t) p & (align - 1)) == 0)
                 g_variant_store(array, p);
         else
                 memcpy(p, g_variant_get_data(array), size);
