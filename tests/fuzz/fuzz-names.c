@@ -7,8 +7,9 @@
  * build names and match rules from. The input is split at NUL bytes into prefix, app, name and
  * event. Beyond "no crash", it checks the promises names.h makes:
  *   - names_parse_peer() returns an id only for exactly what names_peer() writes for it;
- *   - a valid event name is non-empty UTF-8 of at most IPCHANNEL_EVENT_NAME_MAX bytes, and a
- *     lock name follows the same rule;
+ *   - a valid event name is non-empty UTF-8 of at most IPCHANNEL_EVENT_NAME_MAX bytes with no
+ *     Unicode noncharacter (sd-bus refuses those in a message), and a lock name follows the
+ *     same rule;
  *   - names_broadcast_match() refuses every event that could break out of its quotes.
  */
 
@@ -43,10 +44,23 @@ static char *next_field(const uint8_t **data, size_t *size) {
         return s;
 }
 
+/* Whether the valid UTF-8 string s holds a noncharacter: U+FDD0..U+FDEF, or the last two code
+ * points of any plane. Written apart from names.c's scan, which skips bytes below 0xEF. */
+static bool holds_noncharacter(const char *s) {
+        for (; *s; s = g_utf8_next_char(s)) {
+                gunichar c = g_utf8_get_char(s);
+
+                if ((c >= 0xFDD0 && c <= 0xFDEF) || (c & 0xFFFF) == 0xFFFE || (c & 0xFFFF) == 0xFFFF)
+                        return true;
+        }
+        return false;
+}
+
 static void check_event_rules(const char *event) {
         const char *reason = NULL;
         size_t n = strlen(event);
-        bool valid = n > 0 && n <= IPCHANNEL_EVENT_NAME_MAX && g_utf8_validate(event, -1, NULL);
+        bool valid = n > 0 && n <= IPCHANNEL_EVENT_NAME_MAX && g_utf8_validate(event, -1, NULL) &&
+                     !holds_noncharacter(event);
         g_autofree char *match = NULL;
 
         check((names_check_event(event, &reason) == 0) == valid);
