@@ -135,6 +135,11 @@ struct ipchannel {
         sd_event_source *batch_defer;
         GSource *batch_glib;
         bool sent_alone;                /* GLib: a send of this loop iteration went out unbatched */
+        /* Sends of batches that could not be sent (not for a disconnect: those wait for the
+         * reconnect) and the error of the last: reported on "error" by the deferred flush, not
+         * from inside the ipchannel_send() whose send flushed them. */
+        size_t batch_lost;
+        int batch_lost_error;
         uint64_t alone_iteration;       /* sd-event: the same, as that iteration's number + 1 */
         char *dest;                     /* the bus name of peer dest_id */
         uint32_t dest_id;
@@ -1198,6 +1203,10 @@ static int channel_flush_batch(ipchannel *ch) {
         /* The bus is going: the batch stays, and channel_lost() puts it ahead of the queue. */
         if (send_error_is_disconnect(r))
                 return r;
+        if (r < 0) {
+                ch->batch_lost += ch->batch->len;
+                ch->batch_lost_error = r;
+        }
         g_ptr_array_set_size(ch->batch, 0);
         ch->batch_bytes = 0;
         ch->batch_event = (free(ch->batch_event), NULL);
@@ -1212,12 +1221,17 @@ void channel_flush_sends(ipchannel *ch) {
 }
 
 static void channel_flush_batch_deferred(ipchannel *ch) {
-        int r = channel_flush_batch(ch);
+        size_t lost;
 
+        (void) channel_flush_batch(ch);
         ch->sent_alone = false;
 
-        if (r < 0 && !send_error_is_disconnect(r))
-                channel_emit_error(ch, r, "Messages could not be sent: %s", g_strerror(-r));
+        lost = ch->batch_lost;
+        if (lost > 0) {
+                ch->batch_lost = 0;
+                channel_emit_error(ch, ch->batch_lost_error, "%zu batched message%s could not be sent: %s",
+                                   lost, lost == 1 ? "" : "s", g_strerror(-ch->batch_lost_error));
+        }
 }
 
 static int on_batch_defer(sd_event_source *s, void *userdata) {
@@ -1317,9 +1331,11 @@ int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *da
          * batch. */
         memfd = channel_wants_memfd(ch, data);
         batchable = data && !memfd && channel_in_dispatch(ch) && !payload_has_handles(data);
+        /* A batch that fails for another reason than a disconnect is the deferred flush's to
+         * report, which is armed while there is a batch: not this send's failure. */
         if (ch->batch->len > 0 && (!batchable || to != ch->batch_to || strcmp(event, ch->batch_event) != 0)) {
                 r = channel_flush_batch(ch);
-                if (r < 0)
+                if (send_error_is_disconnect(r))
                         return r;
         }
         if (!batchable)
@@ -1346,12 +1362,10 @@ int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *da
         }
         g_ptr_array_add(ch->batch, g_variant_ref(data));
         ch->batch_bytes += g_variant_get_size(data);
-        if (ch->batch->len >= BATCH_MAX || ch->batch_bytes >= BATCH_BYTES_MAX) {
-                r = channel_flush_batch(ch);
-                if (send_error_is_disconnect(r))
-                        return 0;       /* it is in the batch kept for the reconnect */
-                return r;
-        }
+        /* This send is in the batch: kept for the reconnect if the bus is going, reported on
+         * "error" with the rest if it fails otherwise. */
+        if (ch->batch->len >= BATCH_MAX || ch->batch_bytes >= BATCH_BYTES_MAX)
+                (void) channel_flush_batch(ch);
         return 0;
 }
 
