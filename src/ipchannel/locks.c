@@ -7,7 +7,8 @@
 #include "names.h"
 #include "tool.h"
 
-/* The lock service answers ListLocks with the holders' and waiters' unique bus names. These
+/* The lock service answers ListLocksEx (ListLocks, without the parked flag, before it had that)
+ * with the holders' and waiters' unique bus names. These
  * are the connections of the lock agents (a library thread with a connection of its own in
  * each process), not the peers' connections, so a holder's peer id cannot be told from the
  * bus: the listing shows each connection's pid instead. */
@@ -22,14 +23,20 @@ static void help(void) {
                "Lists the app's cluster-wide locks (those held or waited for), sorted by name,\n"
                "as the app's lock service (org.ipchannel.NAME.Locks) knows them: the holder's\n"
                "unique bus name and pid, the fencing token of the current grant, the lease\n"
-               "left (\"none\": the grant has no lease) and the waiters in the order they will\n"
-               "get the lock. Holders and waiters are the connections of the processes' lock\n"
-               "agents, so they are shown by pid, not by peer id. With LOCK..., only those.\n"
+               "left and the waiters in the order they will get the lock. Holders and waiters\n"
+               "are the connections of the processes' lock agents, so they are shown by pid,\n"
+               "not by peer id. With LOCK..., only those.\n"
+               "\n"
+               "LEASE is the time the holder has left, \"none\" when its grant has no lease, or\n"
+               "\"parked\" when no critical section runs: the holder's process keeps the grant\n"
+               "cached since its last one, to take it again without asking, and gives it up\n"
+               "when another process asks (\"parked:T\" once one has: T is the time it has).\n"
                "\n"
                "Options:\n"
                "      --json        one JSON object per lock and line: {\"lock\", \"holder\",\n"
                "                    \"holder_pid\", \"token\", \"lease_left_usec\" (null: no\n"
-               "                    lease), \"waiters\": [{\"name\", \"pid\"}...]}\n"
+               "                    lease), \"parked\" (true, false; null: the service does\n"
+               "                    not say), \"waiters\": [{\"name\", \"pid\"}...]}\n"
                "      --no-legend   no header line and no count at the end\n"
                "  -a, --app NAME    the app (default: $IPCHANNEL_APP)\n"
                "      --user        use the user bus\n"
@@ -91,6 +98,7 @@ typedef struct lock_row {
         uint32_t holder_pid;
         uint64_t token;
         uint64_t lease_left;    /* UINT64_MAX: no lease */
+        int parked;             /* 1 / 0; -1: not known (ListLocks) */
         char **waiters;
         uint32_t *waiter_pids;
         size_t n_waiters;
@@ -119,23 +127,27 @@ static bool lock_wanted(const char *lock) {
         return false;
 }
 
-static int read_locks(sd_bus *bus, sd_bus_message *reply, lock_row **ret, size_t *ret_n) {
+/* ex: the answer to ListLocksEx, a(ssttbas); else to ListLocks, a(ssttas). */
+static int read_locks(sd_bus *bus, sd_bus_message *reply, bool ex, lock_row **ret, size_t *ret_n) {
         lock_row *rows = NULL;
         size_t n = 0;
         int r;
 
-        r = sd_bus_message_enter_container(reply, 'a', "(ssttas)");
+        r = sd_bus_message_enter_container(reply, 'a', ex ? "(ssttbas)" : "(ssttas)");
         if (r < 0)
                 return r;
         for (;;) {
                 const char *lock, *holder, *waiter;
                 uint64_t token, lease;
+                int parked = -1;
                 g_autoptr(GPtrArray) waiters = g_ptr_array_new_with_free_func(g_free);
 
-                r = sd_bus_message_enter_container(reply, 'r', "ssttas");
+                r = sd_bus_message_enter_container(reply, 'r', ex ? "ssttbas" : "ssttas");
                 if (r <= 0)
                         break;
                 r = sd_bus_message_read(reply, "sstt", &lock, &holder, &token, &lease);
+                if (r >= 0 && ex)
+                        r = sd_bus_message_read_basic(reply, 'b', &parked);
                 if (r < 0)
                         break;
                 r = sd_bus_message_enter_container(reply, 'a', "s");
@@ -165,6 +177,7 @@ static int read_locks(sd_bus *bus, sd_bus_message *reply, lock_row **ret, size_t
                         .holder_pid = tool_name_pid(bus, holder),
                         .token = token,
                         .lease_left = lease,
+                        .parked = parked,
                         .n_waiters = waiters->len,
                         .waiter_pids = calloc(waiters->len ?: 1, sizeof(uint32_t)),
                 };
@@ -185,10 +198,13 @@ static int read_locks(sd_bus *bus, sd_bus_message *reply, lock_row **ret, size_t
         return 0;
 }
 
-static char *format_lease(uint64_t usec) {
+static char *format_lease(const lock_row *row) {
+        uint64_t usec = row->lease_left;
+
         if (usec == UINT64_MAX)
-                return g_strdup("none");
-        return g_strdup_printf("%" PRIu64 ".%03" PRIu64 "s", usec / 1000000, usec % 1000000 / 1000);
+                return g_strdup(row->parked > 0 ? "parked" : "none");
+        return g_strdup_printf("%s%" PRIu64 ".%03" PRIu64 "s", row->parked > 0 ? "parked:" : "",
+                               usec / 1000000, usec % 1000000 / 1000);
 }
 
 static char *format_waiters(const lock_row *row) {
@@ -216,7 +232,7 @@ static void print_table(const lock_row *rows, size_t n) {
                 return;
         }
         for (size_t i = 0; i < n; i++) {
-                g_autofree char *lease = format_lease(rows[i].lease_left);
+                g_autofree char *lease = format_lease(&rows[i]);
 
                 w_lock = MAX(w_lock, (int) strlen(rows[i].lock));
                 w_holder = MAX(w_holder, (int) strlen(rows[i].holder));
@@ -228,7 +244,7 @@ static void print_table(const lock_row *rows, size_t n) {
                 printf("%-*s %-*s %*s %*s %*s %s\n", w_lock, "LOCK", w_holder, "HOLDER", w_pid, "PID",
                        w_token, "TOKEN", w_lease, "LEASE", "WAITERS");
         for (size_t i = 0; i < n; i++) {
-                g_autofree char *lease = format_lease(rows[i].lease_left);
+                g_autofree char *lease = format_lease(&rows[i]);
                 g_autofree char *waiters = format_waiters(&rows[i]);
                 char pid[16], token[32];
                 bool held = rows[i].holder[0] != '\0';
@@ -262,9 +278,11 @@ static void print_json(const lock_row *rows, size_t n) {
                         else
                                 g_string_append_printf(out, ",\"lease_left_usec\":%" PRIu64,
                                                        rows[i].lease_left);
+                        g_string_append_printf(out, ",\"parked\":%s",
+                                               rows[i].parked < 0 ? "null" : rows[i].parked ? "true" : "false");
                 } else
                         g_string_append(out, ",\"holder\":null,\"holder_pid\":null,\"token\":null,"
-                                             "\"lease_left_usec\":null");
+                                             "\"lease_left_usec\":null,\"parked\":null");
                 g_string_append(out, ",\"waiters\":[");
                 for (size_t w = 0; w < rows[i].n_waiters; w++) {
                         g_string_append(out, w > 0 ? ",{\"name\":" : "{\"name\":");
@@ -287,6 +305,7 @@ int verb_locks(int argc, char *argv[]) {
         lock_row *rows = NULL;
         size_t n = 0;
         int r, recovering = 0, code = EXIT_SUCCESS;
+        bool ex = true;
 
         r = parse_argv(argc, argv);
         if (r <= 0)
@@ -299,7 +318,14 @@ int verb_locks(int argc, char *argv[]) {
         if (tool_open_bus(&bus) < 0)
                 return EXIT_BUS;
 
-        r = sd_bus_call_method(bus, name, path, IPCHANNEL_LOCK_INTERFACE, "ListLocks", &error, &reply, NULL);
+        r = sd_bus_call_method(bus, name, path, IPCHANNEL_LOCK_INTERFACE, "ListLocksEx", &error, &reply, NULL);
+        if (r < 0 && sd_bus_error_has_name(&error, SD_BUS_ERROR_UNKNOWN_METHOD)) {
+                /* A lock service from before ListLocksEx. */
+                ex = false;
+                sd_bus_error_free(&error);
+                r = sd_bus_call_method(bus, name, path, IPCHANNEL_LOCK_INTERFACE, "ListLocks", &error, &reply,
+                                       NULL);
+        }
         if (r < 0) {
                 if (sd_bus_error_has_names(&error, SD_BUS_ERROR_SERVICE_UNKNOWN,
                                            SD_BUS_ERROR_NAME_HAS_NO_OWNER))
@@ -311,7 +337,7 @@ int verb_locks(int argc, char *argv[]) {
                                  "cannot list the locks of app %s: %s", arg_app,
                                  error.message ?: strerror(-r));
         }
-        r = read_locks(bus, reply, &rows, &n);
+        r = read_locks(bus, reply, ex, &rows, &n);
         if (r < 0)
                 return tool_fail(EXIT_FAILURE, "cannot read the lock service's answer: %s", strerror(-r));
 

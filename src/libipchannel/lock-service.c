@@ -29,7 +29,7 @@
  * Reassert): a connection outside it would be unknown to the next host, which could then grant
  * its lock to someone else. ipchannel's lock agents and ipchannel-lockd queue before they ask;
  * anyone else gets org.ipchannel.Error.NotQueued. Every call that changes state waits for that
- * check (which keeps each caller's calls in order); ListLocks is open to all.
+ * check (which keeps each caller's calls in order); ListLocks and ListLocksEx are open to all.
  *
  * Cached grants (AcquireCached, used by ipchannel's lock agents): the holder may keep a grant
  * after its local release ("parked") and take it again without asking. The service keeps, per
@@ -769,10 +769,10 @@ static int method_reassert_cached(sd_bus_message *m, void *userdata, sd_bus_erro
         return service_reassert(s, m, true, error);
 }
 
-static int method_list_locks(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+/* ListLocks: a(ssttas); ListLocksEx (ex) adds whether the grant is parked: a(ssttbas). */
+static int list_locks(sd_bus_message *m, lock_service *s, bool ex) {
         _cleanup_(sd_bus_message_unrefp) sd_bus_message *reply = NULL;
         _cleanup_(freep) lockqueue_lock_info *infos = NULL;
-        lock_service *s = userdata;
         uint64_t now = clock_usec(CLOCK_MONOTONIC);
         size_t n = 0;
         int r;
@@ -784,17 +784,20 @@ static int method_list_locks(sd_bus_message *m, void *userdata, sd_bus_error *er
         r = sd_bus_message_new_method_return(m, &reply);
         if (r < 0)
                 return r;
-        r = sd_bus_message_open_container(reply, 'a', "(ssttas)");
+        r = sd_bus_message_open_container(reply, 'a', ex ? "(ssttbas)" : "(ssttas)");
         for (size_t i = 0; i < n && r >= 0; i++) {
                 const lockqueue_lock_info *x = &infos[i];
                 uint64_t left = x->deadline == LOCKQUEUE_NO_DEADLINE ? UINT64_MAX
                                 : x->deadline > now                  ? x->deadline - now
                                                                      : 0;
+                cached_grant *c = x->holder ? service_cached_get(s, x->name, x->holder, x->token) : NULL;
 
-                r = sd_bus_message_open_container(reply, 'r', "ssttas");
+                r = sd_bus_message_open_container(reply, 'r', ex ? "ssttbas" : "ssttas");
                 if (r >= 0)
                         r = sd_bus_message_append(reply, "sstt", x->name, x->holder ?: "", x->token,
                                                   x->holder ? left : 0);
+                if (r >= 0 && ex)
+                        r = sd_bus_message_append(reply, "b", c && c->parked);
                 if (r >= 0)
                         r = sd_bus_message_append_strv(reply, (char **) x->waiters);
                 if (r >= 0)
@@ -805,6 +808,14 @@ static int method_list_locks(sd_bus_message *m, void *userdata, sd_bus_error *er
         if (r < 0)
                 return r;
         return sd_bus_send(NULL, reply, NULL);
+}
+
+static int method_list_locks(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return list_locks(m, userdata, false);
+}
+
+static int method_list_locks_ex(sd_bus_message *m, void *userdata, sd_bus_error *error) {
+        return list_locks(m, userdata, true);
 }
 
 static int property_get_grants(sd_bus *bus, const char *path, const char *interface,
@@ -845,6 +856,8 @@ static const sd_bus_vtable lock_vtable[] = {
                                 method_reassert_cached, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_METHOD_WITH_ARGS("ListLocks", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(ssttas)", locks),
                                 method_list_locks, SD_BUS_VTABLE_UNPRIVILEGED),
+        SD_BUS_METHOD_WITH_ARGS("ListLocksEx", SD_BUS_NO_ARGS, SD_BUS_RESULT("a(ssttbas)", locks),
+                                method_list_locks_ex, SD_BUS_VTABLE_UNPRIVILEGED),
         SD_BUS_SIGNAL_WITH_ARGS("LeaseExpired", SD_BUS_ARGS("s", lock, "t", token), 0),
         SD_BUS_SIGNAL_WITH_ARGS("ReleaseRequested", SD_BUS_ARGS("s", lock, "t", token), 0),
         SD_BUS_PROPERTY("Recovering", "b", property_get_recovering, 0,

@@ -64,6 +64,7 @@ if rows:
           "the lease left is shown (30 s lease)", r)
     check(r["waiters"][0]["pid"] == waiter.pid and r["waiters"][0]["name"].startswith(":"),
           "the waiter is shown with its pid", r)
+    check(r["parked"] is False, "a grant whose critical section runs is not parked", r)
 code, out, err = tool.run("locks")
 lines = out.splitlines()
 check(code == 0 and lines[0].split() == ["LOCK", "HOLDER", "PID", "TOKEN", "LEASE", "WAITERS"]
@@ -77,6 +78,24 @@ check(code == 0 and len(out.splitlines()) == 1 and out.startswith("counter "), "
 code, out, err = tool.run("locks", "nosuch")
 check(code == 3 and 'lock "nosuch" of app lockstest is neither held nor waited for' in err,
       "locks of a lock nobody holds: exit 3", (code, err))
+
+# A locker that has done its one section keeps its grant parked (cached, to take it again without
+# asking) while it lingers: listed as parked, with no lease, not as a holder inside its section.
+parker = subprocess.Popen(wrapped([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/parked", "--lock", "P",
+                                   "--count", "1", "--linger"]),
+                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+lockers.append(parker)
+check(expect(parker, "done 1 0") is not None, "a lingering locker did its one section on lock P")
+# (Park is a one-way call: the service may see it a moment after "done".)
+rows = wait_until(lambda: [r for r in locks_json("P")[1] if r["parked"]], timeout=10)
+check(len(rows) == 1 and rows[0]["holder_pid"] == parker.pid and rows[0]["lease_left_usec"] is None
+      and rows[0]["waiters"] == [], "locks --json shows P parked by the lingering locker, with no lease", rows)
+code, out, err = tool.run("locks", "--no-legend", "P")
+row = out.split()
+check(code == 0 and len(row) == 6 and row[0] == "P" and row[2] == str(parker.pid) and row[4] == "parked"
+      and row[5] == "-", "the table shows LEASE \"parked\" for it", out)
+parker.stdin.close()
+check(parker.wait(timeout=scaled(10)) == 0, "the lingering locker ends when its stdin closes")
 
 # 3. run while another holds the lock: --timeout gives up with exit 4, and takes no lock.
 start = time.monotonic()

@@ -17,10 +17,10 @@
  *
  * The input is a program of calls from five connections (four in the service name's queue, one
  * outside it): Acquire, TryAcquire, Release, Cancel, Reassert and ListLocks, and the cached-grant
- * calls AcquireCached, Park, Resume and ReassertCached, with lock names, leases and tokens from
- * the input, calls with a wrong signature, and disconnects. Tokens are the ones the service
- * handed out, or nearby stale ones. An op byte: bits 0-2 the call, bit 3 the cached-grant set,
- * bits 4-7 the caller.
+ * calls AcquireCached, Park, Resume, ReassertCached and ListLocksEx, with lock names, leases and
+ * tokens from the input, calls with a wrong signature, and disconnects. Tokens are the ones the
+ * service handed out, or nearby stale ones. An op byte: bits 0-2 the call, bit 3 the cached-grant
+ * set, bits 4-7 the caller.
  *
  * Checked beyond "no crash, no leak": every call gets exactly one reply (a method return or
  * error) by the time the service is freed, so no accepted call is lost or answered twice; a
@@ -349,6 +349,9 @@ static void run_op(broker *b, input *in) {
                                             : sd_bus_message_append(m, "as", 1, "a");
                         goto send;
                 }
+                case 5:
+                        r = new_call(b, "ListLocksEx", &m);
+                        goto send;
                 default:
                         break;  /* the other calls, as below */
                 }
