@@ -72,6 +72,9 @@ struct pending_send {
 
 struct ipchannel {
         unsigned n_ref;
+        /* How many of those references the library itself holds (channel_hold()) while it
+         * runs code that may call a handler: when they are all, the app has let go. */
+        unsigned n_holds;
         pid_t pid;
 
         char *app;
@@ -201,9 +204,9 @@ static pid_t self_pid(void) {
 static void emit_local(ipchannel *ch, uint32_t sender, const char *event, GVariant *data) {
         g_autoptr(GVariant) sunk = data ? g_variant_take_ref(data) : NULL;
 
-        ipchannel_ref(ch);
+        channel_hold(ch);
         listeners_dispatch(&ch->listeners, ch, sender, event, sunk);
-        ipchannel_unref(ch);
+        channel_release(ch);
 }
 
 void channel_emit_error(ipchannel *ch, int error, const char *fmt, ...) {
@@ -283,6 +286,30 @@ static bool channel_usable(ipchannel *ch) {
         return ch && ch->n_ref > 0;
 }
 
+/* Every entry point from the loop that may run a handler (sd-bus callbacks, timers, the lock
+ * client's dispatch, ipchannel_run()) holds the channel for as long as it uses it. A handler
+ * may let go of the app's last reference: then the channel stays until the last hold ends,
+ * and channel_let_go() tells the code holding it to do nothing more. */
+ipchannel *channel_hold(ipchannel *ch) {
+        ipchannel_ref(ch);
+        ch->n_holds++;
+        return ch;
+}
+
+void channel_release(ipchannel *ch) {
+        ch->n_holds--;
+        ipchannel_unref(ch);
+}
+
+bool channel_let_go(ipchannel *ch) {
+        return ch->n_ref == ch->n_holds;
+}
+
+static void channel_releasep(ipchannel **ch) {
+        if (*ch)
+                channel_release(*ch);
+}
+
 /* ---- timers on either loop -------------------------------------------------------------- */
 
 static void channel_reconnect_now(void *userdata) {
@@ -312,10 +339,10 @@ static void dispatch_payloads(ipchannel *ch, uint32_t sender, const char *event,
         }
         /* A handler may let go of the app's last reference: the rest of a batch is dropped
          * then, and the channel goes only after the loop. */
-        ipchannel_ref(ch);
-        for (guint i = 0; i < payloads->len && ch->n_ref > 1; i++)
+        channel_hold(ch);
+        for (guint i = 0; i < payloads->len && !channel_let_go(ch); i++)
                 emit_local(ch, sender, event, g_variant_ref(g_ptr_array_index(payloads, i)));
-        ipchannel_unref(ch);
+        channel_release(ch);
 }
 
 static message_limits channel_limits(ipchannel *ch) {
@@ -452,18 +479,18 @@ static void on_flush_timer(void *userdata) {
         ipchannel *ch = userdata;
 
         ch->flush_waited = true;
-        ipchannel_ref(ch);
+        channel_hold(ch);
         channel_flush(ch);
-        ipchannel_unref(ch);
+        channel_release(ch);
 }
 
 /* Sends what waited for the connection, in order. A message for a peer that is not (yet) on
  * the bus holds everything behind it, so no pair of peers sees its messages reordered, until
  * that peer appears or flush_wait_usec after connect; then it is reported as undeliverable. */
 static void channel_flush(ipchannel *ch) {
-        /* The caller holds a reference: an "error" handler may let go of the app's last one, and
-         * then nothing more is sent. */
-        while (ch->queue && ch->state == STATE_CONNECTED && ch->n_ref > 1) {
+        /* The caller holds the channel: an "error" handler may let go of the app's last
+         * reference, and then nothing more is sent. */
+        while (ch->queue && ch->state == STATE_CONNECTED && !channel_let_go(ch)) {
                 pending_send *p = ch->queue;
                 int r;
 
@@ -510,15 +537,15 @@ static void channel_become_connected(ipchannel *ch) {
                 channel_map_set(ch, ch->peer_id, ch->unique_name);
 
         ch->flush_waited = false;
-        ipchannel_ref(ch);
+        channel_hold(ch);
         channel_flush(ch);
 
-        if (ch->state == STATE_CONNECTED && ch->n_ref > 1) {
+        if (ch->state == STATE_CONNECTED && !channel_let_go(ch)) {
                 (void) sd_bus_emit_properties_changed(ch->bus, ch->path, IPCHANNEL_PEER_INTERFACE,
                                                       "PeerId", NULL);
                 emit_local(ch, 0, IPCHANNEL_EVENT_CONNECT, NULL);
         }
-        ipchannel_unref(ch);
+        channel_release(ch);
 }
 
 static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
@@ -548,27 +575,27 @@ static int on_name_owner_changed(sd_bus_message *m, void *userdata, sd_bus_error
                         ch->state = STATE_CLAIMING;
                         ch->peer_id = 0;
                         /* The "error" handler may let go of the app's last reference. */
-                        ipchannel_ref(ch);
+                        channel_hold(ch);
                         channel_emit_error(ch, -EADDRINUSE, "The bus took the name of peer %" PRIu32
                                            " away; claiming it again", id);
-                        if (ch->n_ref > 1)
+                        if (!channel_let_go(ch))
                                 (void) channel_claim(ch);
-                        ipchannel_unref(ch);
+                        channel_release(ch);
                         return 0;
                 }
         }
 
         if (ch->state == STATE_CONNECTED && id != ch->peer_id) {
-                ipchannel_ref(ch);
+                channel_hold(ch);
                 if (old_owner[0] != '\0')
                         emit_local(ch, id, IPCHANNEL_EVENT_PEER_LEAVE, NULL);
-                if (new_owner[0] != '\0' && ch->n_ref > 1) {
+                if (new_owner[0] != '\0' && !channel_let_go(ch)) {
                         if (ch->queue)
                                 channel_flush(ch);
-                        if (ch->n_ref > 1)
+                        if (!channel_let_go(ch))
                                 emit_local(ch, id, IPCHANNEL_EVENT_PEER_JOIN, NULL);
                 }
-                ipchannel_unref(ch);
+                channel_release(ch);
         }
         return 0;
 }
@@ -737,7 +764,7 @@ static void on_listeners_change(listener_event *ev, bool added, void *userdata) 
 
 static void channel_discovery_done(ipchannel *ch) {
         /* An "error" handler may let go of the app's last reference: then nothing more is done. */
-        _unused_ _cleanup_(ipchannel_unrefp) ipchannel *hold = ipchannel_ref(ch);
+        _unused_ _cleanup_(channel_releasep) ipchannel *hold = channel_hold(ch);
         const char *u = NULL;
         int r;
 
@@ -756,7 +783,7 @@ static void channel_discovery_done(ipchannel *ch) {
                                 channel_emit_error(ch, r, "Cannot listen to broadcasts of \"%s\": %s",
                                                    ev->name, g_strerror(-r));
                 }
-        if (ch->n_ref == 1)
+        if (channel_let_go(ch))
                 return;
 
         if (ch->reclaim_id != 0)
@@ -1038,13 +1065,13 @@ static void channel_lost(ipchannel *ch) {
         channel_teardown_bus(ch);
 
         /* An "error" handler may let go of the app's last reference. */
-        ipchannel_ref(ch);
+        channel_hold(ch);
         r = channel_reconnect_schedule(ch);
         if (r < 0)
                 channel_emit_error(ch, r, "Cannot schedule a reconnect: %s", g_strerror(-r));
-        if (was_connected && ch->n_ref > 1)
+        if (was_connected && !channel_let_go(ch))
                 emit_local(ch, 0, IPCHANNEL_EVENT_DISCONNECT, NULL);
-        ipchannel_unref(ch);
+        channel_release(ch);
 }
 
 /* ---- sending ---------------------------------------------------------------------------- */
@@ -1749,7 +1776,7 @@ _public_ int ipchannel_run(ipchannel *ch) {
         assert_channel(ch);
 
         /* A handler may let go of the app's last reference while the loop runs. */
-        ipchannel_ref(ch);
+        channel_hold(ch);
         if (ch->glib) {
                 if (!ch->glib_loop)
                         ch->glib_loop = g_main_loop_new(ch->glib, FALSE);
@@ -1760,7 +1787,7 @@ _public_ int ipchannel_run(ipchannel *ch) {
                 if (!ch->event) {
                         r = sd_event_default(&ch->event);
                         if (r < 0) {
-                                ipchannel_unref(ch);
+                                channel_release(ch);
                                 return r;
                         }
                 }
@@ -1768,7 +1795,7 @@ _public_ int ipchannel_run(ipchannel *ch) {
         }
         /* The loop will not run the deferred flush any more: send what handlers left. */
         channel_flush_sends(ch);
-        ipchannel_unref(ch);
+        channel_release(ch);
         return r;
 }
 

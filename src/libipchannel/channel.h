@@ -27,6 +27,12 @@ int channel_resolve_address(ipchannel *ch, const char **ret);
 /* A usable channel in the process that made it. */
 bool channel_check(ipchannel *ch);
 
+/* Held by the library while it runs code that may call a handler (see channel.c);
+ * channel_let_go(): every reference left is such a hold, the app has let go. */
+ipchannel *channel_hold(ipchannel *ch);
+void channel_release(ipchannel *ch);
+bool channel_let_go(ipchannel *ch);
+
 /* lock-client.c: starts the lock agent (idempotent); frees it with the channel. */
 int lock_client_start(ipchannel *ch);
 void lock_client_free(ipchannel *ch);

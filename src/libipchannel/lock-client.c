@@ -42,7 +42,7 @@ static void lock_client_dispatch(ipchannel *ch) {
         lock_client *c = *channel_lock_client(ch);
         g_autoptr(GPtrArray) changed = lock_agent_take_notifications(c->agent);
 
-        ipchannel_ref(ch);
+        channel_hold(ch);
         lock_agent_set_dispatching(c->agent, true);
         for (guint i = 0; changed && i < changed->len; i++) {
                 ipchannel_lock *l = g_ptr_array_index(changed, i);
@@ -77,7 +77,7 @@ static void lock_client_dispatch(ipchannel *ch) {
                 lock_unref(l);          /* the notification's reference */
         }
         lock_agent_set_dispatching(c->agent, false);
-        ipchannel_unref(ch);
+        channel_release(ch);
 }
 
 static int on_notify_event(sd_event_source *s, int fd, uint32_t revents, void *userdata) {

@@ -103,6 +103,9 @@ int message_read(sd_bus_message *m, message_shape shape, const message_limits *l
                 const void *packed = NULL;
                 const char *element;
                 size_t size = 0;
+                /* A batch is taken when each of its payloads would be taken alone; it may
+                 * hold as many payloads as a sender packs in one, whatever the limit. */
+                size_t payloads_max = MAX(limits->values_max, (size_t) PAYLOAD_BATCH_MAX);
 
                 r = sd_bus_message_read_basic(m, 'g', &element);
                 if (r > 0)
@@ -113,16 +116,12 @@ int message_read(sd_bus_message *m, message_shape shape, const message_limits *l
                  * connection (whose references are not atomic), alive. */
                 bytes = g_bytes_new(packed, size);
                 g_clear_pointer(&payloads, g_ptr_array_unref);
-                /* A batch is taken when each of its payloads would be taken alone; it may
-                 * hold as many payloads as a sender packs in one, whatever the limit. */
-                r = payload_unpack(bytes, element, MAX(limits->values_max, (size_t) PAYLOAD_BATCH_MAX),
-                                   limits->values_max, &payloads);
+                r = payload_unpack(bytes, element, payloads_max, limits->values_max, &payloads);
                 if (r == -ENOBUFS)
                         return fail(error, -ENOBUFS, SD_BUS_ERROR_LIMITS_EXCEEDED,
                                     "The batch holds more than %zu payloads, or one with more "
                                     "than %zu values in its variants.",
-                                    MAX(limits->values_max, (size_t) PAYLOAD_BATCH_MAX),
-                                    limits->values_max);
+                                    payloads_max, limits->values_max);
                 if (r < 0)
                         return fail(error, -EBADMSG, SD_BUS_ERROR_INVALID_ARGS,
                                     "The batch is not a packed array of payloads of type \"%s\".",
