@@ -82,7 +82,7 @@ check(code == 3 and 'lock "nosuch" of app lockstest is neither held nor waited f
 # A locker that has done its one section keeps its grant parked (cached, to take it again without
 # asking) while it lingers: listed as parked, with no lease, not as a holder inside its section.
 parker = subprocess.Popen(wrapped([TEST_LOCKER, "--app", APP, "--file", f"{tmp}/parked", "--lock", "P",
-                                   "--count", "1", "--linger"]),
+                                   "--count", "1", "--linger", "--lease-usec", "30000000"]),
                           stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
 lockers.append(parker)
 check(expect(parker, "done 1 0") is not None, "a lingering locker did its one section on lock P")
@@ -94,6 +94,21 @@ code, out, err = tool.run("locks", "--no-legend", "P")
 row = out.split()
 check(code == 0 and len(row) == 6 and row[0] == "P" and row[2] == str(parker.pid) and row[4] == "parked"
       and row[5] == "-", "the table shows LEASE \"parked\" for it", out)
+# Stopped, it cannot give P up when another locker asks: the service gives it its lease (30 s)
+# to answer, and the listing says so. Let go on, it gives P up.
+parker.send_signal(signal.SIGSTOP)
+asker = locker("--lock", "P", "--file", f"{tmp}/parked", "--count", "1")
+rows = wait_until(lambda: [r for r in locks_json("P")[1] if r["parked"] and len(r["waiters"]) == 1
+                           and r["lease_left_usec"] is not None], timeout=10)
+check(len(rows) == 1 and rows[0]["holder_pid"] == parker.pid and rows[0]["waiters"][0]["pid"] == asker.pid
+      and 0 < rows[0]["lease_left_usec"] <= 30000000,
+      "asked to give P up while stopped, the parked grant has its lease to answer", rows)
+code, out, err = tool.run("locks", "--no-legend", "P")
+row = out.split()
+check(code == 0 and len(row) >= 5 and row[4].startswith("parked:") and row[4].endswith("s"),
+      "the table shows LEASE \"parked:T\"", out)
+parker.send_signal(signal.SIGCONT)
+check(asker.wait(timeout=scaled(10)) == 0, "let go on, the lingering locker gives P up to the one that asked")
 parker.stdin.close()
 check(parker.wait(timeout=scaled(10)) == 0, "the lingering locker ends when its stdin closes")
 
