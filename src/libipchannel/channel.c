@@ -172,6 +172,7 @@ static void channel_lost(ipchannel *ch);
 static void channel_flush(ipchannel *ch);
 static int channel_flush_batch(ipchannel *ch);
 static void channel_requeue_batch(ipchannel *ch);
+static void channel_report_batch_lost(ipchannel *ch);
 
 /* ---- small helpers ---------------------------------------------------------------------- */
 
@@ -1064,9 +1065,11 @@ static void channel_lost(ipchannel *ch) {
         channel_requeue_batch(ch);
         channel_teardown_bus(ch);
 
-        /* An "error" handler may let go of the app's last reference. */
+        /* An "error" handler may let go of the app's last reference. A loss the deferred flush
+         * would have reported (it went with the bus) is reported here. */
         channel_hold(ch);
-        r = channel_reconnect_schedule(ch);
+        channel_report_batch_lost(ch);
+        r = channel_let_go(ch) ? 0 : channel_reconnect_schedule(ch);
         if (r < 0)
                 channel_emit_error(ch, r, "Cannot schedule a reconnect: %s", g_strerror(-r));
         if (was_connected && !channel_let_go(ch))
@@ -1247,18 +1250,22 @@ void channel_flush_sends(ipchannel *ch) {
                 channel_flush_batch_deferred(ch);
 }
 
-static void channel_flush_batch_deferred(ipchannel *ch) {
-        size_t lost;
+/* Reports the sends of batches that could not be sent, once. The "error" handler may let go of
+ * the app's last reference: callers use nothing of the channel after, or hold it. */
+static void channel_report_batch_lost(ipchannel *ch) {
+        size_t lost = ch->batch_lost;
 
+        if (lost == 0)
+                return;
+        ch->batch_lost = 0;
+        channel_emit_error(ch, ch->batch_lost_error, "%zu batched message%s could not be sent: %s", lost,
+                           lost == 1 ? "" : "s", g_strerror(-ch->batch_lost_error));
+}
+
+static void channel_flush_batch_deferred(ipchannel *ch) {
         (void) channel_flush_batch(ch);
         ch->sent_alone = false;
-
-        lost = ch->batch_lost;
-        if (lost > 0) {
-                ch->batch_lost = 0;
-                channel_emit_error(ch, ch->batch_lost_error, "%zu batched message%s could not be sent: %s",
-                                   lost, lost == 1 ? "" : "s", g_strerror(-ch->batch_lost_error));
-        }
+        channel_report_batch_lost(ch);
 }
 
 static int on_batch_defer(sd_event_source *s, void *userdata) {
@@ -1714,6 +1721,8 @@ _public_ int ipchannel_disconnect(ipchannel *ch) {
         ch->state = STATE_IDLE;
         ch->peer_id = 0;
         ch->reclaim_id = 0;
+        /* Last: the "error" handler may let go of the channel. */
+        channel_report_batch_lost(ch);
         return 1;
 }
 

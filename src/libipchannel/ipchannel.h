@@ -90,7 +90,8 @@ int  ipchannel_set_sync_timeout(ipchannel *ch, uint64_t usec); /* default 5 s; 0
  * before "connect" has fired). Release with ipchannel_lock_release(). 
  * Called from a thread other than the one that runs the channel's loop, it waits without
  * touching the loop. timeout_usec UINT64_MAX waits for ever. Errors: -ETIMEDOUT, -EBUSY
- * (called from a handler or callback of the channel's own loop), -EINVAL. */
+ * (called from a handler or callback of the channel's own loop), -ECANCELED (a handler run
+ * while it waited let go of the app's last reference to ch: the channel is gone), -EINVAL. */
 int  ipchannel_lock_acquire(ipchannel *ch, const char *lock, uint64_t timeout_usec,
                             ipchannel_lock **ret);
 

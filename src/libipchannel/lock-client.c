@@ -50,7 +50,9 @@ static void lock_client_dispatch(ipchannel *ch) {
                 int error;
                 lock_state s = lock_agent_get_state(c->agent, l, &token, &error);
 
-                if (l->async && s == LOCK_RELEASED && l->done_pending) {
+                if (channel_let_go(ch)) {
+                        /* A body or "done" callback let go of the channel: no more of them. */
+                } else if (l->async && s == LOCK_RELEASED && l->done_pending) {
                         l->done_pending = false;
                         lock_finish(ch, l, l->done_error);
                 } else if (l->async && !l->body_ran && l->body) {
@@ -277,10 +279,18 @@ _public_ int ipchannel_lock_acquire(ipchannel *ch, const char *lock, uint64_t ti
                 return r;
         }
 
+        /* On the loop's thread, a handler run by the loop below may let go of the app's last
+         * reference: the channel is held, and the wait given up then. (Another thread does not
+         * touch the channel's reference count; the app keeps it while it waits there.) */
+        if (loop_thread)
+                channel_hold(ch);
+
         deadline = timeout_usec == UINT64_MAX ? UINT64_MAX : clock_usec(CLOCK_MONOTONIC) + timeout_usec;
         for (;;) {
                 s = lock_agent_get_state(c->agent, l, &token, &error);
                 if (s != LOCK_NEW && s != LOCK_WAITING)
+                        break;
+                if (loop_thread && channel_let_go(ch))
                         break;
                 uint64_t now = clock_usec(CLOCK_MONOTONIC);
                 if (deadline != UINT64_MAX && now >= deadline)
@@ -301,10 +311,23 @@ _public_ int ipchannel_lock_acquire(ipchannel *ch, const char *lock, uint64_t ti
                         (void) sd_event_run(ipchannel_get_event(ch), MIN(wait, 1000000ULL));
         }
 
+        if (loop_thread && channel_let_go(ch)) {
+                /* Nobody is left to use the lock: give it up, and the channel goes. */
+                if (s == LOCK_NEW || s == LOCK_WAITING)
+                        lock_agent_cancel(c->agent, l);
+                else if (s == LOCK_HELD || s == LOCK_EXPIRED)
+                        lock_agent_release(c->agent, l);
+                lock_unref(l);
+                channel_release(ch);
+                return -ECANCELED;
+        }
+
         /* Handlers run by the loop above may have coalesced sends the loop would have sent
          * next time round; the caller may not run it again soon. */
-        if (loop_thread)
+        if (loop_thread) {
                 channel_flush_sends(ch);
+                channel_release(ch);    /* the app still has its reference */
+        }
 
         if (s == LOCK_HELD) {
                 *ret = l;

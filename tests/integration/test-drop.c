@@ -14,6 +14,9 @@
  *          flushes its queue, and the handler drops the channel there: exactly one error.
  *   run    A "connect" handler ends ipchannel_run() and drops the channel: ipchannel_run()
  *          must not touch it once its loop has returned.
+ *   acquire  ipchannel_lock_acquire() runs the loop while it waits, and a "connect" handler
+ *          drops the channel there: the wait ends with -ECANCELED, and nothing of the channel
+ *          is touched after.
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -167,16 +170,23 @@ static void on_connect_exit(ipchannel *ch, uint32_t id, const char *ev, GVariant
         sender = ipchannel_unref(sender);
 }
 
-static int scenario_run(void) {
-        int r;
+/* A sender of app that connects, and whose "connect" handler drops it. */
+static int connect_dropping_sender(const char *app) {
+        int r = ipchannel_new(&sender, app);
 
-        r = ipchannel_new(&sender, "droprun");
         if (r >= 0)
                 r = attach(sender);
         if (r >= 0)
                 r = ipchannel_on(sender, IPCHANNEL_EVENT_CONNECT, on_connect_exit, NULL, NULL);
         if (r >= 0)
                 r = ipchannel_connect(sender);
+        return r;
+}
+
+static int scenario_run(void) {
+        int r;
+
+        r = connect_dropping_sender("droprun");
         if (r >= 0)
                 r = stop_after(TIMEOUT_USEC);
         if (r >= 0)
@@ -184,6 +194,27 @@ static int scenario_run(void) {
         if (r >= 0 && (seen != 1 || sender)) {
                 fprintf(stderr, "test-drop: the connect handler ran %d times\n", seen);
                 r = -EBADMSG;
+        }
+        return r;
+}
+
+/* ---- acquire ------------------------------------------------------------------------------ */
+
+static int scenario_acquire(void) {
+        ipchannel_lock *lock = NULL;
+        int r;
+
+        r = connect_dropping_sender("dropacquire");
+        if (r >= 0) {
+                r = ipchannel_lock_acquire(sender, "L", TIMEOUT_USEC, &lock);
+                if (r != -ECANCELED || lock || seen != 1 || sender) {
+                        fprintf(stderr, "test-drop: acquire returned %s after %d connect handlers\n",
+                                g_strerror(-r), seen);
+                        if (lock)
+                                (void) ipchannel_lock_release(lock, 0);
+                        return -EBADMSG;
+                }
+                r = 0;
         }
         return r;
 }
@@ -203,6 +234,7 @@ int main(int argc, char *argv[]) {
                 r = strcmp(scenario, "batch") == 0   ? scenario_batch()
                     : strcmp(scenario, "error") == 0 ? scenario_error()
                     : strcmp(scenario, "run") == 0   ? scenario_run()
+                    : strcmp(scenario, "acquire") == 0 ? scenario_acquire()
                                                      : -EINVAL;
         if (r < 0)
                 fprintf(stderr, "test-drop %s: %s\n", scenario, g_strerror(-r));

@@ -1,20 +1,26 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * test-fault SCENARIO: the bus connection refuses one send with -ENOMEM at a chosen moment,
- * and the library must report what it could not send on "error", keep what it still can,
- * and go on. This program defines sd_bus_send() itself: the library's calls land here first
- * (an executable's symbols come before a shared library's), and pass on to libsystemd's
- * unless a fault is armed for the calling thread. Peers 1 (the sender), 2 and 3 are channels of this one process on
- * one sd-event loop, on the bus of $DBUS_SESSION_BUS_ADDRESS. Exit status 0 when the scenario
- * saw what it should.
+ * test-fault SCENARIO LOOP: the bus connection refuses one send with -ENOMEM at a chosen
+ * moment, and the library must report what it could not send on "error", once, keep what it
+ * still can, and go on. This program defines sd_bus_send() itself: the library's calls land
+ * here first (an executable's symbols come before a shared library's), and pass on to
+ * libsystemd's unless a fault is armed for the calling thread. Peers 1 (the sender), 2 and 3
+ * are channels of this one process on one loop (LOOP: sd-event or glib), on the bus of
+ * $DBUS_SESSION_BUS_ADDRESS. Exit status 0 when the scenario saw what it should.
  *
- *   ahead  From a handler, peer 1 sends peer 2 "a" (it goes at once), "b" and "c" (batched),
- *          then peer 3 "d", which sends the batch first; that send fails. The send of "d"
- *          succeeds and "d" arrives; "error" reports the 2 batched messages, once.
- *   full   From a handler, peer 1 sends peer 2 one message that goes at once, then as many as
- *          fill a batch; the send of the batch they fill fails. The send that filled it
- *          returns 0 (it was accepted into the batch), "error" reports the whole batch, once,
- *          and a send after it arrives.
+ *   ahead       From a handler, peer 1 sends peer 2 "a" (it goes at once), "b" and "c"
+ *               (batched), then peer 3 "d", which sends the batch first; that send fails.
+ *               The send of "d" succeeds and "d" arrives; "error" reports the 2 batched
+ *               messages.
+ *   full        From a handler, peer 1 sends peer 2 "first", which goes at once, then as many
+ *               as fill a batch; the send of the batch they fill fails. The send that filled
+ *               it returns 0 (it was accepted into the batch), "error" reports the whole
+ *               batch, and "after", sent next, arrives.
+ *   disconnect  From a handler, peer 1 sends peer 2 "a", "b" and "c", then disconnects; the
+ *               send of the batch, made by the disconnect, fails. "error" reports the 2
+ *               batched messages, before the disconnect returns.
+ *
+ * Waits are multiplied by $IPCHANNEL_TEST_TIMEOUT_FACTOR (valgrind).
  */
 #include <dlfcn.h>
 #include <errno.h>
@@ -26,7 +32,7 @@
 #include <ipchannel.h>
 
 #define BATCH 256                       /* payloads in a full batch (PAYLOAD_BATCH_MAX) */
-#define DONE_GRACE_USEC (300 * 1000)    /* after the last expected event: time for extras */
+#define GRACE_USEC (200 * 1000)         /* after all that is expected: time for extras */
 #define TIMEOUT_USEC (10 * 1000 * 1000)
 
 /* A negative errno: what the next sd_bus_send() of this thread returns. Per thread: the lock
@@ -47,11 +53,20 @@ int sd_bus_send(sd_bus *bus, sd_bus_message *m, uint64_t *cookie) {
         return real(bus, m, cookie);
 }
 
+typedef struct expected {
+        const char *peer2, *peer3;      /* what each receiver gets, space-separated */
+        size_t lost;                    /* the batched messages "error" reports */
+} expected;
+
 static const char *scenario;
+static expected want;
+static bool use_glib;
 static sd_event *event;
+static GMainContext *context;
+static GMainLoop *loop;
 static ipchannel *peer[4];              /* [1] sends, [2] and [3] receive */
-static bool joined[4];
-static GString *received[4];            /* the strings each receiver got, space-separated */
+static bool joined[4], stopping;
+static GString *received[4];
 static int n_errors, error_code;
 static char *error_text;
 static int failures;
@@ -66,16 +81,64 @@ static int failures;
                 }                                                              \
         } while (0)
 
+static uint64_t scaled(uint64_t usec) {
+        const char *f = getenv("IPCHANNEL_TEST_TIMEOUT_FACTOR");
+        double factor = f ? strtod(f, NULL) : 1.0;
+
+        return factor >= 1.0 ? (uint64_t) ((double) usec * factor) : usec;
+}
+
+static int on_event_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
+        return sd_event_exit(event, GPOINTER_TO_INT(userdata));
+}
+
+static gboolean on_glib_timeout(gpointer userdata) {
+        if (GPOINTER_TO_INT(userdata) < 0) {
+                fprintf(stderr, "test-fault %s: %s\n", scenario, g_strerror(-GPOINTER_TO_INT(userdata)));
+                failures++;
+        }
+        g_main_loop_quit(loop);
+        return G_SOURCE_REMOVE;
+}
+
+/* Ends the loop after usec, with exit code code (a timeout: negative). */
+static int stop_after(uint64_t usec, int code) {
+        if (!use_glib)
+                return sd_event_add_time_relative(event, NULL, CLOCK_MONOTONIC, usec, 0, on_event_timeout,
+                                                  GINT_TO_POINTER(code));
+        GSource *t = g_timeout_source_new((guint) (usec / 1000));
+        g_source_set_callback(t, on_glib_timeout, GINT_TO_POINTER(code), NULL);
+        g_source_attach(t, context);
+        g_source_unref(t);
+        return 0;
+}
+
+/* Once everything expected has come: a grace time for anything that should not, then stop. */
+static void maybe_done(void) {
+        if (stopping || strcmp(received[2]->str, want.peer2) != 0 || strcmp(received[3]->str, want.peer3) != 0 ||
+            n_errors < 1)
+                return;
+        stopping = true;
+        if (stop_after(scaled(GRACE_USEC), 0) < 0)
+                failures++;
+}
+
 static int send_to(uint32_t to, const char *s) {
         return ipchannel_send(peer[1], to, g_variant_new_string(s));
+}
+
+/* "a" goes at once, "b" and "c" wait in a batch. */
+static void send_abc(void) {
+        static const char *const words[] = { "a", "b", "c" };
+
+        for (size_t i = 0; i < G_N_ELEMENTS(words); i++)
+                expect(send_to(2, words[i]) == 0, "send of %s failed", words[i]);
 }
 
 static void scenario_ahead(void) {
         int r;
 
-        expect(send_to(2, "a") == 0, "send of a failed");
-        expect(send_to(2, "b") == 0, "send of b failed");
-        expect(send_to(2, "c") == 0, "send of c failed");
+        send_abc();
         fail_next = -ENOMEM;
         r = send_to(3, "d");
         expect(r == 0, "the send of d returned %s: the batch's failure is not its own", g_strerror(-r));
@@ -95,6 +158,17 @@ static void scenario_full(void) {
         expect(send_to(2, "after") == 0, "the send after the failed batch failed");
 }
 
+static void scenario_disconnect(void) {
+        int r;
+
+        send_abc();
+        fail_next = -ENOMEM;
+        r = ipchannel_disconnect(peer[1]);
+        expect(r == 1, "ipchannel_disconnect() returned %d", r);
+        expect(fail_next == 0, "the disconnect did not send the batch");
+        expect(n_errors == 1, "%d errors when the disconnect returned, not 1", n_errors);
+}
+
 static void on_join(ipchannel *ch, uint32_t id, const char *ev, GVariant *data, void *userdata) {
         if (id < 2 || id > 3 || joined[id])
                 return;
@@ -104,10 +178,11 @@ static void on_join(ipchannel *ch, uint32_t id, const char *ev, GVariant *data, 
         /* Inside a handler of the loop: sends after the first of this turn are batched. */
         if (strcmp(scenario, "ahead") == 0)
                 scenario_ahead();
-        else
+        else if (strcmp(scenario, "full") == 0)
                 scenario_full();
-        (void) sd_event_add_time_relative(event, NULL, CLOCK_MONOTONIC, DONE_GRACE_USEC, 0, NULL,
-                                          NULL);
+        else
+                scenario_disconnect();
+        maybe_done();
 }
 
 static void on_message(ipchannel *ch, uint32_t from, const char *ev, GVariant *data, void *userdata) {
@@ -116,6 +191,7 @@ static void on_message(ipchannel *ch, uint32_t from, const char *ev, GVariant *d
         if (got->len > 0)
                 g_string_append_c(got, ' ');
         g_string_append(got, g_variant_get_string(data, NULL));
+        maybe_done();
 }
 
 static void on_error(ipchannel *ch, uint32_t from, const char *ev, GVariant *data, void *userdata) {
@@ -125,6 +201,7 @@ static void on_error(ipchannel *ch, uint32_t from, const char *ev, GVariant *dat
         g_variant_get(data, "(i&s)", &error_code, &text);
         free(error_text);
         error_text = strdup(text);
+        maybe_done();
 }
 
 static void on_sender_connect(ipchannel *ch, uint32_t id, const char *ev, GVariant *data,
@@ -137,18 +214,23 @@ static void on_sender_connect(ipchannel *ch, uint32_t id, const char *ev, GVaria
 }
 
 static int setup(void) {
-        int r = sd_event_new(&event);
+        int r = 0;
 
+        if (use_glib) {
+                context = g_main_context_new();
+                loop = g_main_loop_new(context, FALSE);
+        } else
+                r = sd_event_new(&event);
         for (int i = 1; i <= 3 && r >= 0; i++) {
                 received[i] = g_string_new(NULL);
                 r = ipchannel_new(&peer[i], "fault");
                 if (r >= 0)
                         r = ipchannel_set_peer_id(peer[i], (uint32_t) i);
                 if (r >= 0)
-                        r = ipchannel_attach_event(peer[i], event, 0);
+                        r = use_glib ? ipchannel_attach_glib(peer[i], context)
+                                     : ipchannel_attach_event(peer[i], event, 0);
                 if (r >= 0 && i > 1)
-                        r = ipchannel_on(peer[i], IPCHANNEL_EVENT_MESSAGE, on_message, GINT_TO_POINTER(i),
-                                         NULL);
+                        r = ipchannel_on(peer[i], IPCHANNEL_EVENT_MESSAGE, on_message, GINT_TO_POINTER(i), NULL);
         }
         if (r >= 0)
                 r = ipchannel_on(peer[1], IPCHANNEL_EVENT_CONNECT, on_sender_connect, NULL, NULL);
@@ -159,48 +241,52 @@ static int setup(void) {
         return r;
 }
 
-/* The grace timer (no callback) ends the loop; a timeout does too, and then fails. */
 static int run(void) {
-        int r = sd_event_add_time_relative(event, NULL, CLOCK_MONOTONIC, TIMEOUT_USEC, 0, NULL,
-                                           GINT_TO_POINTER(-ETIMEDOUT));
+        int r = stop_after(scaled(TIMEOUT_USEC), -ETIMEDOUT);
 
         if (r >= 0)
                 r = ipchannel_connect(peer[1]);
-        if (r >= 0)
-                r = sd_event_loop(event);
-        return r;
+        if (r < 0)
+                return r;
+        if (use_glib) {
+                g_main_loop_run(loop);
+                return 0;
+        }
+        return sd_event_loop(event);
 }
 
 int main(int argc, char *argv[]) {
-        g_autofree char *full = NULL;
+        g_autofree char *lost = NULL;
         int r;
 
         scenario = argc > 1 ? argv[1] : "";
-        if (strcmp(scenario, "ahead") != 0 && strcmp(scenario, "full") != 0) {
-                fprintf(stderr, "usage: test-fault ahead|full\n");
+        use_glib = argc > 2 && strcmp(argv[2], "glib") == 0;
+        if (strcmp(scenario, "ahead") == 0)
+                want = (expected) { .peer2 = "a", .peer3 = "d", .lost = 2 };
+        else if (strcmp(scenario, "full") == 0)
+                want = (expected) { .peer2 = "first after", .peer3 = "", .lost = BATCH };
+        else if (strcmp(scenario, "disconnect") == 0)
+                want = (expected) { .peer2 = "a", .peer3 = "", .lost = 2 };
+        else {
+                fprintf(stderr, "usage: test-fault ahead|full|disconnect [sd-event|glib]\n");
                 return EXIT_FAILURE;
         }
+
         r = setup();
         if (r >= 0)
                 r = run();
         if (r < 0) {
                 fprintf(stderr, "test-fault %s: %s\n", scenario, g_strerror(-r));
                 failures++;
-        } else if (strcmp(scenario, "ahead") == 0) {
-                expect(strcmp(received[2]->str, "a") == 0, "peer 2 got \"%s\", not \"a\"", received[2]->str);
-                expect(strcmp(received[3]->str, "d") == 0, "peer 3 got \"%s\", not \"d\"", received[3]->str);
-                expect(n_errors == 1, "%d errors, not 1", n_errors);
-                expect(error_code == -ENOMEM, "the error's code is %d", error_code);
-                expect(error_text && strstr(error_text, "2 batched messages"), "the error says \"%s\"",
-                       error_text ?: "");
-        } else {
-                full = g_strdup_printf("%d batched messages", BATCH);
-                expect(strcmp(received[2]->str, "first after") == 0, "peer 2 got \"%s\", not \"first after\"",
-                       received[2]->str);
-                expect(n_errors == 1, "%d errors, not 1", n_errors);
-                expect(error_code == -ENOMEM, "the error's code is %d", error_code);
-                expect(error_text && strstr(error_text, full), "the error says \"%s\"", error_text ?: "");
         }
+        lost = g_strdup_printf("%zu batched messages could not be sent", want.lost);
+        expect(strcmp(received[2]->str, want.peer2) == 0, "peer 2 got \"%s\", not \"%s\"", received[2]->str,
+               want.peer2);
+        expect(strcmp(received[3]->str, want.peer3) == 0, "peer 3 got \"%s\", not \"%s\"", received[3]->str,
+               want.peer3);
+        expect(n_errors == 1, "%d errors, not 1", n_errors);
+        expect(error_code == -ENOMEM, "the error's code is %d", error_code);
+        expect(error_text && strstr(error_text, lost), "the error says \"%s\"", error_text ?: "");
 
         for (int i = 1; i <= 3; i++) {
                 ipchannel_unref(peer[i]);
@@ -208,6 +294,10 @@ int main(int argc, char *argv[]) {
                         g_string_free(received[i], TRUE);
         }
         free(error_text);
+        if (loop)
+                g_main_loop_unref(loop);
+        if (context)
+                g_main_context_unref(context);
         sd_event_unref(event);
         return failures ? EXIT_FAILURE : EXIT_SUCCESS;
 }
