@@ -72,7 +72,9 @@ ipchannel_slot *ipchannel_slot_unref(ipchannel_slot *slot);  /* removes the list
 int  ipchannel_send(ipchannel *ch, uint32_t to, GVariant *data);            /* event "message" */
 int  ipchannel_emit(ipchannel *ch, uint32_t to, const char *event, GVariant *data);
 /* data may be floating (sunk) or NULL (no arguments). Sends made at any time before
- * "connect" (also before ipchannel_connect()) are queued and flushed in order. */
+ * "connect" (also before ipchannel_connect()) are queued and flushed in order. Sends made from
+ * handlers of the loop, after the first send of that loop iteration, are coalesced and go out
+ * before the loop sleeps; a batch the bus connection then refuses is reported on "error". */
 
 /* synchronize: body runs while this process holds `lock` cluster-wide, in FIFO order;
  * it calls ipchannel_lock_release() when its (possibly asynchronous) work is done. */
