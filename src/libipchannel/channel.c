@@ -1065,14 +1065,16 @@ static void channel_lost(ipchannel *ch) {
         channel_requeue_batch(ch);
         channel_teardown_bus(ch);
 
-        /* An "error" handler may let go of the app's last reference. A loss the deferred flush
-         * would have reported (it went with the bus) is reported here. */
+        /* An "error" handler may let go of the app's last reference, or disconnect. A loss the
+         * deferred flush would have reported (it went with the bus) is reported here, once the
+         * reconnect is scheduled. */
         channel_hold(ch);
-        channel_report_batch_lost(ch);
-        r = channel_let_go(ch) ? 0 : channel_reconnect_schedule(ch);
+        r = channel_reconnect_schedule(ch);
         if (r < 0)
                 channel_emit_error(ch, r, "Cannot schedule a reconnect: %s", g_strerror(-r));
-        if (was_connected && !channel_let_go(ch))
+        if (!channel_let_go(ch))
+                channel_report_batch_lost(ch);
+        if (was_connected && ch->state == STATE_LOST && !channel_let_go(ch))
                 emit_local(ch, 0, IPCHANNEL_EVENT_DISCONNECT, NULL);
         channel_release(ch);
 }

@@ -311,6 +311,12 @@ _public_ int ipchannel_lock_acquire(ipchannel *ch, const char *lock, uint64_t ti
                         (void) sd_event_run(ipchannel_get_event(ch), MIN(wait, 1000000ULL));
         }
 
+        /* Handlers run by the loop above may have coalesced sends the loop would have sent
+         * next time round; the caller may not run it again soon. (Its "error" handler may let
+         * go of the channel too: before the check.) */
+        if (loop_thread)
+                channel_flush_sends(ch);
+
         if (loop_thread && channel_let_go(ch)) {
                 /* Nobody is left to use the lock: give it up, and the channel goes. */
                 if (s == LOCK_NEW || s == LOCK_WAITING)
@@ -322,12 +328,8 @@ _public_ int ipchannel_lock_acquire(ipchannel *ch, const char *lock, uint64_t ti
                 return -ECANCELED;
         }
 
-        /* Handlers run by the loop above may have coalesced sends the loop would have sent
-         * next time round; the caller may not run it again soon. */
-        if (loop_thread) {
-                channel_flush_sends(ch);
+        if (loop_thread)
                 channel_release(ch);    /* the app still has its reference */
-        }
 
         if (s == LOCK_HELD) {
                 *ret = l;

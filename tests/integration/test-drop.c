@@ -14,9 +14,9 @@
  *          flushes its queue, and the handler drops the channel there: exactly one error.
  *   run    A "connect" handler ends ipchannel_run() and drops the channel: ipchannel_run()
  *          must not touch it once its loop has returned.
- *   acquire  ipchannel_lock_acquire() runs the loop while it waits, and a "connect" handler
- *          drops the channel there: the wait ends with -ECANCELED, and nothing of the channel
- *          is touched after.
+ *   acquire  ipchannel_lock_acquire() runs the loop while it waits for a lock another channel
+ *          holds, and a "connect" handler drops the channel there: the wait ends with
+ *          -ECANCELED, and nothing of the channel is touched after.
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -201,10 +201,17 @@ static int scenario_run(void) {
 /* ---- acquire ------------------------------------------------------------------------------ */
 
 static int scenario_acquire(void) {
-        ipchannel_lock *lock = NULL;
+        ipchannel_lock *held = NULL, *lock = NULL;
         int r;
 
-        r = connect_dropping_sender("dropacquire");
+        /* Held by another channel all along, so that the wait lasts past "connect". */
+        r = ipchannel_new(&receiver, "dropacquire");
+        if (r >= 0)
+                r = attach(receiver);
+        if (r >= 0)
+                r = ipchannel_lock_acquire(receiver, "L", TIMEOUT_USEC, &held);
+        if (r >= 0)
+                r = connect_dropping_sender("dropacquire");
         if (r >= 0) {
                 r = ipchannel_lock_acquire(sender, "L", TIMEOUT_USEC, &lock);
                 if (r != -ECANCELED || lock || seen != 1 || sender) {
@@ -212,10 +219,12 @@ static int scenario_acquire(void) {
                                 g_strerror(-r), seen);
                         if (lock)
                                 (void) ipchannel_lock_release(lock, 0);
-                        return -EBADMSG;
-                }
-                r = 0;
+                        r = -EBADMSG;
+                } else
+                        r = 0;
         }
+        if (held)
+                (void) ipchannel_lock_release(held, 0);
         return r;
 }
 
