@@ -25,10 +25,16 @@ struct lock_client {
         sd_event_source *event_source;
         sd_event_source *kick_source;   /* deferred: notifications made inside the dispatch */
         GSource *glib_source;
+        /* synchronize() requests whose "done" has not run, each with the app's reference:
+         * dropped by lock_client_free() if the channel goes first ("done" is not called then). */
+        GHashTable *pending;
 };
 
 /* The async form is over: "done" once, then the app side lets go. */
 static void lock_finish(ipchannel *ch, ipchannel_lock *l, int error) {
+        lock_client *c = *channel_lock_client(ch);
+
+        g_hash_table_remove(c->pending, l);
         l->body = NULL;
         if (l->done) {
                 ipchannel_sync_done_t done = l->done;
@@ -118,8 +124,10 @@ int lock_client_start(ipchannel *ch) {
         if (!c)
                 return -ENOMEM;
         c->loop_thread = pthread_self();
+        c->pending = g_hash_table_new(NULL, NULL);
         r = lock_agent_new(&c->agent, address, channel_prefix(ch), ipchannel_get_app(ch));
         if (r < 0) {
+                g_hash_table_unref(c->pending);
                 free(c);
                 return r;
         }
@@ -158,12 +166,15 @@ fail:
         c->kick_source = sd_event_source_disable_unref(c->kick_source);
         lock_agent_stop(c->agent);
         lock_agent_unref(c->agent);
+        g_hash_table_unref(c->pending);
         free(c);
         return r;
 }
 
 void lock_client_free(ipchannel *ch) {
         lock_client **pc = channel_lock_client(ch), *c = *pc;
+        GHashTableIter it;
+        ipchannel_lock *l;
 
         if (!c)
                 return;
@@ -175,6 +186,14 @@ void lock_client_free(ipchannel *ch) {
                 g_source_unref(c->glib_source);
         }
         lock_agent_stop(c->agent);
+        /* The agent has stopped: the requests the app never heard the end of go, and with
+         * them their references on the agent. */
+        g_hash_table_iter_init(&it, c->pending);
+        while (g_hash_table_iter_next(&it, (void **) &l, NULL)) {
+                g_hash_table_iter_remove(&it);
+                lock_unref(l);
+        }
+        g_hash_table_unref(c->pending);
         lock_agent_unref(c->agent);
         free(c);
         *pc = NULL;
@@ -220,6 +239,7 @@ _public_ int ipchannel_synchronize(ipchannel *ch, const char *lock, ipchannel_sy
                 lock_unref(l);  /* the callbacks never run */
                 return r;
         }
+        g_hash_table_add((*channel_lock_client(ch))->pending, l);
         return 0;
 }
 

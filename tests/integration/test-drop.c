@@ -17,6 +17,9 @@
  *   acquire  ipchannel_lock_acquire() runs the loop while it waits for a lock another channel
  *          holds, and a "connect" handler drops the channel there: the wait ends with
  *          -ECANCELED, and nothing of the channel is touched after.
+ *   sync   A synchronize() body drops the channel, then releases its lock; a second request
+ *          waits behind it. Neither "done" runs (the app let go), no other body runs, and
+ *          nothing leaks: the requests go with the channel (LeakSanitizer and valgrind tell).
  */
 #include <stdbool.h>
 #include <stdio.h>
@@ -228,6 +231,40 @@ static int scenario_acquire(void) {
         return r;
 }
 
+/* ---- sync --------------------------------------------------------------------------------- */
+
+static int n_done;
+
+static void on_sync_done(ipchannel *ch, int error, void *userdata) {
+        n_done++;
+}
+
+static void sync_body(ipchannel_lock *lock, void *userdata) {
+        seen++;
+        sender = ipchannel_unref(sender);
+        (void) ipchannel_lock_release(lock, 0);
+        (void) stop_after(DONE_GRACE_USEC);
+}
+
+static int scenario_sync(void) {
+        int r;
+
+        r = ipchannel_new(&sender, "dropsync");
+        if (r >= 0)
+                r = attach(sender);
+        for (int i = 0; i < 2 && r >= 0; i++)
+                r = ipchannel_synchronize(sender, "L", sync_body, on_sync_done, NULL);
+        if (r >= 0)
+                r = ipchannel_connect(sender);
+        if (r >= 0)
+                r = run_loop();
+        if (r >= 0 && (seen != 1 || n_done != 0 || sender)) {
+                fprintf(stderr, "test-drop: %d bodies and %d done callbacks ran, not 1 and 0\n", seen, n_done);
+                r = -EBADMSG;
+        }
+        return r;
+}
+
 int main(int argc, char *argv[]) {
         const char *scenario = argc > 1 ? argv[1] : "";
         int r;
@@ -244,6 +281,7 @@ int main(int argc, char *argv[]) {
                     : strcmp(scenario, "error") == 0 ? scenario_error()
                     : strcmp(scenario, "run") == 0   ? scenario_run()
                     : strcmp(scenario, "acquire") == 0 ? scenario_acquire()
+                    : strcmp(scenario, "sync") == 0    ? scenario_sync()
                                                      : -EINVAL;
         if (r < 0)
                 fprintf(stderr, "test-drop %s: %s\n", scenario, g_strerror(-r));
