@@ -139,8 +139,9 @@ struct ipchannel {
         GSource *batch_glib;
         bool sent_alone;                /* GLib: a send of this loop iteration went out unbatched */
         /* Sends of batches that could not be sent (not for a disconnect: those wait for the
-         * reconnect) and the error of the last: reported on "error" by the deferred flush, not
-         * from inside the ipchannel_send() whose send flushed them. */
+         * reconnect) and the error of the last: reported once on "error" by the deferred flush,
+         * or by a disconnect or bus loss that comes first; never from inside the
+         * ipchannel_send() whose send flushed them. */
         size_t batch_lost;
         int batch_lost_error;
         uint64_t alone_iteration;       /* sd-event: the same, as that iteration's number + 1 */

@@ -65,7 +65,8 @@ struct ipchannel_lock {
         ipchannel_lock *agent_prev;
 
         /* App side only. */
-        ipchannel *ch;                  /* for "done"; used only from the channel's loop */
+        ipchannel *ch;                  /* for "done"; used only from the channel's loop; NULL
+                                         * once the channel went (lock_client_free()) */
         bool async;                     /* from ipchannel_synchronize() */
         bool body_ran;
         bool released;                  /* ipchannel_lock_release() was called */

@@ -187,11 +187,14 @@ void lock_client_free(ipchannel *ch) {
         }
         lock_agent_stop(c->agent);
         /* The agent has stopped: the requests the app never heard the end of go, and with
-         * them their references on the agent. */
+         * them their references on the agent. One whose body runs on (it has not released
+         * yet) is the app's until ipchannel_lock_release(), which then lets it go. */
         g_hash_table_iter_init(&it, c->pending);
         while (g_hash_table_iter_next(&it, (void **) &l, NULL)) {
                 g_hash_table_iter_remove(&it);
-                lock_unref(l);
+                l->ch = NULL;
+                if (!l->body_ran || l->released)
+                        lock_unref(l);
         }
         g_hash_table_unref(c->pending);
         lock_agent_unref(c->agent);
@@ -378,6 +381,12 @@ _public_ int ipchannel_lock_release(ipchannel_lock *l, int error) {
         l->released = true;
         s = lock_agent_get_state(l->agent, l, NULL, &e);
 
+        if (l->async && !l->ch) {
+                /* Its channel went while the body ran: no "done" any more. */
+                lock_agent_release(l->agent, l);
+                lock_unref(l);          /* the app's reference */
+                return s == LOCK_HELD ? 0 : -ETIME;
+        }
         if (l->async) {
                 /* synchronize(): "done" runs from the loop once the agent has released; it
                  * gets -ETIME if the grant was lost before this release. */
