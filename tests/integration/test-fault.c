@@ -19,6 +19,12 @@
  *   disconnect  From a handler, peer 1 sends peer 2 "a", "b" and "c", then disconnects; the
  *               send of the batch, made by the disconnect, fails. "error" reports the 2
  *               batched messages, before the disconnect returns.
+ *   acquire     Peer 3 holds lock "L"; peer 1 waits for it in ipchannel_lock_acquire(), whose
+ *               loop runs a timer that sends peer 2 "a" (at once) and "b" (batched) and then
+ *               outlasts the acquire's timeout. The acquire sends the batch on its way out;
+ *               that send fails, and the "error" handler drops the app's reference to peer 1.
+ *               The acquire returns -ECANCELED (not a timeout, and not a lock), peer 2 gets
+ *               "a", and "error" reports "b".
  *
  * Waits are multiplied by $IPCHANNEL_TEST_TIMEOUT_FACTOR (valgrind).
  */
@@ -68,6 +74,7 @@ static ipchannel *peer[4];              /* [1] sends, [2] and [3] receive */
 static bool joined[4], stopping;
 static GString *received[4];
 static int n_errors, error_code;
+static uint64_t acquire_deadline;       /* acquire: CLOCK_MONOTONIC µs */
 static char *error_text;
 static int failures;
 
@@ -127,18 +134,18 @@ static int send_to(uint32_t to, const char *s) {
         return ipchannel_send(peer[1], to, g_variant_new_string(s));
 }
 
-/* "a" goes at once, "b" and "c" wait in a batch. */
-static void send_abc(void) {
+/* Sends peer 2 the first n of "a", "b", "c": "a" goes at once, the rest wait in a batch. */
+static void send_words(size_t n) {
         static const char *const words[] = { "a", "b", "c" };
 
-        for (size_t i = 0; i < G_N_ELEMENTS(words); i++)
+        for (size_t i = 0; i < n; i++)
                 expect(send_to(2, words[i]) == 0, "send of %s failed", words[i]);
 }
 
 static void scenario_ahead(void) {
         int r;
 
-        send_abc();
+        send_words(3);
         fail_next = -ENOMEM;
         r = send_to(3, "d");
         expect(r == 0, "the send of d returned %s: the batch's failure is not its own", g_strerror(-r));
@@ -161,7 +168,7 @@ static void scenario_full(void) {
 static void scenario_disconnect(void) {
         int r;
 
-        send_abc();
+        send_words(3);
         fail_next = -ENOMEM;
         r = ipchannel_disconnect(peer[1]);
         expect(r == 1, "ipchannel_disconnect() returned %d", r);
@@ -173,7 +180,7 @@ static void on_join(ipchannel *ch, uint32_t id, const char *ev, GVariant *data, 
         if (id < 2 || id > 3 || joined[id])
                 return;
         joined[id] = true;
-        if (!joined[2] || !joined[3])
+        if (!joined[2] || !joined[3] || strcmp(scenario, "acquire") == 0)
                 return;
         /* Inside a handler of the loop: sends after the first of this turn are batched. */
         if (strcmp(scenario, "ahead") == 0)
@@ -201,6 +208,11 @@ static void on_error(ipchannel *ch, uint32_t from, const char *ev, GVariant *dat
         g_variant_get(data, "(i&s)", &error_code, &text);
         free(error_text);
         error_text = strdup(text);
+        if (strcmp(scenario, "acquire") == 0 && ch == peer[1]) {
+                /* The app lets go of peer 1 while its ipchannel_lock_acquire() is returning. */
+                ipchannel_unref(peer[1]);
+                peer[1] = NULL;
+        }
         maybe_done();
 }
 
@@ -241,6 +253,86 @@ static int setup(void) {
         return r;
 }
 
+/* acquire: runs in the loop of peer 1's ipchannel_lock_acquire(). */
+static void acquire_timer(void) {
+        uint64_t now;
+
+        send_words(2);
+        fail_next = -ENOMEM;
+        /* Outlast the acquire's deadline, so that it stops waiting right after this turn. */
+        now = (uint64_t) g_get_monotonic_time();
+        if (now < acquire_deadline + 20 * 1000)
+                g_usleep(acquire_deadline + 20 * 1000 - now);
+}
+
+static int on_acquire_event_timer(sd_event_source *s, uint64_t usec, void *userdata) {
+        acquire_timer();
+        return 0;
+}
+
+static gboolean on_acquire_glib_timer(gpointer userdata) {
+        acquire_timer();
+        return G_SOURCE_REMOVE;
+}
+
+/* Runs the loop until *flag, or for at most usec. */
+static int pump_until(const bool *flag, uint64_t usec) {
+        uint64_t end = (uint64_t) g_get_monotonic_time() + usec;
+
+        while (!*flag) {
+                if ((uint64_t) g_get_monotonic_time() >= end)
+                        return -ETIMEDOUT;
+                if (use_glib)
+                        g_main_context_iteration(context, TRUE);
+                else {
+                        int r = sd_event_run(event, 100 * 1000);
+                        if (r < 0)
+                                return r;
+                }
+        }
+        return 0;
+}
+
+static int run_acquire(void) {
+        ipchannel_lock *held = NULL, *got = NULL;
+        bool both = false;
+        int r;
+
+        r = ipchannel_connect(peer[1]);
+        if (r >= 0)
+                r = pump_until(&joined[2], scaled(TIMEOUT_USEC));
+        if (r >= 0)
+                r = pump_until(&joined[3], scaled(TIMEOUT_USEC));
+        if (r >= 0)
+                r = ipchannel_lock_acquire(peer[3], "L", scaled(TIMEOUT_USEC), &held);
+        if (r < 0)
+                return r;
+
+        if (use_glib) {
+                GSource *t = g_timeout_source_new(10);
+                g_source_set_callback(t, on_acquire_glib_timer, NULL, NULL);
+                g_source_attach(t, context);
+                g_source_unref(t);
+        } else {
+                r = sd_event_add_time_relative(event, NULL, CLOCK_MONOTONIC, 10 * 1000, 0,
+                                               on_acquire_event_timer, NULL);
+                if (r < 0)
+                        return r;
+        }
+        acquire_deadline = (uint64_t) g_get_monotonic_time() + scaled(300 * 1000);
+        r = ipchannel_lock_acquire(peer[1], "L", scaled(300 * 1000), &got);
+        expect(r == -ECANCELED, "the acquire returned %s, not -ECANCELED", g_strerror(-r));
+        expect(!got, "the acquire handed out a lock");
+        expect(peer[1] == NULL, "the app's reference to peer 1 was not dropped");
+        if (r >= 0)
+                (void) ipchannel_lock_release(got, 0);
+
+        /* What peer 2 gets, and nothing more. */
+        r = pump_until(&both, scaled(GRACE_USEC));
+        expect(r == -ETIMEDOUT, "the loop failed: %s", g_strerror(-r));
+        return ipchannel_lock_release(held, 0);
+}
+
 static int run(void) {
         int r = stop_after(scaled(TIMEOUT_USEC), -ETIMEDOUT);
 
@@ -265,21 +357,21 @@ int main(int argc, char *argv[]) {
                 want = (expected) { .peer2 = "a", .peer3 = "d", .lost = 2 };
         else if (strcmp(scenario, "full") == 0)
                 want = (expected) { .peer2 = "first after", .peer3 = "", .lost = BATCH };
-        else if (strcmp(scenario, "disconnect") == 0)
-                want = (expected) { .peer2 = "a", .peer3 = "", .lost = 2 };
+        else if (strcmp(scenario, "disconnect") == 0 || strcmp(scenario, "acquire") == 0)
+                want = (expected) { .peer2 = "a", .peer3 = "", .lost = strcmp(scenario, "acquire") == 0 ? 1 : 2 };
         else {
-                fprintf(stderr, "usage: test-fault ahead|full|disconnect [sd-event|glib]\n");
+                fprintf(stderr, "usage: test-fault ahead|full|disconnect|acquire [sd-event|glib]\n");
                 return EXIT_FAILURE;
         }
 
         r = setup();
         if (r >= 0)
-                r = run();
+                r = strcmp(scenario, "acquire") == 0 ? run_acquire() : run();
         if (r < 0) {
                 fprintf(stderr, "test-fault %s: %s\n", scenario, g_strerror(-r));
                 failures++;
         }
-        lost = g_strdup_printf("%zu batched messages could not be sent", want.lost);
+        lost = g_strdup_printf("%zu batched message%s could not be sent", want.lost, want.lost == 1 ? "" : "s");
         expect(strcmp(received[2]->str, want.peer2) == 0, "peer 2 got \"%s\", not \"%s\"", received[2]->str,
                want.peer2);
         expect(strcmp(received[3]->str, want.peer3) == 0, "peer 3 got \"%s\", not \"%s\"", received[3]->str,
