@@ -1358,19 +1358,25 @@ static void channel_mark_sent_alone(ipchannel *ch) {
 
 int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *data, bool built) {
         bool batchable, memfd;
+        size_t size;
         int r;
 
         if (to != IPCHANNEL_ALL && !channel_peer_present(ch, to))
                 return -ENXIO;
 
         /* Sends made from a callback of the loop wait in a batch for the end of the iteration;
-         * a memfd payload, or one holding fds (which cannot be packed), goes alone, after the
-         * batch. */
+         * a memfd payload, one holding fds (which cannot be packed) or one as large as a whole
+         * batch goes alone, after the batch. A batch stays within BATCH_BYTES_MAX: one that a
+         * payload would take past it goes first, so a batch never nears the bus's message size
+         * limit that its payloads alone keep to. */
         memfd = channel_wants_memfd(ch, data);
-        batchable = data && !memfd && channel_in_dispatch(ch) && !payload_has_handles(data);
+        size = data ? g_variant_get_size(data) : 0;
+        batchable = data && !memfd && size < BATCH_BYTES_MAX && channel_in_dispatch(ch) &&
+                    !payload_has_handles(data);
         /* A batch that fails for another reason than a disconnect is the deferred flush's to
          * report, which is armed while there is a batch: not this send's failure. */
-        if (ch->batch->len > 0 && (!batchable || to != ch->batch_to || strcmp(event, ch->batch_event) != 0)) {
+        if (ch->batch->len > 0 && (!batchable || to != ch->batch_to || strcmp(event, ch->batch_event) != 0 ||
+                                   ch->batch_bytes + size > BATCH_BYTES_MAX)) {
                 r = channel_flush_batch(ch);
                 if (send_error_is_disconnect(r))
                         return r;
@@ -1398,7 +1404,7 @@ int channel_send_now(ipchannel *ch, uint32_t to, const char *event, GVariant *da
                 }
         }
         g_ptr_array_add(ch->batch, g_variant_ref(data));
-        ch->batch_bytes += g_variant_get_size(data);
+        ch->batch_bytes += size;
         /* This send is in the batch: kept for the reconnect if the bus is going, reported on
          * "error" with the rest if it fails otherwise. */
         if (ch->batch->len >= BATCH_MAX || ch->batch_bytes >= BATCH_BYTES_MAX)

@@ -3,8 +3,9 @@
  * test-fault SCENARIO LOOP: the bus connection refuses one send with -ENOMEM at a chosen
  * moment, and the library must report what it could not send on "error", once, keep what it
  * still can, and go on. This program defines sd_bus_send() itself: the library's calls land
- * here first (an executable's symbols come before a shared library's), and pass on to
- * libsystemd's unless a fault is armed for the calling thread. Peers 1 (the sender), 2 and 3
+ * here first (an executable's symbols come before a shared library's), are noted (the member
+ * of each Deliver…), and pass on to libsystemd's unless a fault is armed for the calling
+ * thread. Peers 1 (the sender), 2 and 3
  * are channels of this one process on one loop (LOOP: sd-event or glib), on the bus of
  * $DBUS_SESSION_BUS_ADDRESS. Exit status 0 when the scenario saw what it should.
  *
@@ -25,6 +26,12 @@
  *               that send fails, and the "error" handler drops the app's reference to peer 1.
  *               The acquire returns -ECANCELED (not a timeout, and not a lock), peer 2 gets
  *               "a", and "error" reports "b".
+ *   large       No fault: with memfds off, peer 1 sends peer 2 from a handler "a", "b", 70 KB,
+ *               "c", 40 KB and 40 KB. A payload as large as a batch (64 KiB) goes alone, after
+ *               the batch; one that would take a batch past 64 KiB starts the next. Peer 2
+ *               gets all six in order, in five messages: "a", the batch of "b" alone, 70 KB,
+ *               the batch of "c" and 40 KB, the batch of the last 40 KB (a batch of one goes
+ *               as a Deliver).
  *
  * Waits are multiplied by $IPCHANNEL_TEST_TIMEOUT_FACTOR (valgrind).
  */
@@ -44,10 +51,18 @@
 /* A negative errno: what the next sd_bus_send() of this thread returns. Per thread: the lock
  * service that a peer may host runs in a thread of its own, with its own sends. */
 static _Thread_local int fail_next;
+/* The members of the Deliver… calls sent, space-separated. */
+static GString *delivers;
 
 int sd_bus_send(sd_bus *bus, sd_bus_message *m, uint64_t *cookie) {
         static int (*real)(sd_bus *, sd_bus_message *, uint64_t *);
+        const char *member = sd_bus_message_get_member(m);
 
+        if (delivers && member && g_str_has_prefix(member, "Deliver")) {
+                if (delivers->len > 0)
+                        g_string_append_c(delivers, ' ');
+                g_string_append(delivers, member);
+        }
         if (fail_next) {
                 int r = fail_next;
 
@@ -61,7 +76,8 @@ int sd_bus_send(sd_bus *bus, sd_bus_message *m, uint64_t *cookie) {
 
 typedef struct expected {
         const char *peer2, *peer3;      /* what each receiver gets, space-separated */
-        size_t lost;                    /* the batched messages "error" reports */
+        size_t lost;                    /* the batched messages "error" reports (0: no error) */
+        const char *delivers;           /* if set: the members of the Deliver… calls sent */
 } expected;
 
 static const char *scenario;
@@ -123,7 +139,7 @@ static int stop_after(uint64_t usec, int code) {
 /* Once everything expected has come: a grace time for anything that should not, then stop. */
 static void maybe_done(void) {
         if (stopping || strcmp(received[2]->str, want.peer2) != 0 || strcmp(received[3]->str, want.peer3) != 0 ||
-            n_errors < 1)
+            n_errors < (want.lost > 0))
                 return;
         stopping = true;
         if (stop_after(scaled(GRACE_USEC), 0) < 0)
@@ -132,6 +148,15 @@ static void maybe_done(void) {
 
 static int send_to(uint32_t to, const char *s) {
         return ipchannel_send(peer[1], to, g_variant_new_string(s));
+}
+
+/* A string of size bytes (with its nul), which peer 2 notes as "[size]". */
+static int send_large(size_t size) {
+        g_autofree char *s = g_malloc(size);
+
+        memset(s, 'x', size - 1);
+        s[size - 1] = '\0';
+        return send_to(2, s);
 }
 
 /* Sends peer 2 the first n of "a", "b", "c": "a" goes at once, the rest wait in a batch. */
@@ -176,6 +201,15 @@ static void scenario_disconnect(void) {
         expect(n_errors == 1, "%d errors when the disconnect returned, not 1", n_errors);
 }
 
+static void scenario_large(void) {
+        expect(send_to(2, "a") == 0, "send of a failed");
+        expect(send_to(2, "b") == 0, "send of b failed");
+        expect(send_large(70000) == 0, "send of 70 KB failed");
+        expect(send_to(2, "c") == 0, "send of c failed");
+        expect(send_large(40000) == 0, "send of 40 KB failed");
+        expect(send_large(40000) == 0, "send of 40 KB failed");
+}
+
 static void on_join(ipchannel *ch, uint32_t id, const char *ev, GVariant *data, void *userdata) {
         if (id < 2 || id > 3 || joined[id])
                 return;
@@ -187,6 +221,8 @@ static void on_join(ipchannel *ch, uint32_t id, const char *ev, GVariant *data, 
                 scenario_ahead();
         else if (strcmp(scenario, "full") == 0)
                 scenario_full();
+        else if (strcmp(scenario, "large") == 0)
+                scenario_large();
         else
                 scenario_disconnect();
         maybe_done();
@@ -195,9 +231,15 @@ static void on_join(ipchannel *ch, uint32_t id, const char *ev, GVariant *data, 
 static void on_message(ipchannel *ch, uint32_t from, const char *ev, GVariant *data, void *userdata) {
         GString *got = received[GPOINTER_TO_INT(userdata)];
 
+        gsize length;
+        const char *s = g_variant_get_string(data, &length);
+
         if (got->len > 0)
                 g_string_append_c(got, ' ');
-        g_string_append(got, g_variant_get_string(data, NULL));
+        if (length < 100)
+                g_string_append(got, s);
+        else
+                g_string_append_printf(got, "[%zu]", length + 1);
         maybe_done();
 }
 
@@ -244,6 +286,8 @@ static int setup(void) {
                 if (r >= 0 && i > 1)
                         r = ipchannel_on(peer[i], IPCHANNEL_EVENT_MESSAGE, on_message, GINT_TO_POINTER(i), NULL);
         }
+        if (r >= 0 && strcmp(scenario, "large") == 0)
+                r = ipchannel_set_memfd_threshold(peer[1], 0);
         if (r >= 0)
                 r = ipchannel_on(peer[1], IPCHANNEL_EVENT_CONNECT, on_sender_connect, NULL, NULL);
         if (r >= 0)
@@ -359,11 +403,15 @@ int main(int argc, char *argv[]) {
                 want = (expected) { .peer2 = "first after", .peer3 = "", .lost = BATCH };
         else if (strcmp(scenario, "disconnect") == 0 || strcmp(scenario, "acquire") == 0)
                 want = (expected) { .peer2 = "a", .peer3 = "", .lost = strcmp(scenario, "acquire") == 0 ? 1 : 2 };
+        else if (strcmp(scenario, "large") == 0)
+                want = (expected) { .peer2 = "a b [70000] c [40000] [40000]", .peer3 = "",
+                                    .delivers = "Deliver Deliver Deliver DeliverBatch Deliver" };
         else {
-                fprintf(stderr, "usage: test-fault ahead|full|disconnect|acquire [sd-event|glib]\n");
+                fprintf(stderr, "usage: test-fault ahead|full|disconnect|acquire|large [sd-event|glib]\n");
                 return EXIT_FAILURE;
         }
 
+        delivers = g_string_new(NULL);
         r = setup();
         if (r >= 0)
                 r = strcmp(scenario, "acquire") == 0 ? run_acquire() : run();
@@ -376,9 +424,15 @@ int main(int argc, char *argv[]) {
                want.peer2);
         expect(strcmp(received[3]->str, want.peer3) == 0, "peer 3 got \"%s\", not \"%s\"", received[3]->str,
                want.peer3);
-        expect(n_errors == 1, "%d errors, not 1", n_errors);
-        expect(error_code == -ENOMEM, "the error's code is %d", error_code);
-        expect(error_text && strstr(error_text, lost), "the error says \"%s\"", error_text ?: "");
+        if (want.lost > 0) {
+                expect(n_errors == 1, "%d errors, not 1", n_errors);
+                expect(error_code == -ENOMEM, "the error's code is %d", error_code);
+                expect(error_text && strstr(error_text, lost), "the error says \"%s\"", error_text ?: "");
+        } else
+                expect(n_errors == 0, "%d errors, the last: %s", n_errors, error_text ?: "");
+        if (want.delivers)
+                expect(strcmp(delivers->str, want.delivers) == 0, "sent \"%s\", not \"%s\"", delivers->str,
+                       want.delivers);
 
         for (int i = 1; i <= 3; i++) {
                 ipchannel_unref(peer[i]);
@@ -386,6 +440,7 @@ int main(int argc, char *argv[]) {
                         g_string_free(received[i], TRUE);
         }
         free(error_text);
+        g_string_free(delivers, TRUE);
         if (loop)
                 g_main_loop_unref(loop);
         if (context)
