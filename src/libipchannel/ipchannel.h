@@ -123,7 +123,7 @@ int  ipchannel_set_listener_max(ipchannel *ch, size_t n);
  * for it (default IPCHANNEL_FLUSH_WAIT_USEC_DEFAULT), holding back the sends queued after
  * them so that order is kept; then they are reported on "error" as undeliverable. This lets
  * peers that start, or come back after a bus restart, at slightly different times reach
- * each other. 0: report at once. */
+ * each other. 0: report at once; UINT64_MAX: wait for ever. */
 #define IPCHANNEL_FLUSH_WAIT_USEC_DEFAULT (2 * 1000 * 1000ULL)
 int  ipchannel_set_flush_wait(ipchannel *ch, uint64_t usec);
 

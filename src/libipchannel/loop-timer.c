@@ -35,15 +35,27 @@ int loop_timer_arm(loop_timer *t, sd_event *e, GMainContext *ctx, uint64_t usec,
         t->cb = cb;
         t->userdata = userdata;
 
-        if (e)
-                return sd_event_add_time_relative(e, &t->event_source, CLOCK_MONOTONIC, usec, 0,
-                                                  on_event_timer, t);
+        /* A wait that ends past the clock's range (UINT64_MAX: for ever) never ends: the timer
+         * is armed and never fires. */
+        if (e) {
+                uint64_t now;
+                int r = sd_event_now(e, CLOCK_MONOTONIC, &now);
+
+                if (r < 0)
+                        return r;
+                return sd_event_add_time(e, &t->event_source, CLOCK_MONOTONIC,
+                                         usec >= UINT64_MAX - now ? UINT64_MAX : now + usec, 0,
+                                         on_event_timer, t);
+        }
         if (!ctx)
                 return -EINVAL;
 
         t->glib_source = g_source_new(&ready_time_funcs, sizeof(GSource));
-        /* g_get_monotonic_time() is CLOCK_MONOTONIC in microseconds, as sd-event's clock. */
-        g_source_set_ready_time(t->glib_source, g_get_monotonic_time() + (gint64) usec);
+        /* g_get_monotonic_time() is CLOCK_MONOTONIC in microseconds, as sd-event's clock; -1:
+         * never ready. */
+        gint64 now = g_get_monotonic_time();
+        g_source_set_ready_time(t->glib_source,
+                                usec >= (uint64_t) (G_MAXINT64 - now) ? -1 : now + (gint64) usec);
         g_source_set_callback(t->glib_source, on_glib_timer, t, NULL);
         g_source_attach(t->glib_source, ctx);
         return 0;

@@ -343,6 +343,21 @@ START_TEST(test_queued_send_waits_for_a_late_receiver) {
 }
 END_TEST
 
+/* UINT64_MAX waits for ever, on either loop (it overflowed the clock: reported at once). */
+START_TEST(test_queued_send_with_flush_wait_forever_waits) {
+        const char *loop = _i == 0 ? "sd-event" : "glib";
+        peer *b = peer_start(APP("forever"), "--id", "2", "--flush-wait", "forever", "--loop", loop);
+
+        peer_cmd(b, "send 1 'patient'");
+        peer_cmd(b, "connect");
+        ck_assert_uint_eq(peer_wait_connect(b), 2);
+        ck_assert(peer_quiet(b, "error", 500));
+        peer *a = peer_start(APP("forever"), "--listen", "message", "--id", "1", "--connect", "--loop", loop);
+        ck_assert_uint_eq(peer_wait_connect(a), 1);
+        ck_assert_str_eq(peer_expect(a, "recv", PEER_TIMEOUT_MS), "recv 2 message 'patient'");
+}
+END_TEST
+
 /* ---- identity --------------------------------------------------------------------------- */
 
 START_TEST(test_non_peer_connection_cannot_deliver_or_broadcast) {
@@ -570,6 +585,7 @@ static Suite *channel_suite(void) {
         tcase_add_test(tc, test_send_to_absent_peer_is_an_error);
         tcase_add_test(tc, test_queued_send_to_absent_peer_is_reported_on_error_event);
         tcase_add_test(tc, test_queued_send_waits_for_a_late_receiver);
+        tcase_add_loop_test(tc, test_queued_send_with_flush_wait_forever_waits, 0, 2);
         tcase_add_test(tc, test_burst_to_a_receiver_with_a_low_values_limit_is_all_delivered);
         suite_add_tcase(s, tc);
 

@@ -428,7 +428,8 @@ static int parse_argv(int argc, char *argv[]) {
                         arg_queue_max = strtoul(optarg, NULL, 10);
                         break;
                 case 'f':
-                        arg_flush_wait = strtoll(optarg, NULL, 10);
+                        /* "forever": UINT64_MAX. */
+                        arg_flush_wait = strcmp(optarg, "forever") == 0 ? INT64_MIN : strtoll(optarg, NULL, 10);
                         break;
                 case 'c':
                         arg_connect = true;
@@ -476,8 +477,8 @@ int main(int argc, char *argv[]) {
                 out("result set-peer-id %d", ipchannel_set_peer_id(ch, arg_id));
         if (arg_queue_max)
                 ipchannel_set_queue_max(ch, arg_queue_max);
-        if (arg_flush_wait >= 0)
-                ipchannel_set_flush_wait(ch, (uint64_t) arg_flush_wait);
+        if (arg_flush_wait >= 0 || arg_flush_wait == INT64_MIN)
+                ipchannel_set_flush_wait(ch, arg_flush_wait == INT64_MIN ? UINT64_MAX : (uint64_t) arg_flush_wait);
         if (arg_memfd_threshold >= 0)
                 ipchannel_set_memfd_threshold(ch, (size_t) arg_memfd_threshold);
         if (arg_memfd_max)
