@@ -68,6 +68,7 @@ struct pending_send {
         uint32_t to;
         char *event;
         GVariant *data;         /* owned, may be NULL */
+        GArray *fds;            /* int: the duplicates data's unix fds are; NULL if none */
 };
 
 struct ipchannel {
@@ -227,6 +228,11 @@ static void pending_send_free(pending_send *p) {
         free(p->event);
         if (p->data)
                 g_variant_unref(p->data);
+        if (p->fds) {
+                for (guint i = 0; i < p->fds->len; i++)
+                        close(g_array_index(p->fds, int, i));
+                g_array_unref(p->fds);
+        }
         free(p);
 }
 
@@ -1451,12 +1457,23 @@ static int channel_send(ipchannel *ch, uint32_t to, const char *event, GVariant 
         *p = (pending_send) {
                 .to = to,
                 .event = strdup(event),
-                .data = data ? g_variant_ref(data) : NULL,
         };
         if (!p->event) {
                 pending_send_free(p);
                 return -ENOMEM;
         }
+        /* The caller keeps its fds (sd-bus duplicates them when the message is built): a
+         * send that waits duplicates them now, so that it sends the files it was given even if
+         * the caller closes its fds and their numbers are reused meanwhile. */
+        if (data && payload_has_handles(data)) {
+                p->fds = g_array_new(FALSE, FALSE, sizeof(int));
+                r = payload_dup_handles(data, p->fds, &p->data);
+                if (r < 0) {
+                        pending_send_free(p);
+                        return r;
+                }
+        } else if (data)
+                p->data = g_variant_ref(data);
         if (ch->queue_tail)
                 ch->queue_tail->next = p;
         else

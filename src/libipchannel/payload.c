@@ -1200,6 +1200,99 @@ bool payload_has_handles(GVariant *value) {
         return false;
 }
 
+static GVariant *dup_handles(GVariant *value, GArray *fds, int *error) {
+        const char *type = g_variant_get_type_string(value);
+        GVariant *copy;
+
+        if (!strchr(type, 'h') && !strchr(type, 'v'))
+                return g_variant_ref(value);
+        if (g_variant_is_of_type(value, G_VARIANT_TYPE_HANDLE)) {
+                int fd = fcntl(g_variant_get_handle(value), F_DUPFD_CLOEXEC, 3);
+
+                if (fd < 0) {
+                        *error = -errno;
+                        return NULL;
+                }
+                g_array_append_val(fds, fd);
+                return g_variant_ref_sink(g_variant_new_handle(fd));
+        }
+        if (g_variant_is_of_type(value, G_VARIANT_TYPE_VARIANT)) {
+                g_autoptr(GVariant) contents = g_variant_get_variant(value);
+                g_autoptr(GVariant) inner = dup_handles(contents, fds, error);
+
+                return inner ? g_variant_ref_sink(g_variant_new_variant(inner)) : NULL;
+        }
+
+        size_t n = g_variant_n_children(value);
+        g_autofree GVariant **children = g_new0(GVariant *, n);
+        size_t done;
+
+        for (done = 0; done < n; done++) {
+                g_autoptr(GVariant) child = g_variant_get_child_value(value, done);
+
+                children[done] = dup_handles(child, fds, error);
+                if (!children[done])
+                        break;
+        }
+        if (done < n)
+                copy = NULL;
+        else if (g_variant_is_of_type(value, G_VARIANT_TYPE_MAYBE))
+                copy = g_variant_new_maybe(g_variant_type_element(g_variant_get_type(value)),
+                                           n > 0 ? children[0] : NULL);
+        else if (g_variant_is_of_type(value, G_VARIANT_TYPE_ARRAY))
+                copy = g_variant_new_array(g_variant_type_element(g_variant_get_type(value)), children, n);
+        else if (g_variant_is_of_type(value, G_VARIANT_TYPE_DICT_ENTRY))
+                copy = g_variant_new_dict_entry(children[0], children[1]);
+        else
+                copy = g_variant_new_tuple(children, n);
+        /* The new container took its own references to the children. */
+        for (size_t i = 0; i < done; i++)
+                g_variant_unref(children[i]);
+        return copy ? g_variant_ref_sink(copy) : NULL;
+}
+
+/* Whether every fd in value is open. Checked before any is duplicated: a duplicate could
+ * take the number of a closed fd found later in the value, and stand for it. */
+static int check_handles_open(GVariant *value) {
+        const char *type = g_variant_get_type_string(value);
+
+        if (!strchr(type, 'h') && !strchr(type, 'v'))
+                return 0;
+        if (g_variant_is_of_type(value, G_VARIANT_TYPE_HANDLE))
+                return fcntl(g_variant_get_handle(value), F_GETFD) < 0 ? -errno : 0;
+        if (g_variant_is_of_type(value, G_VARIANT_TYPE_VARIANT)) {
+                g_autoptr(GVariant) contents = g_variant_get_variant(value);
+                return check_handles_open(contents);
+        }
+        for (size_t i = 0, n = g_variant_n_children(value); i < n; i++) {
+                g_autoptr(GVariant) child = g_variant_get_child_value(value, i);
+                int r = check_handles_open(child);
+
+                if (r < 0)
+                        return r;
+        }
+        return 0;
+}
+
+int payload_dup_handles(GVariant *value, GArray *fds, GVariant **ret) {
+        guint before = fds->len;
+        int error = check_handles_open(value);
+        GVariant *copy;
+
+        if (error < 0)
+                return error;
+        copy = dup_handles(value, fds, &error);
+
+        if (!copy) {
+                for (guint i = before; i < fds->len; i++)
+                        close(g_array_index(fds, int, i));
+                g_array_set_size(fds, before);
+                return error < 0 ? error : -ENOMEM;
+        }
+        *ret = copy;
+        return 0;
+}
+
 int payload_memfd_new(GVariant *value, int *ret_fd) {
         _cleanup_(closep) int fd = -1;
         const uint8_t *p;

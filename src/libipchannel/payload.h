@@ -92,6 +92,12 @@ int payload_read_variant_budget(sd_bus_message *m, size_t *budget, GVariant **re
  * cannot travel in a memfd, which carries bytes only. Walks only where a variant can hide. */
 bool payload_has_handles(GVariant *value);
 
+/* A copy of value (not floating) whose unix fds ("h") are duplicates of value's, made now
+ * (close-on-exec), each also appended to fds: a send that waits keeps the files it was given,
+ * whatever the caller does with its own fds meanwhile. A negative errno if one cannot be
+ * duplicated (-EBADF: not an open fd); then none is kept. */
+int payload_dup_handles(GVariant *value, GArray *fds, GVariant **ret);
+
 /* A new sealed memfd (close-on-exec) holding value's serialized bytes; the caller owns the fd.
  * Negative errno on failure (-ENOSYS where the kernel has no memfds). */
 int payload_memfd_new(GVariant *value, int *ret_fd);

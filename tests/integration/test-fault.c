@@ -1,8 +1,9 @@
 /* SPDX-License-Identifier: MIT */
 /*
- * test-fault SCENARIO LOOP: the bus connection refuses one send with -ENOMEM at a chosen
- * moment, and the library must report what it could not send on "error", once, keep what it
- * still can, and go on. This program defines sd_bus_send() itself: the library's calls land
+ * test-fault SCENARIO LOOP: sends at their edges. In the first four scenarios the bus
+ * connection refuses one send with -ENOMEM at a chosen moment, and the library must report
+ * what it could not send on "error", once, keep what it still can, and go on; the others
+ * check what goes out, with no fault. This program defines sd_bus_send() itself: the library's calls land
  * here first (an executable's symbols come before a shared library's), are noted (the member
  * of each Deliver…), and pass on to libsystemd's unless a fault is armed for the calling
  * thread. Peers 1 (the sender), 2 and 3
@@ -32,6 +33,9 @@
  *               gets all six in order, in five messages: "a", the batch of "b" alone, 70 KB,
  *               the batch of "c" and 40 KB, the batch of the last 40 KB (a batch of one goes
  *               as a Deliver).
+ *   fd          No fault: before connecting, peer 1 sends peer 2 an fd (a memfd named "sent"),
+ *               which waits in the queue, and closes it; the app then opens another memfd,
+ *               which takes the same fd number. Peer 2 gets the file that was sent.
  *
  * Waits are multiplied by $IPCHANNEL_TEST_TIMEOUT_FACTOR (valgrind).
  */
@@ -41,6 +45,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include <ipchannel.h>
 
@@ -214,13 +220,15 @@ static void on_join(ipchannel *ch, uint32_t id, const char *ev, GVariant *data, 
         if (id < 2 || id > 3 || joined[id])
                 return;
         joined[id] = true;
-        if (!joined[2] || !joined[3] || strcmp(scenario, "acquire") == 0)
+        if (!joined[2] || !joined[3] || strcmp(scenario, "acquire") == 0 || strcmp(scenario, "fd") == 0)
                 return;
         /* Inside a handler of the loop: sends after the first of this turn are batched. */
         if (strcmp(scenario, "ahead") == 0)
                 scenario_ahead();
         else if (strcmp(scenario, "full") == 0)
                 scenario_full();
+        else if (strcmp(scenario, "fd") == 0)
+                want = (expected) { .peer2 = "/memfd:sent (deleted)", .peer3 = "" };
         else if (strcmp(scenario, "large") == 0)
                 scenario_large();
         else
@@ -232,10 +240,20 @@ static void on_message(ipchannel *ch, uint32_t from, const char *ev, GVariant *d
         GString *got = received[GPOINTER_TO_INT(userdata)];
 
         gsize length;
-        const char *s = g_variant_get_string(data, &length);
+        const char *s;
 
         if (got->len > 0)
                 g_string_append_c(got, ' ');
+        if (g_variant_is_of_type(data, G_VARIANT_TYPE_HANDLE)) {
+                /* The file the fd refers to. */
+                g_autofree char *path = g_strdup_printf("/proc/self/fd/%d", g_variant_get_handle(data));
+                g_autofree char *target = g_file_read_link(path, NULL);
+
+                g_string_append(got, target ?: "(no file)");
+                maybe_done();
+                return;
+        }
+        s = g_variant_get_string(data, &length);
         if (length < 100)
                 g_string_append(got, s);
         else
@@ -377,9 +395,29 @@ static int run_acquire(void) {
         return ipchannel_lock_release(held, 0);
 }
 
+/* fd: a send that waits in the queue keeps the file it was given. */
+static int queue_fd(void) {
+        int fd = memfd_create("sent", MFD_CLOEXEC), other, r;
+
+        if (fd < 0)
+                return -errno;
+        r = ipchannel_send(peer[1], 2, g_variant_new_handle(fd));
+        close(fd);
+        if (r < 0)
+                return r;
+        other = memfd_create("other", MFD_CLOEXEC);
+        if (other < 0)
+                return -errno;
+        expect(other == fd, "the fd number was not reused (%d, then %d): the test proves nothing", fd, other);
+        /* Kept open until the end, as an app's files are. */
+        return 0;
+}
+
 static int run(void) {
         int r = stop_after(scaled(TIMEOUT_USEC), -ETIMEDOUT);
 
+        if (r >= 0 && strcmp(scenario, "fd") == 0)
+                r = queue_fd();
         if (r >= 0)
                 r = ipchannel_connect(peer[1]);
         if (r < 0)
@@ -403,11 +441,13 @@ int main(int argc, char *argv[]) {
                 want = (expected) { .peer2 = "first after", .peer3 = "", .lost = BATCH };
         else if (strcmp(scenario, "disconnect") == 0 || strcmp(scenario, "acquire") == 0)
                 want = (expected) { .peer2 = "a", .peer3 = "", .lost = strcmp(scenario, "acquire") == 0 ? 1 : 2 };
+        else if (strcmp(scenario, "fd") == 0)
+                want = (expected) { .peer2 = "/memfd:sent (deleted)", .peer3 = "" };
         else if (strcmp(scenario, "large") == 0)
                 want = (expected) { .peer2 = "a b [70000] c [40000] [40000]", .peer3 = "",
                                     .delivers = "Deliver Deliver Deliver DeliverBatch Deliver" };
         else {
-                fprintf(stderr, "usage: test-fault ahead|full|disconnect|acquire|large [sd-event|glib]\n");
+                fprintf(stderr, "usage: test-fault ahead|full|disconnect|acquire|large|fd [sd-event|glib]\n");
                 return EXIT_FAILURE;
         }
 

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <check.h>
@@ -213,6 +214,82 @@ START_TEST(test_has_handles_looks_into_variants) {
         ck_assert(payload_has_handles(direct));
         ck_assert(payload_has_handles(nested));
         ck_assert(!payload_has_handles(no_fd));
+}
+END_TEST
+
+static bool same_file(int a, int b) {
+        struct stat sa, sb;
+
+        return fstat(a, &sa) == 0 && fstat(b, &sb) == 0 && sa.st_dev == sb.st_dev && sa.st_ino == sb.st_ino;
+}
+
+/* Every fd of a value, wherever it is nested, is duplicated (a new number, the same file);
+ * the rest of the value is kept. */
+START_TEST(test_dup_handles_copies_every_fd) {
+        int a = open("/dev/null", O_RDONLY | O_CLOEXEC), b = memfd_create("dup-test", MFD_CLOEXEC);
+        ck_assert_int_ge(a, 0);
+        ck_assert_int_ge(b, 0);
+        GVariantBuilder ah;
+        g_variant_builder_init(&ah, G_VARIANT_TYPE("ah"));
+        g_variant_builder_add(&ah, "h", a);
+        g_variant_builder_add(&ah, "h", b);
+        g_autoptr(GVariant) value = g_variant_ref_sink(g_variant_new(
+                "(shahva{sv})", "x", a, &ah, g_variant_new_variant(g_variant_new_handle(b)), NULL));
+        g_autoptr(GArray) fds = g_array_new(FALSE, FALSE, sizeof(int));
+        g_autoptr(GVariant) copy = NULL;
+
+        ck_assert_int_eq(payload_dup_handles(value, fds, &copy), 0);
+        ck_assert(!g_variant_is_floating(copy));
+        ck_assert_str_eq(g_variant_get_type_string(copy), "(shahva{sv})");
+        ck_assert_uint_eq(fds->len, 4);
+
+        int h, h1, h2, hv;
+        g_autoptr(GVariant) v = NULL;
+        const char *s;
+        g_autoptr(GVariantIter) iter = NULL;
+        g_variant_get(copy, "(&shahva{sv})", &s, &h, &iter, &v, NULL);
+        ck_assert_str_eq(s, "x");
+        ck_assert(g_variant_iter_next(iter, "h", &h1));
+        ck_assert(g_variant_iter_next(iter, "h", &h2));
+        g_autoptr(GVariant) inner = g_variant_get_variant(v);
+        hv = g_variant_get_handle(inner);
+        int got[] = { h, h1, h2, hv }, from[] = { a, a, b, b };
+        for (size_t i = 0; i < G_N_ELEMENTS(got); i++) {
+                ck_assert_int_eq(got[i], g_array_index(fds, int, i));
+                ck_assert_int_ne(got[i], from[i]);
+                ck_assert(same_file(got[i], from[i]));
+                ck_assert_int_eq(fcntl(got[i], F_GETFD), FD_CLOEXEC);
+        }
+        /* The duplicates stay open when the originals are closed. */
+        close(a);
+        close(b);
+        for (size_t i = 0; i < G_N_ELEMENTS(got); i++) {
+                ck_assert_int_ge(fcntl(got[i], F_GETFD), 0);
+                close(got[i]);
+        }
+}
+END_TEST
+
+/* An fd that is not open: -EBADF, and no duplicate is left open or listed. */
+START_TEST(test_dup_handles_refuses_a_closed_fd) {
+        int a = open("/dev/null", O_RDONLY | O_CLOEXEC), closed = open("/dev/null", O_RDONLY | O_CLOEXEC);
+        ck_assert_int_ge(a, 0);
+        ck_assert_int_ge(closed, 0);
+        close(closed);
+        g_autoptr(GVariant) value = g_variant_ref_sink(g_variant_new("(hh)", a, closed));
+        g_autoptr(GArray) fds = g_array_new(FALSE, FALSE, sizeof(int));
+        GVariant *copy = NULL;
+        int next;
+
+        ck_assert_int_eq(payload_dup_handles(value, fds, &copy), -EBADF);
+        ck_assert_ptr_null(copy);
+        ck_assert_uint_eq(fds->len, 0);
+        /* The duplicate of a was closed: the lowest free number is the one it took. */
+        next = dup(a);
+        ck_assert_int_ge(next, 0);
+        ck_assert_int_eq(next, closed);
+        close(next);
+        close(a);
 }
 END_TEST
 
@@ -522,6 +599,8 @@ int main(void) {
         tcase_add_test(tc, test_memfd_map_refuses_what_is_not_a_sealed_memfd_of_a_good_type);
         tcase_add_test(tc, test_memfd_garbage_of_a_valid_type_reads_safely);
         tcase_add_test(tc, test_has_handles_looks_into_variants);
+        tcase_add_test(tc, test_dup_handles_copies_every_fd);
+        tcase_add_test(tc, test_dup_handles_refuses_a_closed_fd);
         suite_add_tcase(s, tc);
 
         tc = tcase_create("message");
