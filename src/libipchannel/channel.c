@@ -112,6 +112,10 @@ struct ipchannel {
 
         listeners listeners;
         size_t n_catchall;              /* listened events that no match rule can name */
+        /* The bus refused a match rule (its limit of rules per connection: 512 on a stock
+         * system bus): from then on, for the channel's life, broadcasts of every event come
+         * through the catch-all rule alone and are filtered here. */
+        bool matches_refused;
 
         pending_send *queue, *queue_tail;
         size_t n_queued, queue_max;
@@ -464,9 +468,10 @@ static int handle_broadcast(sd_bus_message *m, ipchannel *ch, bool catchall) {
                                    sender, error.message, error.name);
                 return 0;
         }
-        /* The catch-all rule serves only events that have no rule of their own. */
+        /* The catch-all rule serves only events that have no rule of their own (all of them,
+         * once the bus refused a rule). */
         if (catchall) {
-                g_autofree char *rule = names_broadcast_match(ch->path, event);
+                g_autofree char *rule = ch->matches_refused ? NULL : names_broadcast_match(ch->path, event);
                 if (rule || !listeners_find(&ch->listeners, event))
                         return 0;
         }
@@ -717,23 +722,75 @@ static int channel_claim(ipchannel *ch) {
 
 /* ---- discovery -------------------------------------------------------------------------- */
 
+static int on_match_installed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error);
+
+static int channel_add_catchall_match(ipchannel *ch) {
+        g_autofree char *all = NULL;
+
+        if (ch->catchall_slot)
+                return 0;
+        all = names_broadcast_match_all(ch->path);
+        if (!all)
+                return -ENOMEM;
+        return sd_bus_add_match_async(ch->bus, &ch->catchall_slot, all, on_broadcast_catchall,
+                                      on_match_installed, ch);
+}
+
+/* The bus refused a rule: every event's own rule goes, and the catch-all rule serves them all
+ * (the rules are removed before it is added, so it finds room). Reported once. */
+static void channel_fall_back_to_catchall(ipchannel *ch, const sd_bus_error *error, int r) {
+        int q;
+
+        ch->matches_refused = true;
+        for (listener_event *ev = ch->listeners.events; ev; ev = ev->next)
+                ev->match = sd_bus_slot_unref(ev->match);
+        q = channel_add_catchall_match(ch);
+        if (q < 0)
+                channel_emit_error(ch, q, "The bus refused a match rule (%s: %s), and no broadcast can "
+                                   "be listened to: %s", error->name, error->message, g_strerror(-q));
+        else
+                channel_emit_error(ch, r, "The bus refused a match rule (%s: %s): broadcasts of every "
+                                   "event now come through one rule for the app and are filtered here",
+                                   error->name, error->message);
+}
+
+/* The reply to AddMatch. Without this callback sd-bus closes the connection when the bus
+ * refuses a rule, and every reconnect would add the same rules and fail alike. */
+static int on_match_installed(sd_bus_message *m, void *userdata, sd_bus_error *ret_error) {
+        ipchannel *ch = userdata;
+        const sd_bus_error *error = sd_bus_message_get_error(m);
+        int r = sd_bus_message_get_errno(m);
+
+        if (!error)
+                return 0;
+        /* An "error" handler may let go of the app's last reference. */
+        _unused_ _cleanup_(channel_releasep) ipchannel *hold = channel_hold(ch);
+        if (r <= 0)
+                r = EIO;
+        if (!ch->matches_refused)
+                channel_fall_back_to_catchall(ch, error, -r);
+        else
+                /* Even the one rule left was refused. */
+                channel_emit_error(ch, -r, "The bus refused the match rule for the app's broadcasts "
+                                   "(%s: %s): none will arrive", error->name, error->message);
+        return 0;
+}
+
 static int channel_add_event_match(ipchannel *ch, listener_event *ev) {
-        g_autofree char *rule = names_broadcast_match(ch->path, ev->name);
+        g_autofree char *rule = NULL;
         sd_bus_slot *slot = NULL;
         int r;
 
+        if (ch->matches_refused)
+                return channel_add_catchall_match(ch);
+        rule = names_broadcast_match(ch->path, ev->name);
         if (!rule) {
                 /* No rule can name this event: fall back to the catch-all rule. */
-                if (ch->n_catchall++ == 0 && !ch->catchall_slot) {
-                        g_autofree char *all = names_broadcast_match_all(ch->path);
-                        if (!all)
-                                return -ENOMEM;
-                        return sd_bus_add_match_async(ch->bus, &ch->catchall_slot, all,
-                                                      on_broadcast_catchall, NULL, ch);
-                }
+                if (ch->n_catchall++ == 0)
+                        return channel_add_catchall_match(ch);
                 return 0;
         }
-        r = sd_bus_add_match_async(ch->bus, &slot, rule, on_broadcast, NULL, ch);
+        r = sd_bus_add_match_async(ch->bus, &slot, rule, on_broadcast, on_match_installed, ch);
         if (r < 0)
                 return r;
         ev->match = slot;
@@ -741,8 +798,11 @@ static int channel_add_event_match(ipchannel *ch, listener_event *ev) {
 }
 
 static void channel_drop_event_match(ipchannel *ch, listener_event *ev) {
-        g_autofree char *rule = names_broadcast_match(ch->path, ev->name);
+        g_autofree char *rule = NULL;
 
+        if (ch->matches_refused)
+                return;         /* the catch-all rule stays */
+        rule = names_broadcast_match(ch->path, ev->name);
         if (!rule) {
                 if (ch->n_catchall > 0 && --ch->n_catchall == 0)
                         ch->catchall_slot = sd_bus_slot_unref(ch->catchall_slot);

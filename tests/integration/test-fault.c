@@ -33,6 +33,11 @@
  *               gets all six in order, in five messages: "a", the batch of "b" alone, 70 KB,
  *               the batch of "c" and 40 KB, the batch of the last 40 KB (a batch of one goes
  *               as a Deliver).
+ *   matches     Run on a bus that allows 40 match rules per connection (dbus-daemon, as the
+ *               stock system bus allows 512): peer 2 listens to 60 events. The bus refuses a
+ *               rule; peer 2 stays connected, says so once on "error", and gets the broadcasts
+ *               of its events (not of others) through the catch-all rule, also of an event it
+ *               starts listening to after.
  *   fd          No fault: before connecting, peer 1 sends peer 2 an fd (a memfd named "sent"),
  *               which waits in the queue, and closes it; the app then opens another memfd,
  *               which takes the same fd number. Peer 2 gets the file that was sent.
@@ -84,6 +89,7 @@ typedef struct expected {
         const char *peer2, *peer3;      /* what each receiver gets, space-separated */
         size_t lost;                    /* the batched messages "error" reports (0: no error) */
         const char *delivers;           /* if set: the members of the Deliver… calls sent */
+        bool refused;                   /* "error" says once that the bus refused a match rule */
 } expected;
 
 static const char *scenario;
@@ -117,26 +123,56 @@ static uint64_t scaled(uint64_t usec) {
         return factor >= 1.0 ? (uint64_t) ((double) usec * factor) : usec;
 }
 
-static int on_event_timeout(sd_event_source *s, uint64_t usec, void *userdata) {
-        return sd_event_exit(event, GPOINTER_TO_INT(userdata));
+/* What call_after() runs. */
+typedef enum timed_call {
+        CALL_STOP,              /* end the loop: all went as it should */
+        CALL_TIME_OUT,          /* end the loop: what was awaited did not come */
+        CALL_ACQUIRE_TIMER,
+        CALL_BROADCAST_MATCHES,
+} timed_call;
+
+static void acquire_timer(void);
+static void broadcast_matches(void);
+
+static void call_now(timed_call which) {
+        switch (which) {
+        case CALL_STOP:
+        case CALL_TIME_OUT:
+                if (which == CALL_TIME_OUT) {
+                        fprintf(stderr, "test-fault %s: %s\n", scenario, g_strerror(ETIMEDOUT));
+                        failures++;
+                }
+                if (use_glib)
+                        g_main_loop_quit(loop);
+                else
+                        (void) sd_event_exit(event, 0);
+                break;
+        case CALL_ACQUIRE_TIMER:
+                acquire_timer();
+                break;
+        case CALL_BROADCAST_MATCHES:
+                broadcast_matches();
+                break;
+        }
 }
 
-static gboolean on_glib_timeout(gpointer userdata) {
-        if (GPOINTER_TO_INT(userdata) < 0) {
-                fprintf(stderr, "test-fault %s: %s\n", scenario, g_strerror(-GPOINTER_TO_INT(userdata)));
-                failures++;
-        }
-        g_main_loop_quit(loop);
+static int on_event_call(sd_event_source *s, uint64_t usec, void *userdata) {
+        call_now(GPOINTER_TO_INT(userdata));
+        return 0;
+}
+
+static gboolean on_glib_call(gpointer userdata) {
+        call_now(GPOINTER_TO_INT(userdata));
         return G_SOURCE_REMOVE;
 }
 
-/* Ends the loop after usec, with exit code code (a timeout: negative). */
-static int stop_after(uint64_t usec, int code) {
+/* Runs which from the loop after usec. */
+static int call_after(uint64_t usec, timed_call which) {
         if (!use_glib)
-                return sd_event_add_time_relative(event, NULL, CLOCK_MONOTONIC, usec, 0, on_event_timeout,
-                                                  GINT_TO_POINTER(code));
+                return sd_event_add_time_relative(event, NULL, CLOCK_MONOTONIC, usec, 0, on_event_call,
+                                                  GINT_TO_POINTER(which));
         GSource *t = g_timeout_source_new((guint) (usec / 1000));
-        g_source_set_callback(t, on_glib_timeout, GINT_TO_POINTER(code), NULL);
+        g_source_set_callback(t, on_glib_call, GINT_TO_POINTER(which), NULL);
         g_source_attach(t, context);
         g_source_unref(t);
         return 0;
@@ -145,10 +181,10 @@ static int stop_after(uint64_t usec, int code) {
 /* Once everything expected has come: a grace time for anything that should not, then stop. */
 static void maybe_done(void) {
         if (stopping || strcmp(received[2]->str, want.peer2) != 0 || strcmp(received[3]->str, want.peer3) != 0 ||
-            n_errors < (want.lost > 0))
+            n_errors < (want.lost > 0 || want.refused))
                 return;
         stopping = true;
-        if (stop_after(scaled(GRACE_USEC), 0) < 0)
+        if (call_after(scaled(GRACE_USEC), CALL_STOP) < 0)
                 failures++;
 }
 
@@ -220,13 +256,16 @@ static void on_join(ipchannel *ch, uint32_t id, const char *ev, GVariant *data, 
         if (id < 2 || id > 3 || joined[id])
                 return;
         joined[id] = true;
-        if (!joined[2] || !joined[3] || strcmp(scenario, "acquire") == 0 || strcmp(scenario, "fd") == 0)
+        if (!joined[2] || !joined[3] || strcmp(scenario, "acquire") == 0 || strcmp(scenario, "fd") == 0 ||
+            strcmp(scenario, "matches") == 0)
                 return;
         /* Inside a handler of the loop: sends after the first of this turn are batched. */
         if (strcmp(scenario, "ahead") == 0)
                 scenario_ahead();
         else if (strcmp(scenario, "full") == 0)
                 scenario_full();
+        else if (strcmp(scenario, "matches") == 0)
+                want = (expected) { .peer2 = "x0 x59 xl", .peer3 = "", .refused = true };
         else if (strcmp(scenario, "fd") == 0)
                 want = (expected) { .peer2 = "/memfd:sent (deleted)", .peer3 = "" };
         else if (strcmp(scenario, "large") == 0)
@@ -261,6 +300,18 @@ static void on_message(ipchannel *ch, uint32_t from, const char *ev, GVariant *d
         maybe_done();
 }
 
+#define MATCH_EVENTS 60
+
+/* matches: once peer 2 fell back to the catch-all rule (and its AddMatch had time to reach the
+ * bus), peer 1 broadcasts. */
+static void broadcast_matches(void) {
+        expect(ipchannel_on(peer[2], "late", on_message, GINT_TO_POINTER(2), NULL) >= 0, "cannot listen to late");
+        expect(ipchannel_emit(peer[1], IPCHANNEL_ALL, "e0", g_variant_new_string("x0")) == 0, "emit e0");
+        expect(ipchannel_emit(peer[1], IPCHANNEL_ALL, "unheard", g_variant_new_string("no")) == 0, "emit");
+        expect(ipchannel_emit(peer[1], IPCHANNEL_ALL, "e59", g_variant_new_string("x59")) == 0, "emit e59");
+        expect(ipchannel_emit(peer[1], IPCHANNEL_ALL, "late", g_variant_new_string("xl")) == 0, "emit late");
+}
+
 static void on_error(ipchannel *ch, uint32_t from, const char *ev, GVariant *data, void *userdata) {
         const char *text;
 
@@ -268,6 +319,8 @@ static void on_error(ipchannel *ch, uint32_t from, const char *ev, GVariant *dat
         g_variant_get(data, "(i&s)", &error_code, &text);
         free(error_text);
         error_text = strdup(text);
+        if (strcmp(scenario, "matches") == 0 && n_errors == 1)
+                expect(call_after(scaled(300 * 1000), CALL_BROADCAST_MATCHES) >= 0, "cannot arm a timer");
         if (strcmp(scenario, "acquire") == 0 && ch == peer[1]) {
                 /* The app lets go of peer 1 while its ipchannel_lock_acquire() is returning. */
                 ipchannel_unref(peer[1]);
@@ -306,6 +359,16 @@ static int setup(void) {
         }
         if (r >= 0 && strcmp(scenario, "large") == 0)
                 r = ipchannel_set_memfd_threshold(peer[1], 0);
+        if (strcmp(scenario, "matches") == 0) {
+                for (int i = 0; i < MATCH_EVENTS && r >= 0; i++) {
+                        char name[16];
+
+                        snprintf(name, sizeof(name), "e%d", i);
+                        r = ipchannel_on(peer[2], name, on_message, GINT_TO_POINTER(2), NULL);
+                }
+                if (r >= 0)
+                        r = ipchannel_on(peer[2], IPCHANNEL_EVENT_ERROR, on_error, NULL, NULL);
+        }
         if (r >= 0)
                 r = ipchannel_on(peer[1], IPCHANNEL_EVENT_CONNECT, on_sender_connect, NULL, NULL);
         if (r >= 0)
@@ -325,16 +388,6 @@ static void acquire_timer(void) {
         now = (uint64_t) g_get_monotonic_time();
         if (now < acquire_deadline + 20 * 1000)
                 g_usleep(acquire_deadline + 20 * 1000 - now);
-}
-
-static int on_acquire_event_timer(sd_event_source *s, uint64_t usec, void *userdata) {
-        acquire_timer();
-        return 0;
-}
-
-static gboolean on_acquire_glib_timer(gpointer userdata) {
-        acquire_timer();
-        return G_SOURCE_REMOVE;
 }
 
 /* Runs the loop until *flag, or for at most usec. */
@@ -370,17 +423,9 @@ static int run_acquire(void) {
         if (r < 0)
                 return r;
 
-        if (use_glib) {
-                GSource *t = g_timeout_source_new(10);
-                g_source_set_callback(t, on_acquire_glib_timer, NULL, NULL);
-                g_source_attach(t, context);
-                g_source_unref(t);
-        } else {
-                r = sd_event_add_time_relative(event, NULL, CLOCK_MONOTONIC, 10 * 1000, 0,
-                                               on_acquire_event_timer, NULL);
-                if (r < 0)
-                        return r;
-        }
+        r = call_after(10 * 1000, CALL_ACQUIRE_TIMER);
+        if (r < 0)
+                return r;
         acquire_deadline = (uint64_t) g_get_monotonic_time() + scaled(300 * 1000);
         r = ipchannel_lock_acquire(peer[1], "L", scaled(300 * 1000), &got);
         expect(r == -ECANCELED, "the acquire returned %s, not -ECANCELED", g_strerror(-r));
@@ -414,7 +459,7 @@ static int queue_fd(void) {
 }
 
 static int run(void) {
-        int r = stop_after(scaled(TIMEOUT_USEC), -ETIMEDOUT);
+        int r = call_after(scaled(TIMEOUT_USEC), CALL_TIME_OUT);
 
         if (r >= 0 && strcmp(scenario, "fd") == 0)
                 r = queue_fd();
@@ -441,13 +486,15 @@ int main(int argc, char *argv[]) {
                 want = (expected) { .peer2 = "first after", .peer3 = "", .lost = BATCH };
         else if (strcmp(scenario, "disconnect") == 0 || strcmp(scenario, "acquire") == 0)
                 want = (expected) { .peer2 = "a", .peer3 = "", .lost = strcmp(scenario, "acquire") == 0 ? 1 : 2 };
+        else if (strcmp(scenario, "matches") == 0)
+                want = (expected) { .peer2 = "x0 x59 xl", .peer3 = "", .refused = true };
         else if (strcmp(scenario, "fd") == 0)
                 want = (expected) { .peer2 = "/memfd:sent (deleted)", .peer3 = "" };
         else if (strcmp(scenario, "large") == 0)
                 want = (expected) { .peer2 = "a b [70000] c [40000] [40000]", .peer3 = "",
                                     .delivers = "Deliver Deliver Deliver DeliverBatch Deliver" };
         else {
-                fprintf(stderr, "usage: test-fault ahead|full|disconnect|acquire|large|fd [sd-event|glib]\n");
+                fprintf(stderr, "usage: test-fault ahead|full|disconnect|acquire|large|matches|fd [sd-event|glib]\n");
                 return EXIT_FAILURE;
         }
 
@@ -468,6 +515,10 @@ int main(int argc, char *argv[]) {
                 expect(n_errors == 1, "%d errors, not 1", n_errors);
                 expect(error_code == -ENOMEM, "the error's code is %d", error_code);
                 expect(error_text && strstr(error_text, lost), "the error says \"%s\"", error_text ?: "");
+        } else if (want.refused) {
+                expect(n_errors == 1, "%d errors, not 1", n_errors);
+                expect(error_text && strstr(error_text, "The bus refused a match rule"), "the error says \"%s\"",
+                       error_text ?: "");
         } else
                 expect(n_errors == 0, "%d errors, the last: %s", n_errors, error_text ?: "");
         if (want.delivers)
