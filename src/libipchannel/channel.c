@@ -108,6 +108,9 @@ struct ipchannel {
         char *unique_name;
 
         GHashTable *owner_by_id;        /* GUINT_TO_POINTER(id) → unique name */
+        /* The other peers (id → unique name) when the bus was lost, or NULL: what came and
+         * went meanwhile is told on "peer-leave"/"peer-join" at the reconnect. */
+        GHashTable *peers_before;
         GHashTable *id_by_owner;        /* unique name → GUINT_TO_POINTER(id) */
 
         listeners listeners;
@@ -539,6 +542,57 @@ static void channel_flush(ipchannel *ch) {
                 loop_timer_cancel(&ch->flush_timer);
 }
 
+static int compare_ids(gconstpointer a, gconstpointer b) {
+        uint32_t x = *(const uint32_t *) a, y = *(const uint32_t *) b;
+
+        return x < y ? -1 : x > y;
+}
+
+/* The ids of map whose owner other does not have (another owner, or none), but ch's own. */
+static GArray *channel_peers_not_in(ipchannel *ch, GHashTable *map, GHashTable *other) {
+        GArray *ids = g_array_new(FALSE, FALSE, sizeof(uint32_t));
+        GHashTableIter i;
+        gpointer id, owner;
+
+        g_hash_table_iter_init(&i, map);
+        while (g_hash_table_iter_next(&i, &id, &owner))
+                if (GPOINTER_TO_UINT(id) != ch->peer_id &&
+                    g_strcmp0(owner, g_hash_table_lookup(other, id)) != 0) {
+                        uint32_t v = GPOINTER_TO_UINT(id);
+                        g_array_append_val(ids, v);
+                }
+        g_array_sort(ids, compare_ids);
+        return ids;
+}
+
+/* Back after a loss of the bus: the peers that went meanwhile (or came back on a new
+ * connection) are told as having left, those that came as having joined, as if the channel
+ * had seen it happen. A peer that comes back later is told on its own. The caller holds the
+ * channel. */
+static void channel_tell_peer_changes(ipchannel *ch) {
+        g_autoptr(GHashTable) before = TAKE_PTR(ch->peers_before);
+        g_autoptr(GArray) left = NULL, joined = NULL;
+
+        if (!before)
+                return;
+        left = channel_peers_not_in(ch, before, ch->owner_by_id);
+        joined = channel_peers_not_in(ch, ch->owner_by_id, before);
+        for (guint i = 0; i < left->len; i++) {
+                if (ch->state != STATE_CONNECTED || channel_let_go(ch))
+                        return;
+                emit_local(ch, g_array_index(left, uint32_t, i), IPCHANNEL_EVENT_PEER_LEAVE, NULL);
+        }
+        for (guint i = 0; i < joined->len; i++) {
+                uint32_t id = g_array_index(joined, uint32_t, i);
+
+                /* Still there: a handler may have run the loop, which told its going. */
+                if (ch->state != STATE_CONNECTED || channel_let_go(ch))
+                        return;
+                if (channel_peer_present(ch, id))
+                        emit_local(ch, id, IPCHANNEL_EVENT_PEER_JOIN, NULL);
+        }
+}
+
 static void channel_become_connected(ipchannel *ch) {
         if (ch->state == STATE_CONNECTED)
                 return;
@@ -558,6 +612,8 @@ static void channel_become_connected(ipchannel *ch) {
                                                       "PeerId", NULL);
                 emit_local(ch, 0, IPCHANNEL_EVENT_CONNECT, NULL);
         }
+        if (ch->state == STATE_CONNECTED && !channel_let_go(ch))
+                channel_tell_peer_changes(ch);
         channel_release(ch);
 }
 
@@ -1124,8 +1180,18 @@ static void channel_lost(ipchannel *ch) {
                 return;
 
         was_connected = ch->state == STATE_CONNECTED;
-        if (was_connected)
+        if (was_connected) {
                 ch->reclaim_id = ch->peer_id;
+                /* What the app knows of the other peers, to tell it what changed meanwhile. */
+                g_clear_pointer(&ch->peers_before, g_hash_table_unref);
+                ch->peers_before = g_hash_table_new_full(g_direct_hash, g_direct_equal, NULL, g_free);
+                GHashTableIter i;
+                gpointer id, owner;
+                g_hash_table_iter_init(&i, ch->owner_by_id);
+                while (g_hash_table_iter_next(&i, &id, &owner))
+                        if (GPOINTER_TO_UINT(id) != ch->peer_id)
+                                g_hash_table_insert(ch->peers_before, id, g_strdup(owner));
+        }
         ch->state = STATE_LOST;
         ch->peer_id = 0;
         loop_timer_cancel(&ch->flush_timer);
@@ -1635,6 +1701,7 @@ static void channel_free(ipchannel *ch) {
         sd_event_unref(ch->event);
         sd_bus_unref(ch->user_bus);
         g_hash_table_unref(ch->owner_by_id);
+        g_clear_pointer(&ch->peers_before, g_hash_table_unref);
         g_hash_table_unref(ch->id_by_owner);
         g_ptr_array_unref(ch->query_slots);
         g_hash_table_unref(ch->owner_queries);
@@ -1807,6 +1874,8 @@ _public_ int ipchannel_disconnect(ipchannel *ch) {
         ch->state = STATE_IDLE;
         ch->peer_id = 0;
         ch->reclaim_id = 0;
+        /* A connect after this starts afresh. */
+        g_clear_pointer(&ch->peers_before, g_hash_table_unref);
         /* Last: the "error" handler may let go of the channel. */
         channel_report_batch_lost(ch);
         return 1;

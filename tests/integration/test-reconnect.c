@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <check.h>
+#include <glib.h>
 
 #include "testutil.h"
 
@@ -86,6 +87,51 @@ END_TEST
 
 START_TEST(test_peers_reconnect_after_bus_restart_on_glib) {
         survive_restart("reconnectglib", "glib");
+}
+END_TEST
+
+/* What changed while the bus was away is told at the reconnect: a peer that died meanwhile
+ * left, and one that came back on a new connection left and joined again (whichever of the
+ * two reconnected first). */
+static void peer_changes_told(const char *app, const char *loop) {
+        peer *a = peer_start("--app", app, "--loop", loop, "--listen", "peer-join", "--listen", "peer-leave",
+                             "--connect", NULL);
+        ck_assert_uint_eq(peer_wait_connect(a), 1);
+        peer *b = peer_start("--app", app, "--loop", loop, "--connect", NULL);
+        ck_assert_uint_eq(peer_wait_connect(b), 2);
+        peer *c = peer_start("--app", app, "--loop", loop, "--connect", NULL);
+        ck_assert_uint_eq(peer_wait_connect(c), 3);
+        ck_assert_str_eq(peer_expect(a, "peer-join", PEER_TIMEOUT_MS), "peer-join 2");
+        ck_assert_str_eq(peer_expect(a, "peer-join", PEER_TIMEOUT_MS), "peer-join 3");
+
+        unsigned n = restart_bus();
+        ck_assert_str_eq(peer_expect(a, "disconnect", PEER_TIMEOUT_MS), "disconnect");
+        ck_assert_str_eq(peer_expect(b, "disconnect", PEER_TIMEOUT_MS), "disconnect");
+        peer_kill(b, SIGKILL);
+        wait_bus_restarted(n);
+        ck_assert_uint_eq(peer_wait_connect(a), 1);
+        ck_assert_uint_eq(peer_wait_connect(c), 3);
+
+        /* Every peer-join/peer-leave a tells, until it has been quiet for a while. */
+        g_autoptr(GString) told = g_string_new(NULL);
+        const char *line;
+        while ((line = peer_expect(a, "peer-", 1000))) {
+                if (told->len > 0)
+                        g_string_append(told, ", ");
+                g_string_append(told, line);
+        }
+        /* 2 died; 3 is on a new connection: if it came back first, a's reconnect tells it left
+         * and joined; if last, the reconnect tells it left, and its coming is seen live. */
+        ck_assert_str_eq(told->str, "peer-leave 2, peer-leave 3, peer-join 3");
+}
+
+START_TEST(test_peer_changes_during_an_outage_are_told_on_sd_event) {
+        peer_changes_told("outagesd", "sd-event");
+}
+END_TEST
+
+START_TEST(test_peer_changes_during_an_outage_are_told_on_glib) {
+        peer_changes_told("outageglib", "glib");
 }
 END_TEST
 
@@ -169,6 +215,8 @@ int main(void) {
         tcase_set_timeout(tc, 60);
         tcase_add_test(tc, test_peers_reconnect_after_bus_restart_on_sd_event);
         tcase_add_test(tc, test_peers_reconnect_after_bus_restart_on_glib);
+        tcase_add_test(tc, test_peer_changes_during_an_outage_are_told_on_sd_event);
+        tcase_add_test(tc, test_peer_changes_during_an_outage_are_told_on_glib);
         tcase_add_test(tc, test_lock_waiters_survive_bus_restart);
         tcase_add_test(tc, test_batch_pending_when_the_bus_breaks_mid_turn_is_kept);
         suite_add_tcase(s, tc);
