@@ -91,7 +91,7 @@ struct ipchannel {
         GSource *bus_source;
         int glib_exit_code;
 
-        sd_bus *user_bus;       /* given by ipchannel_set_bus(); used for the first connect */
+        sd_bus *user_bus;       /* given by ipchannel_set_bus(); used while it is open */
         bool user_bus_used;
         sd_bus *bus;            /* the connection in use */
         char *address;          /* where to reconnect */
@@ -1035,8 +1035,10 @@ static int channel_open_bus(ipchannel *ch, sd_bus **ret) {
         if (r < 0)
                 return r;
 
-        if (ch->user_bus && !ch->user_bus_used) {
-                /* The caller's connection, the first time; reconnects make our own. */
+        if (ch->user_bus && (!ch->user_bus_used || sd_bus_is_open(ch->user_bus) > 0)) {
+                /* The caller's connection, while it is open (a connect after
+                 * ipchannel_disconnect() takes it again); reconnects after its loss make our
+                 * own, to its address. */
                 ch->user_bus_used = true;
                 *ret = sd_bus_ref(ch->user_bus);
                 return 0;

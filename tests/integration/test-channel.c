@@ -343,6 +343,20 @@ START_TEST(test_queued_send_waits_for_a_late_receiver) {
 }
 END_TEST
 
+/* A connect after ipchannel_disconnect() takes the app's connection again, still open: it
+ * opened a connection of its own. */
+START_TEST(test_connect_after_disconnect_reuses_the_apps_bus) {
+        peer *a = peer_start(APP("appbus"), "--no-fds", "--connect");
+        ck_assert_uint_eq(peer_wait_connect(a), 1);
+        peer_cmd(a, "bus-is-app");
+        ck_assert_str_eq(peer_expect(a, "bus-is-app", PEER_TIMEOUT_MS), "bus-is-app 1");
+        peer_cmd(a, "disconnect\nconnect");
+        ck_assert_uint_eq(peer_wait_connect(a), 1);
+        peer_cmd(a, "bus-is-app");
+        ck_assert_str_eq(peer_expect(a, "bus-is-app", PEER_TIMEOUT_MS), "bus-is-app 1");
+}
+END_TEST
+
 /* UINT64_MAX waits for ever, on either loop (it overflowed the clock: reported at once). */
 START_TEST(test_queued_send_with_flush_wait_forever_waits) {
         const char *loop = _i == 0 ? "sd-event" : "glib";
@@ -586,6 +600,7 @@ static Suite *channel_suite(void) {
         tcase_add_test(tc, test_queued_send_to_absent_peer_is_reported_on_error_event);
         tcase_add_test(tc, test_queued_send_waits_for_a_late_receiver);
         tcase_add_loop_test(tc, test_queued_send_with_flush_wait_forever_waits, 0, 2);
+        tcase_add_test(tc, test_connect_after_disconnect_reuses_the_apps_bus);
         tcase_add_test(tc, test_burst_to_a_receiver_with_a_low_values_limit_is_all_delivered);
         suite_add_tcase(s, tc);
 

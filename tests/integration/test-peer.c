@@ -32,6 +32,8 @@
  *   big-order TO N SIZE     N sends of event "seq": every fourth an "ay" of SIZE bytes with
  *                           SEED seq, the others (u seq); eight to TO, eight to "all", ...
  *   state                   prints "state ID CONNECTED"
+ *   bus-is-app              prints "bus-is-app 1" if the channel is on the connection given
+ *                           with --no-fds, else "bus-is-app 0"
  *   sleep MS                blocks the loop for MS milliseconds, in the middle of its turn
  *   has ID                  prints "has ID R"
  *   acquire LOCK USEC       ipchannel_lock_acquire() from this (loop) thread; prints
@@ -56,6 +58,7 @@ static bool arg_connect;
 static int64_t arg_memfd_threshold = -1;
 static uint64_t arg_memfd_max;
 static bool arg_no_fds;         /* the first connection cannot pass unix fds */
+static sd_bus *app_bus;         /* that connection: the app's own, given to the channel */
 static bool arg_floating;
 
 typedef struct slot_entry {
@@ -270,6 +273,8 @@ static void run_command(char *line) {
                 g_usleep((gulong) strtoul(w[1], NULL, 10) * 1000);
         else if (strcmp(w[0], "state") == 0)
                 out("state %" PRIu32 " %d", ipchannel_get_peer_id(ch), ipchannel_is_connected(ch));
+        else if (strcmp(w[0], "bus-is-app") == 0)
+                out("bus-is-app %d", app_bus && ipchannel_get_bus(ch) == app_bus);
         else if (strcmp(w[0], "has") == 0 && n >= 2)
                 out("has %s %d", w[1], ipchannel_has_peer(ch, (uint32_t) atoi(w[1])));
         else if (strcmp(w[0], "acquire") == 0 && n >= 3) {
@@ -490,7 +495,7 @@ int main(int argc, char *argv[]) {
                     sd_bus_set_bus_client(bus, 1) < 0 || sd_bus_negotiate_fds(bus, 0) < 0 ||
                     sd_bus_start(bus) < 0 || ipchannel_set_bus(ch, bus) < 0)
                         out("result no-fds -1");
-                sd_bus_unref(bus);
+                app_bus = bus;  /* kept open by the app, as an app does */
         }
 
         ipchannel_on(ch, IPCHANNEL_EVENT_CONNECT, on_event, NULL, NULL);
@@ -538,6 +543,7 @@ int main(int argc, char *argv[]) {
                 g_free(s);
         }
         ch = ipchannel_unref(ch);
+        sd_bus_flush_close_unref(app_bus);
         sd_event_unref(e);
         g_string_free(input, TRUE);
         return r < 0 ? 1 : r;
