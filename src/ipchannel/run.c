@@ -272,6 +272,19 @@ static int acquire_exit_code(int r) {
         }
 }
 
+/* Why the lock was refused, in words that say more than strerror() of the library's errno. */
+static const char *acquire_error_text(int r) {
+        switch (r) {
+        case -EACCES:
+                return "access denied (the lock service or the bus policy does not serve this user)";
+        case -ENOBUFS:
+                return "the lock service's limits are reached (too many waiters for this lock, or too "
+                       "many locks held or awaited by one connection)";
+        default:
+                return strerror(-r);
+        }
+}
+
 int verb_run(int argc, char *argv[]) {
         _cleanup_(sd_bus_flush_close_unrefp) sd_bus *bus = NULL;
         _cleanup_(sd_event_unrefp) sd_event *e = NULL;
@@ -309,7 +322,7 @@ int verb_run(int argc, char *argv[]) {
                                  arg_app);
         if (r < 0)
                 return tool_fail(acquire_exit_code(r), "cannot take lock \"%s\" of app %s: %s", arg_lock,
-                                 arg_app, strerror(-r));
+                                 arg_app, acquire_error_text(r));
 
         r = start_cmd(&run, ipchannel_lock_get_token(run.lock));
         if (r < 0) {

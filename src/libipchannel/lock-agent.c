@@ -431,9 +431,10 @@ static bool agent_ready(lock_agent *a) {
         return a->bus && a->queued && a->host && sd_bus_is_open(a->bus) > 0;
 }
 
+/* sd_bus_message_get_errno() knows only the errors mapped process-wide: the lock service's
+ * named errors would all come out as -EIO. */
 static int errno_of_reply(sd_bus_message *reply) {
-        int r = sd_bus_message_get_errno(reply);
-        return r > 0 ? -r : -EIO;
+        return lock_error_to_errno(sd_bus_message_get_error(reply)) ?: -EIO;
 }
 
 /* Release, Park, Resume: one-way calls, so that nobody waits for them and the service sends

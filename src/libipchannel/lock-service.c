@@ -166,6 +166,37 @@ static int reply_error(sd_bus_error *error, int r, const char *lock) {
         }
 }
 
+int lock_error_to_errno(const sd_bus_error *e) {
+        /* Kept beside reply_error(), whose queue errors these undo. Not registered with
+         * sd_bus_error_add_map(): that table is process-wide and unlocked, and the lock agent's
+         * thread would race the app's own sd-bus use. */
+        static const sd_bus_error_map map[] = {
+                SD_BUS_ERROR_MAP(LOCK_ERROR_CANCELLED, ECANCELED),
+                SD_BUS_ERROR_MAP(LOCK_ERROR_SERVICE_MOVED, ECONNRESET),
+                SD_BUS_ERROR_MAP(LOCK_ERROR_WOULD_BLOCK, EAGAIN),
+                SD_BUS_ERROR_MAP(LOCK_ERROR_NOT_HOLDER, EPERM),
+                SD_BUS_ERROR_MAP(LOCK_ERROR_STALE_TOKEN, ESTALE),
+                SD_BUS_ERROR_MAP(LOCK_ERROR_NO_SUCH_LOCK, ENOENT),
+                SD_BUS_ERROR_MAP(LOCK_ERROR_NOT_WAITING, ENOENT),
+                SD_BUS_ERROR_MAP(LOCK_ERROR_ALREADY_HELD, EDEADLK),
+                SD_BUS_ERROR_MAP(LOCK_ERROR_ALREADY_WAITING, EALREADY),
+                SD_BUS_ERROR_MAP(LOCK_ERROR_LIMITS_EXCEEDED, ENOBUFS),
+                SD_BUS_ERROR_MAP(LOCK_ERROR_ACCESS_DENIED, EACCES),
+                SD_BUS_ERROR_MAP(LOCK_ERROR_NOT_QUEUED, EPERM),
+                SD_BUS_ERROR_MAP(LOCK_ERROR_NOT_CACHED, EINVAL),
+        };
+        int r;
+
+        if (!sd_bus_error_is_set(e))
+                return 0;
+        for (size_t i = 0; i < G_N_ELEMENTS(map); i++)
+                if (sd_bus_error_has_name(e, map[i].name))
+                        return -map[i].code;
+        /* The bus's own errors (AccessDenied, NoReply, ...) as sd-bus maps them. */
+        r = sd_bus_error_get_errno(e);
+        return r > 0 ? -r : -EIO;
+}
+
 /* ---- leases ----------------------------------------------------------------------------- */
 
 static void service_arm_lease_timer(lock_service *s) {

@@ -24,6 +24,12 @@ typedef struct lock_service lock_service;
 #define LOCK_ERROR_NOT_QUEUED "org.ipchannel.Error.NotQueued"
 #define LOCK_ERROR_NOT_CACHED "org.ipchannel.Error.NotCached"
 
+/* The negative errno a lock call of this library returns for a lock service's error reply:
+ * org.ipchannel.Error.AccessDenied -EACCES, LimitsExceeded -ENOBUFS, NotQueued -EPERM, and so
+ * on (see the map); the bus's own errors as sd-bus maps them; -EIO for any other. 0 if e is
+ * not set. */
+int lock_error_to_errno(const sd_bus_error *e);
+
 /* Serves the object at path on bus, using the bus's sd-event loop, for the owner of the bus
  * name `name`. It starts in recovery: it grants nothing until every connection queued for
  * `name` (its own too when expect_self, i.e. when an agent of this process reports to it over

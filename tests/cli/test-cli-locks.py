@@ -12,7 +12,7 @@ import time
 
 from clitest import Peer, Tool, check, finish, json_lines, scaled, wait_until, wrapped
 
-IPC, TEST_PEER, TEST_LOCKER = sys.argv[1], sys.argv[2], sys.argv[3]
+IPC, TEST_PEER, TEST_LOCKER, LOCKD = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[5]
 APP = "lockstest"
 tool = Tool(IPC, app=APP)
 tmp = tempfile.mkdtemp()
@@ -221,6 +221,35 @@ code, out, err = tool.run("run", "L", "true", env={"DBUS_SESSION_BUS_ADDRESS": "
 check(code == 5 and err.startswith("ipchannel: cannot connect"), "run with no bus: exit 5", (code, err))
 code, out, err = tool.run("locks", env={"DBUS_SESSION_BUS_ADDRESS": "unix:path=/nonexistent"})
 check(code == 5, "locks with no bus: exit 5", (code, err))
+
+# 9. Refusals of the lock service reach the tool as what they are (they all were "Input/output
+# error" once): access denied is a bus failure (exit 5); a limit is a plain failure, said so.
+def lockd(app, *args):
+    p = subprocess.Popen(wrapped([LOCKD, "--app", app, "--print-ready", *args]), stdout=subprocess.PIPE,
+                         text=True, bufsize=1)
+    lockers.append(p)
+    check(expect(p, "READY") is not None, f"ipchannel-lockd serves app {app}")
+    return p
+
+
+lockd("lockdeny", "--allow-uid", "12345")
+code, out, err = Tool(IPC, app="lockdeny").run("run", "L", "--timeout", "5", "--", "true")
+check(code == 5 and err.startswith('ipchannel: cannot take lock "L" of app lockdeny: access denied'),
+      "run refused by the lock service's --allow-uid: exit 5, access denied", (code, err))
+
+lockd("lockfull", "--max-waiters-per-lock", "1")
+full = Tool(IPC, app="lockfull")
+full_holder = full.start("run", "L", "--", "sleep", "30")
+full_waiter = full.start("run", "L", "--", "true")
+check(wait_until(lambda: any(len(r["waiters"]) == 1 for r in json_lines(full.run("locks", "--json")[1]) or []),
+                 timeout=10),
+      "one run holds L of app lockfull, another waits")
+code, out, err = full.run("run", "L", "--timeout", "5", "--", "true")
+check(code == 1 and "the lock service's limits are reached" in err,
+      "a run past the waiters-per-lock limit: exit 1, and the limit said", (code, err))
+full_holder.signal(signal.SIGKILL)
+full_holder.wait()
+check(full_waiter.wait() == 0, "the waiting run gets L once the holder is gone")
 
 host.stop()
 for p in lockers:
