@@ -142,9 +142,6 @@ static int reply_error(sd_bus_error *error, int r, const char *lock) {
         case -EALREADY:
                 return sd_bus_error_setf(error, LOCK_ERROR_ALREADY_WAITING,
                                          "The caller already waits for \"%s\".", lock);
-        case -ENOBUFS:
-                return sd_bus_error_setf(error, LOCK_ERROR_LIMITS_EXCEEDED,
-                                         "Too many locks held or awaited (\"%s\").", lock);
         case -EINVAL:
                 return sd_bus_error_setf(error, SD_BUS_ERROR_INVALID_ARGS,
                                          "Invalid lock name: it must be non-empty UTF-8 of at most "
@@ -164,6 +161,25 @@ static int reply_error(sd_bus_error *error, int r, const char *lock) {
         default:
                 return sd_bus_error_set_errno(error, r);
         }
+}
+
+/* The two limits an Acquire can run into share the queue's -ENOBUFS: tell the caller which
+ * one, as the remedies differ (wait less on one lock, or hold fewer at once). The queue checks
+ * the connection's limit first, but a lock whose waiters are at their limit refuses the call
+ * whatever the connection holds, so naming that one is true either way. */
+static int reply_limit_error(lock_service *s, sd_bus_error *error, const char *lock, bool may_wait) {
+        lockqueue_limits limits;
+
+        lockqueue_get_limits(s->q, &limits);
+        if (may_wait && lockqueue_get_n_waiters(s->q, lock) >= limits.max_waiters_per_lock)
+                return sd_bus_error_setf(error, LOCK_ERROR_LIMITS_EXCEEDED,
+                                         "Too many waiters for \"%s\": this lock service lets at most %zu "
+                                         "connections wait for one lock.",
+                                         lock, limits.max_waiters_per_lock);
+        return sd_bus_error_setf(error, LOCK_ERROR_LIMITS_EXCEEDED,
+                                 "Too many locks held or awaited by the caller (\"%s\"): this lock service "
+                                 "lets one connection hold or wait for at most %zu.",
+                                 lock, limits.max_locks_per_owner);
 }
 
 int lock_error_to_errno(const sd_bus_error *e) {
@@ -551,7 +567,7 @@ static int service_acquire(lock_service *s, sd_bus_message *m, bool cached, sd_b
         r = lockqueue_acquire(s->q, lock, owner, request, lease, clock_usec(CLOCK_MONOTONIC), &token);
         if (r < 0) {
                 g_hash_table_remove(s->pending, &request);
-                return reply_error(error, r, lock);
+                return r == -ENOBUFS ? reply_limit_error(s, error, lock, true) : reply_error(error, r, lock);
         }
         if (r == 0)
                 service_call_back(s, lock);
@@ -659,7 +675,7 @@ static int method_try_acquire(sd_bus_message *m, void *userdata, sd_bus_error *e
         /* Request 0 is never registered as pending: the reply is made here. */
         r = lockqueue_try_acquire(s->q, lock, owner, 0, lease, clock_usec(CLOCK_MONOTONIC), &token);
         if (r < 0)
-                return reply_error(error, r, lock);
+                return r == -ENOBUFS ? reply_limit_error(s, error, lock, false) : reply_error(error, r, lock);
         service_arm_lease_timer(s);
         return sd_bus_reply_method_return(m, "t", token);
 }

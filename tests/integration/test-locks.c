@@ -440,9 +440,10 @@ START_TEST(test_lockd_limits_are_settable) {
         sd_bus_error error = SD_BUS_ERROR_NULL;
         sd_bus_message *reply = NULL;
         peer *lockd = proc_start(LOCKD_PATH, "READY", "--app", "limits", "--user", "--max-locks-per-connection",
-                                 "3", "--print-ready", NULL);
-        sd_bus *c = lock_client("limits");
+                                 "3", "--max-waiters-per-lock", "1", "--print-ready", NULL);
+        sd_bus *c = lock_client("limits"), *w1 = lock_client("limits"), *w2 = lock_client("limits");
         const char *names[] = { "a", "b", "c" };
+        uint64_t t1 = 0;
 
         for (size_t i = 0; i < 3; i++) {
                 ck_assert_int_ge(call_lock(c, "limits", "TryAcquire", &error, &reply, "st", names[i], (uint64_t) 0),
@@ -451,8 +452,24 @@ START_TEST(test_lockd_limits_are_settable) {
         }
         ck_assert_int_lt(call_lock(c, "limits", "TryAcquire", &error, NULL, "st", "d", (uint64_t) 0), 0);
         ck_assert_str_eq(error.name, "org.ipchannel.Error.LimitsExceeded");
+        ck_assert_msg(strstr(error.message, "one connection"), "wrong limit named: %s", error.message);
         sd_bus_error_free(&error);
 
+        /* One waiter for "a" is the most: a second one is told that limit, not the other. */
+        ck_assert_int_ge(sd_bus_call_method_async(w1, NULL, "org.ipchannel.limits.Locks",
+                                                  "/org/ipchannel/limits/Locks", "org.ipchannel.LockService1",
+                                                  "Acquire", on_async_acquire, &t1, "st", "a", (uint64_t) 0),
+                         0);
+        ck_assert_int_ge(sd_bus_flush(w1), 0);
+        wait_waiters("limits", "a", 1);
+        ck_assert_int_lt(call_lock(w2, "limits", "Acquire", &error, NULL, "st", "a", (uint64_t) 0), 0);
+        ck_assert_str_eq(error.name, "org.ipchannel.Error.LimitsExceeded");
+        ck_assert_msg(strstr(error.message, "Too many waiters for \"a\""), "wrong limit named: %s",
+                      error.message);
+        sd_bus_error_free(&error);
+
+        sd_bus_flush_close_unref(w1);
+        sd_bus_flush_close_unref(w2);
         sd_bus_flush_close_unref(c);
         peer_kill(lockd, SIGTERM);
         ck_assert_int_eq(peer_wait(lockd, PEER_TIMEOUT_MS), 0);
