@@ -506,14 +506,27 @@ static int service_check_uid(lock_service *s, sd_bus_message *m, const char *own
         return 0;
 }
 
-static int service_admit(lock_service *s, sd_bus_message *m, method_t method, sd_bus_error *error) {
+/* The allowed uid (if any) is checked only for calls that take a new lock (takes). The others
+ * can only report, give up or manage what the caller already holds or waits for, and a
+ * connection of another uid may well hold locks: the earlier host may have served anyone (a
+ * self-hosted service has no uid restriction). Its Reassert must count, or the takeover would
+ * wait for it for ever (see the takeover comment). Its reported holds are honoured like any
+ * other, until it releases them, its lease runs out or it disconnects: refusing them would be
+ * safe only if it had not held them, which we cannot know, and handing its locks to someone
+ * else meanwhile would let two processes hold one lock. What it may claim that way is bounded
+ * as for anyone (only during the recovery, within the queue's limits), and it can take nothing
+ * new afterwards. */
+static int service_admit(lock_service *s, sd_bus_message *m, method_t method, bool takes,
+                         sd_bus_error *error) {
         const char *owner = sd_bus_message_get_sender(m);
         held_call *h;
         int r;
 
-        r = service_check_uid(s, m, owner, error);
-        if (r < 0)
-                return r;
+        if (takes) {
+                r = service_check_uid(s, m, owner, error);
+                if (r < 0)
+                        return r;
+        }
 
         /* While calls wait for a check, later ones wait behind them even from members (the
          * recovery's listing may make their caller a member meanwhile): order is kept. */
@@ -579,7 +592,7 @@ static int method_acquire(sd_bus_message *m, void *userdata, sd_bus_error *error
         lock_service *s = userdata;
         int r;
 
-        r = service_admit(s, m, method_acquire, error);
+        r = service_admit(s, m, method_acquire, true, error);
         if (r <= 0)
                 return r < 0 ? r : 1;   /* answered when the queue check comes back */
         return service_acquire(s, m, false, error);
@@ -589,7 +602,7 @@ static int method_acquire_cached(sd_bus_message *m, void *userdata, sd_bus_error
         lock_service *s = userdata;
         int r;
 
-        r = service_admit(s, m, method_acquire_cached, error);
+        r = service_admit(s, m, method_acquire_cached, true, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
         return service_acquire(s, m, true, error);
@@ -638,7 +651,7 @@ static int method_park(sd_bus_message *m, void *userdata, sd_bus_error *error) {
         lock_service *s = userdata;
         int r;
 
-        r = service_admit(s, m, method_park, error);
+        r = service_admit(s, m, method_park, false, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
         return service_park(s, m, true, error);
@@ -648,7 +661,7 @@ static int method_resume(sd_bus_message *m, void *userdata, sd_bus_error *error)
         lock_service *s = userdata;
         int r;
 
-        r = service_admit(s, m, method_resume, error);
+        r = service_admit(s, m, method_resume, false, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
         return service_park(s, m, false, error);
@@ -660,7 +673,7 @@ static int method_try_acquire(sd_bus_message *m, void *userdata, sd_bus_error *e
         uint64_t lease, token = 0;
         int r;
 
-        r = service_admit(s, m, method_try_acquire, error);
+        r = service_admit(s, m, method_try_acquire, true, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
@@ -688,7 +701,7 @@ static int method_release(sd_bus_message *m, void *userdata, sd_bus_error *error
 
         /* Gated like the rest, so that a caller's calls keep their order: a Release must not
          * overtake the Reassert or Acquire of the same caller that waits for the check. */
-        r = service_admit(s, m, method_release, error);
+        r = service_admit(s, m, method_release, false, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
@@ -711,7 +724,7 @@ static int method_cancel(sd_bus_message *m, void *userdata, sd_bus_error *error)
         pending *p;
         int r;
 
-        r = service_admit(s, m, method_cancel, error);
+        r = service_admit(s, m, method_cancel, false, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
 
@@ -800,7 +813,7 @@ static int method_reassert(sd_bus_message *m, void *userdata, sd_bus_error *erro
         lock_service *s = userdata;
         int r;
 
-        r = service_admit(s, m, method_reassert, error);
+        r = service_admit(s, m, method_reassert, false, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
         return service_reassert(s, m, false, error);
@@ -810,7 +823,7 @@ static int method_reassert_cached(sd_bus_message *m, void *userdata, sd_bus_erro
         lock_service *s = userdata;
         int r;
 
-        r = service_admit(s, m, method_reassert_cached, error);
+        r = service_admit(s, m, method_reassert_cached, false, error);
         if (r <= 0)
                 return r < 0 ? r : 1;
         return service_reassert(s, m, true, error);

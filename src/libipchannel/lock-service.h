@@ -38,7 +38,9 @@ int lock_service_new(lock_service **ret, sd_bus *bus, const char *path, const ch
                      bool expect_self);
 
 /* Serves only callers whose uid, as the bus reports it, is uid ((uid_t) -1: anyone; the
- * default). Others get org.ipchannel.Error.AccessDenied. */
+ * default): others get org.ipchannel.Error.AccessDenied for Acquire, AcquireCached and
+ * TryAcquire. Their reports after a takeover (Reassert, ReassertCached) still count, and the
+ * holds they report are kept until released. */
 void lock_service_set_allowed_uid(lock_service *s, uid_t uid);
 
 /* Locks held or awaited per connection, waiters per lock; 0 leaves a limit as it is. */

@@ -436,6 +436,39 @@ START_TEST(test_lockd_serves_only_the_allowed_uid) {
 }
 END_TEST
 
+START_TEST(test_takeover_counts_reports_of_other_uids) {
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+
+        /* A locker (our uid) holds "counter" from the service it hosts; a daemon that serves
+         * only uid 12345 takes over. The locker's report must count, or the daemon recovers
+         * for ever; its hold stays good, and only new locks are refused to our uid. */
+        peer *a = proc_start(TEST_LOCKER_PATH, "started", "--app", "uidtake", "--file",
+                             path_in_dir("counter"), "--count", "1", "--lease-usec", "30000000", "--pause-file",
+                             path_in_dir("go"), NULL);
+        ck_assert_ptr_nonnull(peer_expect(a, "holding", PEER_TIMEOUT_MS));
+        peer *lockd = proc_start(LOCKD_PATH, "READY", "--app", "uidtake", "--user", "--allow-uid", "12345",
+                                 "--print-ready", NULL);
+        wait_service_ready("uidtake");
+        ck_assert_int_eq(n_waiters("uidtake", "counter"), 0);  /* listed: still held */
+
+        sd_bus *c = lock_client("uidtake");
+        ck_assert_int_lt(call_lock(c, "uidtake", "TryAcquire", &error, NULL, "st", "other", (uint64_t) 0), 0);
+        ck_assert_str_eq(error.name, "org.ipchannel.Error.AccessDenied");
+        sd_bus_error_free(&error);
+
+        /* Its release is taken: the lock is free again. */
+        close(open(path_in_dir("go"), O_CREAT | O_WRONLY | O_CLOEXEC, 0644));
+        expect_done(a, 1, true);
+        for (int k = 0; k < scaled_ms(500) && n_waiters("uidtake", "counter") != -1; k++)
+                usleep(10 * 1000);
+        ck_assert_int_eq(n_waiters("uidtake", "counter"), -1);
+
+        sd_bus_flush_close_unref(c);
+        peer_kill(lockd, SIGTERM);
+        ck_assert_int_eq(peer_wait(lockd, PEER_TIMEOUT_MS), 0);
+}
+END_TEST
+
 START_TEST(test_lockd_limits_are_settable) {
         sd_bus_error error = SD_BUS_ERROR_NULL;
         sd_bus_message *reply = NULL;
@@ -694,6 +727,7 @@ int main(void) {
         tcase_add_test(tc, test_service_answers_with_named_errors);
         tcase_add_test(tc, test_second_lockd_in_the_queue_does_not_stall_a_takeover);
         tcase_add_test(tc, test_lockd_serves_only_the_allowed_uid);
+        tcase_add_test(tc, test_takeover_counts_reports_of_other_uids);
         tcase_add_test(tc, test_lockd_limits_are_settable);
         tcase_add_test(tc, test_grant_without_lease_survives_a_takeover);
         tcase_add_test(tc, test_blocking_acquire_from_loop_threads_and_workers);
