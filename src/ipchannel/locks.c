@@ -13,6 +13,11 @@
  * each process), not the peers' connections, so a holder's peer id cannot be told from the
  * bus: the listing shows each connection's pid instead. */
 
+/* The lock service answers from its host's lock agent thread, whatever the host's app does:
+ * one that does not answer within this is stopped or stuck, and waiting longer (the D-Bus
+ * default is 25 s) only keeps the user waiting for the same failure. */
+#define LOCKS_TIMEOUT_USEC (5 * 1000 * 1000ULL)
+
 static bool arg_json;
 static bool arg_legend = true;
 static char **arg_locks;        /* borrowed from argv; NULL: every lock */
@@ -47,7 +52,8 @@ static void help(void) {
                "\n"
                "Exit status: 0 success (also when no lock is held), 2 bad usage, 3 no lock\n"
                "service runs for the app (no peer and no ipchannel-lockd), or a LOCK given\n"
-               "is neither held nor waited for, 5 bus failure.\n");
+               "is neither held nor waited for, 4 the lock service did not answer within\n"
+               "5 seconds, 5 bus failure.\n");
 }
 
 static int parse_argv(int argc, char *argv[]) {
@@ -319,6 +325,9 @@ int verb_locks(int argc, char *argv[]) {
                 return tool_fail(EXIT_FAILURE, "out of memory");
         if (tool_open_bus(&bus) < 0)
                 return EXIT_BUS;
+        r = sd_bus_set_method_call_timeout(bus, LOCKS_TIMEOUT_USEC);
+        if (r < 0)
+                return tool_fail(EXIT_FAILURE, "cannot set the bus's call timeout: %s", strerror(-r));
 
         r = sd_bus_call_method(bus, name, path, IPCHANNEL_LOCK_INTERFACE, "ListLocksEx", &error, &reply, NULL);
         if (r < 0 && sd_bus_error_has_name(&error, SD_BUS_ERROR_UNKNOWN_METHOD)) {
@@ -335,6 +344,20 @@ int verb_locks(int argc, char *argv[]) {
                                          "no lock service for app %s on the %s bus (no peer of the app "
                                          "and no ipchannel-lockd runs)",
                                          arg_app, tool_bus_label());
+                if (r == -ETIMEDOUT ||
+                    sd_bus_error_has_names(&error, SD_BUS_ERROR_NO_REPLY, SD_BUS_ERROR_TIMEOUT)) {
+                        uint32_t pid = tool_name_pid(bus, name);
+
+                        if (pid == 0)
+                                return tool_fail(EXIT_TIMEOUT,
+                                                 "the lock service of app %s did not answer within %llu "
+                                                 "seconds",
+                                                 arg_app, LOCKS_TIMEOUT_USEC / 1000000);
+                        return tool_fail(EXIT_TIMEOUT,
+                                         "the lock service of app %s did not answer within %llu seconds: "
+                                         "its host (pid %" PRIu32 ") may be stopped or stuck",
+                                         arg_app, LOCKS_TIMEOUT_USEC / 1000000, pid);
+                }
                 return tool_fail(tool_exit_code_for_bus_error(&error, r),
                                  "cannot list the locks of app %s: %s", arg_app,
                                  error.message ?: strerror(-r));

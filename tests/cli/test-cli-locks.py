@@ -251,6 +251,21 @@ full_holder.signal(signal.SIGKILL)
 full_holder.wait()
 check(full_waiter.wait() == 0, "the waiting run gets L once the holder is gone")
 
+# 10. A lock service whose host is stopped: locks gives up after 5 s with exit 4 (it waited
+# the D-Bus default 25 s, then exited 1).
+stopped = Peer(TEST_PEER, "lockstop")
+check(stopped.connect() == 1, "a test peer hosts the lock service of app lockstop")
+stop_tool = Tool(IPC, app="lockstop")
+check(wait_until(lambda: stop_tool.run("locks")[0] == 0, timeout=10), "locks answers while it runs")
+stopped.p.send_signal(signal.SIGSTOP)
+start = time.monotonic()
+code, out, err = stop_tool.run("locks", timeout=40)
+took = time.monotonic() - start
+stopped.p.send_signal(signal.SIGCONT)
+check(code == 4 and "did not answer within 5 seconds" in err and f"(pid {stopped.pid})" in err
+      and 4.5 < took < scaled(10), f"locks against a stopped host: exit 4 after 5 s ({took:.2f} s)", (code, err))
+stopped.stop()
+
 host.stop()
 for p in lockers:
     if p.poll() is None:
