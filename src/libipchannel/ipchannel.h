@@ -93,7 +93,9 @@ int  ipchannel_set_sync_timeout(ipchannel *ch, uint64_t usec); /* default 5 s; 0
  * Called from a thread other than the one that runs the channel's loop, it waits without
  * touching the loop. timeout_usec UINT64_MAX waits for ever. Errors: -ETIMEDOUT, -EBUSY
  * (called from a handler or callback of the channel's own loop), -ECANCELED (a handler run
- * while it waited let go of the app's last reference to ch: the channel is gone), -EINVAL. */
+ * while it waited let go of the app's last reference to ch: the channel is gone), -EACCES
+ * (the lock service does not serve this uid), -ENOBUFS (a limit of the lock service),
+ * -EINVAL. */
 int  ipchannel_lock_acquire(ipchannel *ch, const char *lock, uint64_t timeout_usec,
                             ipchannel_lock **ret);
 
