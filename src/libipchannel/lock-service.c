@@ -445,16 +445,26 @@ static int on_check_reply(sd_bus_message *reply, void *userdata, sd_bus_error *r
                                                   on_check_retry, s);
                 return 0;
         }
-        service_add_members(s, reply);
+        /* Of the queue, only the callers become members, followed so that they stop being
+         * members when they go: the others may never call, and would stay for ever. */
+        g_autoptr(GHashTable) queued = g_hash_table_new(g_str_hash, g_str_equal);
+        const char *owner;
+        if (sd_bus_message_enter_container(reply, 'a', "s") >= 0)
+                while (sd_bus_message_read_basic(reply, 's', &owner) > 0)
+                        g_hash_table_add(queued, (char *) owner);
 
         held = s->held;
         s->held = g_ptr_array_new_with_free_func(held_call_free);
         for (guint i = 0; i < held->len; i++) {
                 held_call *h = g_ptr_array_index(held, i);
+                const char *sender = sd_bus_message_get_sender(h->call);
                 _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
                 int r;
 
-                if (!g_hash_table_contains(s->members, sd_bus_message_get_sender(h->call))) {
+                if (sender && g_hash_table_contains(queued, sender) && !g_hash_table_contains(s->members, sender) &&
+                    service_track(s, sender) >= 0)
+                        g_hash_table_add(s->members, g_strdup(sender));
+                if (!sender || !g_hash_table_contains(queued, sender)) {
                         (void) sd_bus_reply_method_errorf(h->call, LOCK_ERROR_NOT_QUEUED,
                                                           "Only connections queued for %s may hold its "
                                                           "locks (ipchannel's lock agents do).", s->name);
