@@ -93,6 +93,7 @@ struct ipchannel {
 
         sd_bus *user_bus;       /* given by ipchannel_set_bus(); used while it is open */
         bool user_bus_used;
+        bool user_bus_lost;     /* the channel was lost on it: never used again */
         sd_bus *bus;            /* the connection in use */
         char *address;          /* where to reconnect */
         sd_bus_slot *vtable_slot, *filter_slot, *noc_slot, *catchall_slot;
@@ -798,8 +799,12 @@ static void channel_fall_back_to_catchall(ipchannel *ch, const sd_bus_error *err
         int q;
 
         ch->matches_refused = true;
+        /* The catch-all rule too, if there was one: it may be the rule refused, or be refused
+         * on its way; added anew, it reaches the bus after the rules' removals. Slots dropped
+         * here are not told of their AddMatch's reply: only the new rule's refusal is. */
         for (listener_event *ev = ch->listeners.events; ev; ev = ev->next)
                 ev->match = sd_bus_slot_unref(ev->match);
+        ch->catchall_slot = sd_bus_slot_unref(ch->catchall_slot);
         q = channel_add_catchall_match(ch);
         if (q < 0)
                 channel_emit_error(ch, q, "The bus refused a match rule (%s: %s), and no broadcast can "
@@ -826,7 +831,7 @@ static int on_match_installed(sd_bus_message *m, void *userdata, sd_bus_error *r
         if (!ch->matches_refused)
                 channel_fall_back_to_catchall(ch, error, -r);
         else
-                /* Even the one rule left was refused. */
+                /* Even the one rule left, added after the others were removed, was refused. */
                 channel_emit_error(ch, -r, "The bus refused the match rule for the app's broadcasts "
                                    "(%s: %s): none will arrive", error->name, error->message);
         return 0;
@@ -1035,10 +1040,10 @@ static int channel_open_bus(ipchannel *ch, sd_bus **ret) {
         if (r < 0)
                 return r;
 
-        if (ch->user_bus && (!ch->user_bus_used || sd_bus_is_open(ch->user_bus) > 0)) {
+        if (ch->user_bus && !ch->user_bus_lost && (!ch->user_bus_used || sd_bus_is_open(ch->user_bus) > 0)) {
                 /* The caller's connection, while it is open (a connect after
-                 * ipchannel_disconnect() takes it again); reconnects after its loss make our
-                 * own, to its address. */
+                 * ipchannel_disconnect() takes it again); reconnects after a loss on it make
+                 * our own, to its address. */
                 ch->user_bus_used = true;
                 *ret = sd_bus_ref(ch->user_bus);
                 return 0;
@@ -1182,6 +1187,8 @@ static void channel_lost(ipchannel *ch) {
                 return;
 
         was_connected = ch->state == STATE_CONNECTED;
+        if (ch->bus && ch->bus == ch->user_bus)
+                ch->user_bus_lost = true;
         if (was_connected) {
                 ch->reclaim_id = ch->peer_id;
                 /* What the app knows of the other peers, to tell it what changed meanwhile. */

@@ -240,10 +240,14 @@ check(code == 5 and err.startswith('ipchannel: cannot take lock "L" of app lockd
 lockd("lockfull", "--max-waiters-per-lock", "1")
 full = Tool(IPC, app="lockfull")
 full_holder = full.start("run", "L", "--", "sleep", "30")
+# The holder first: started together, the waiter could take L, run and be gone.
+check(wait_until(lambda: any(r["holder"] for r in json_lines(full.run("locks", "--json")[1]) or []),
+                 timeout=10),
+      "one run holds L of app lockfull")
 full_waiter = full.start("run", "L", "--", "true")
 check(wait_until(lambda: any(len(r["waiters"]) == 1 for r in json_lines(full.run("locks", "--json")[1]) or []),
                  timeout=10),
-      "one run holds L of app lockfull, another waits")
+      "another run waits for L")
 code, out, err = full.run("run", "L", "--timeout", "5", "--", "true")
 check(code == 1 and "the lock service's limits are reached" in err,
       "a run past the waiters-per-lock limit: exit 1, and the limit said", (code, err))

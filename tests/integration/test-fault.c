@@ -34,10 +34,13 @@
  *               the batch of "c" and 40 KB, the batch of the last 40 KB (a batch of one goes
  *               as a Deliver).
  *   matches     Run on a bus that allows 40 match rules per connection (dbus-daemon, as the
- *               stock system bus allows 512): peer 2 listens to 60 events. The bus refuses a
- *               rule; peer 2 stays connected, says so once on "error", and gets the broadcasts
- *               of its events (not of others) through the catch-all rule, also of an event it
- *               starts listening to after.
+ *               stock system bus allows 512): peer 2 listens to "a,b" (which no rule can name:
+ *               the catch-all rule serves it), then to 60 events. The bus refuses rules; peer
+ *               2 stays connected, says so once on "error", and gets the broadcasts of its
+ *               events (not of others) through the catch-all rule, also of an event it starts
+ *               listening to after.
+ *   matches-catchall  The same with 40 events, just over the limit: the catch-all rule,
+ *               sent last, is among the rules refused.
  *   fd          No fault: before connecting, peer 1 sends peer 2 an fd (a memfd named "sent"),
  *               which waits in the queue, and closes it; the app then opens another memfd,
  *               which takes the same fd number. Peer 2 gets the file that was sent.
@@ -256,21 +259,16 @@ static void on_join(ipchannel *ch, uint32_t id, const char *ev, GVariant *data, 
         if (id < 2 || id > 3 || joined[id])
                 return;
         joined[id] = true;
-        if (!joined[2] || !joined[3] || strcmp(scenario, "acquire") == 0 || strcmp(scenario, "fd") == 0 ||
-            strcmp(scenario, "matches") == 0)
+        if (!joined[2] || !joined[3])
                 return;
         /* Inside a handler of the loop: sends after the first of this turn are batched. */
         if (strcmp(scenario, "ahead") == 0)
                 scenario_ahead();
         else if (strcmp(scenario, "full") == 0)
                 scenario_full();
-        else if (strcmp(scenario, "matches") == 0)
-                want = (expected) { .peer2 = "x0 x59 xl", .peer3 = "", .refused = true };
-        else if (strcmp(scenario, "fd") == 0)
-                want = (expected) { .peer2 = "/memfd:sent (deleted)", .peer3 = "" };
         else if (strcmp(scenario, "large") == 0)
                 scenario_large();
-        else
+        else if (strcmp(scenario, "disconnect") == 0)
                 scenario_disconnect();
         maybe_done();
 }
@@ -300,15 +298,14 @@ static void on_message(ipchannel *ch, uint32_t from, const char *ev, GVariant *d
         maybe_done();
 }
 
-#define MATCH_EVENTS 60
-
 /* matches: once peer 2 fell back to the catch-all rule (and its AddMatch had time to reach the
  * bus), peer 1 broadcasts. */
 static void broadcast_matches(void) {
         expect(ipchannel_on(peer[2], "late", on_message, GINT_TO_POINTER(2), NULL) >= 0, "cannot listen to late");
         expect(ipchannel_emit(peer[1], IPCHANNEL_ALL, "e0", g_variant_new_string("x0")) == 0, "emit e0");
         expect(ipchannel_emit(peer[1], IPCHANNEL_ALL, "unheard", g_variant_new_string("no")) == 0, "emit");
-        expect(ipchannel_emit(peer[1], IPCHANNEL_ALL, "e59", g_variant_new_string("x59")) == 0, "emit e59");
+        expect(ipchannel_emit(peer[1], IPCHANNEL_ALL, "a,b", g_variant_new_string("xab")) == 0, "emit a,b");
+        expect(ipchannel_emit(peer[1], IPCHANNEL_ALL, "e37", g_variant_new_string("x37")) == 0, "emit e37");
         expect(ipchannel_emit(peer[1], IPCHANNEL_ALL, "late", g_variant_new_string("xl")) == 0, "emit late");
 }
 
@@ -319,7 +316,7 @@ static void on_error(ipchannel *ch, uint32_t from, const char *ev, GVariant *dat
         g_variant_get(data, "(i&s)", &error_code, &text);
         free(error_text);
         error_text = strdup(text);
-        if (strcmp(scenario, "matches") == 0 && n_errors == 1)
+        if (g_str_has_prefix(scenario, "matches") && n_errors == 1)
                 expect(call_after(scaled(300 * 1000), CALL_BROADCAST_MATCHES) >= 0, "cannot arm a timer");
         if (strcmp(scenario, "acquire") == 0 && ch == peer[1]) {
                 /* The app lets go of peer 1 while its ipchannel_lock_acquire() is returning. */
@@ -359,8 +356,14 @@ static int setup(void) {
         }
         if (r >= 0 && strcmp(scenario, "large") == 0)
                 r = ipchannel_set_memfd_threshold(peer[1], 0);
-        if (strcmp(scenario, "matches") == 0) {
-                for (int i = 0; i < MATCH_EVENTS && r >= 0; i++) {
+        if (g_str_has_prefix(scenario, "matches")) {
+                /* Listened first: its catch-all rule is sent last (the latest listener's rule
+                 * goes first). */
+                int n_events = strcmp(scenario, "matches") == 0 ? 60 : 40;
+
+                if (r >= 0)
+                        r = ipchannel_on(peer[2], "a,b", on_message, GINT_TO_POINTER(2), NULL);
+                for (int i = 0; i < n_events && r >= 0; i++) {
                         char name[16];
 
                         snprintf(name, sizeof(name), "e%d", i);
@@ -486,15 +489,15 @@ int main(int argc, char *argv[]) {
                 want = (expected) { .peer2 = "first after", .peer3 = "", .lost = BATCH };
         else if (strcmp(scenario, "disconnect") == 0 || strcmp(scenario, "acquire") == 0)
                 want = (expected) { .peer2 = "a", .peer3 = "", .lost = strcmp(scenario, "acquire") == 0 ? 1 : 2 };
-        else if (strcmp(scenario, "matches") == 0)
-                want = (expected) { .peer2 = "x0 x59 xl", .peer3 = "", .refused = true };
+        else if (g_str_has_prefix(scenario, "matches"))
+                want = (expected) { .peer2 = "x0 xab x37 xl", .peer3 = "", .refused = true };
         else if (strcmp(scenario, "fd") == 0)
                 want = (expected) { .peer2 = "/memfd:sent (deleted)", .peer3 = "" };
         else if (strcmp(scenario, "large") == 0)
                 want = (expected) { .peer2 = "a b [70000] c [40000] [40000]", .peer3 = "",
                                     .delivers = "Deliver Deliver Deliver DeliverBatch Deliver" };
         else {
-                fprintf(stderr, "usage: test-fault ahead|full|disconnect|acquire|large|matches|fd [sd-event|glib]\n");
+                fprintf(stderr, "usage: test-fault ahead|full|disconnect|acquire|large|matches|matches-catchall|fd [sd-event|glib]\n");
                 return EXIT_FAILURE;
         }
 

@@ -270,7 +270,9 @@ START_TEST(test_dup_handles_copies_every_fd) {
 }
 END_TEST
 
-/* An fd that is not open: -EBADF, and no duplicate is left open or listed. */
+/* An fd that is not open: -EBADF, and no duplicate is left open or listed. The fds are checked
+ * before any is duplicated: a duplicate of an earlier one could take the closed one's number
+ * (the lowest free) and stand for it. */
 START_TEST(test_dup_handles_refuses_a_closed_fd) {
         int a = open("/dev/null", O_RDONLY | O_CLOEXEC), closed = open("/dev/null", O_RDONLY | O_CLOEXEC);
         ck_assert_int_ge(a, 0);
