@@ -461,15 +461,14 @@ static int on_check_reply(sd_bus_message *reply, void *userdata, sd_bus_error *r
                 _cleanup_(sd_bus_error_free) sd_bus_error error = SD_BUS_ERROR_NULL;
                 int r;
 
-                if (sender && g_hash_table_contains(queued, sender) && !g_hash_table_contains(s->members, sender) &&
-                    service_track(s, sender) >= 0)
-                        g_hash_table_add(s->members, g_strdup(sender));
                 if (!sender || !g_hash_table_contains(queued, sender)) {
                         (void) sd_bus_reply_method_errorf(h->call, LOCK_ERROR_NOT_QUEUED,
                                                           "Only connections queued for %s may hold its "
                                                           "locks (ipchannel's lock agents do).", s->name);
                         continue;
                 }
+                if (!g_hash_table_contains(s->members, sender) && service_track(s, sender) >= 0)
+                        g_hash_table_add(s->members, g_strdup(sender));
                 r = h->method(h->call, s, &error);
                 if (r < 0) {
                         if (sd_bus_error_is_set(&error))
